@@ -1,0 +1,42 @@
+# Two commands do all set-up: `make run` (the main job) and `make test` (the whole suite).
+# Each creates .venv when missing and installs what is needed, idempotently.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/quick.yaml
+
+.PHONY: run test lint bench setup clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# No NVIDIA GPU: take the CPU wheel first so that `torch` below does not pull a CUDA build.
+	@if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
+		echo "no NVIDIA GPU found: installing the CPU build torch==2.13.0"; \
+		$(PY) -m pip install --quiet "torch==2.13.0" || \
+		$(PY) -m pip install --quiet "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m launch.train --config $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) benchmarks/data.py
+	$(PY) benchmarks/step.py
+	$(PY) benchmarks/solver.py
+	$(PY) benchmarks/overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,36 @@
+"""Shared fixtures. One Ray session per pytest run: `ray.init` costs seconds here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Train V2 paces `ray.train.report` by the controller's poll interval (2 s by default); tests
+# report often, so poll fast. Must be set before Ray starts (the controller inherits it).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray cluster shared by every test that needs one (started on first use).
+
+    Four logical CPUs on a 2-core machine: Train workers, the solver actor and a Tune trial
+    driver must all fit at once. The custom `trial_driver` resource lets Tune trial drivers
+    run without holding a CPU (see shared notes on Ray 2.60).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            resources={"trial_driver": 100},
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            namespace="cascadevae-tests",
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()
