@@ -1,0 +1,124 @@
+"""One global assignment of discrete codes across data-parallel ranks.
+
+Legend: B = this rank's batch, N = global batch (B * world size), K = categories.
+
+Every rank computes the unary matrix of its own shard (B, K). Rank 0 gathers the shards in rank
+order into the (N, K) matrix of the whole global batch, asks the solver for one assignment, and
+broadcasts the N labels; each rank keeps its slice [rank * B, (rank + 1) * B). Only the unary
+going out and the codes coming back cross the worker/solver boundary.
+
+No Ray here: the solve function is injected (the worker passes one that calls the solver actor),
+so this file runs in plain `torch.distributed` tests and in a single process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+SolveFn = Callable[[np.ndarray], tuple[np.ndarray, float]]
+"""(unary_NK float64) -> (labels_N int64, solve_ms)."""
+
+
+class CodeExchangeError(RuntimeError):
+    """A rank could not obtain its codes (a peer missing, the solver unreachable)."""
+
+
+@dataclass
+class CodeTimings:
+    """Per-call timings of the last log interval, in milliseconds (rank 0 sees solve times)."""
+
+    solve_ms: list[float] = field(default_factory=list)
+    round_trip_ms: list[float] = field(default_factory=list)
+    wait_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        """Means over the interval under `solver/...` keys; empty when no call was made."""
+        out: dict[str, float] = {}
+        for key, values in (
+            ("solver/solve_ms", self.solve_ms),
+            ("solver/round_trip_ms", self.round_trip_ms),
+            ("solver/wait_ms", self.wait_ms),
+        ):
+            if values:
+                out[key] = float(np.mean(values))
+        return out
+
+    def clear(self) -> None:
+        self.solve_ms.clear()
+        self.round_trip_ms.clear()
+        self.wait_ms.clear()
+
+
+class GlobalCodeClient:
+    """Callable `unary_BK -> codes_B` giving this rank its slice of one global assignment.
+
+    `solve` is only called on rank 0. With world_size 1 no collective is used.
+    `record` (optional) receives (unary_BK, codes_B) numpy copies of every call, for tests.
+    """
+
+    def __init__(
+        self,
+        solve: SolveFn | None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        record: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    ):
+        if rank == 0 and solve is None:
+            raise ValueError("GlobalCodeClient: rank 0 needs a solve function")
+        self.solve = solve
+        self.rank = rank
+        self.world_size = world_size
+        self.record = record
+        self.timings = CodeTimings()
+        self.step: int | None = None  # set by the caller, used in error messages
+
+    def __call__(self, unary_BK: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        batch = unary_BK.shape[0]
+        unary_BK = unary_BK.detach().contiguous()
+        try:
+            if self.world_size == 1:
+                labels_N = self._solve_on_rank0(unary_BK.cpu().numpy())
+                codes_B = torch.from_numpy(labels_N).to(unary_BK.device)
+            else:
+                codes_B = self._exchange(unary_BK)
+        except CodeExchangeError:
+            raise
+        except Exception as err:  # gloo/NCCL timeouts and dead peers surface as RuntimeError
+            raise CodeExchangeError(
+                f"rank {self.rank}/{self.world_size} at step {self.step}: exchanging unary shards "
+                f"and codes failed ({type(err).__name__}: {err}). A worker is missing or the "
+                "solver actor is unreachable; the run restarts from its last checkpoint if "
+                "train.max_failures allows."
+            ) from err
+        self.timings.wait_ms.append((time.perf_counter() - start) * 1000.0)
+        if self.record is not None:
+            self.record(unary_BK.cpu().numpy().copy(), codes_B.cpu().numpy().copy())
+        assert codes_B.shape == (batch,)
+        return codes_B
+
+    def _solve_on_rank0(self, unary_NK: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        labels_N, solve_ms = self.solve(unary_NK.astype(np.float64, copy=False))
+        self.timings.round_trip_ms.append((time.perf_counter() - start) * 1000.0)
+        self.timings.solve_ms.append(float(solve_ms))
+        return np.asarray(labels_N, dtype=np.int64)
+
+    def _exchange(self, unary_BK: torch.Tensor) -> torch.Tensor:
+        batch, _ = unary_BK.shape
+        # all_gather rather than gather: supported by gloo and NCCL alike, and the shards are tiny.
+        shards = [torch.empty_like(unary_BK) for _ in range(self.world_size)]
+        dist.all_gather(shards, unary_BK)
+        labels_N = torch.empty(batch * self.world_size, dtype=torch.int64, device=unary_BK.device)
+        if self.rank == 0:
+            unary_NK = torch.cat(shards).cpu().numpy()
+            labels_N.copy_(torch.from_numpy(self._solve_on_rank0(unary_NK)))
+        dist.broadcast(labels_N, src=0)
+        return labels_N[self.rank * batch : (self.rank + 1) * batch].clone()

@@ -1,0 +1,83 @@
+"""Pictures of a model: reconstructions and latent traversals, as image tensors in [0, 1].
+
+Legend: B = images, M = continuous dims, K = categories, V = traversal values, H = W = 64.
+No Ray and no TensorBoard here: the run logger and `launch.evaluate` decide where images go.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer.unary import unary_matrix
+
+
+def make_grid(images_RC1HW: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Tile a (rows, cols, 1, H, W) tensor into one (1, rows*(H+pad)+pad, cols*(W+pad)+pad) image.
+
+    The padding is mid-grey so that black and white images stay distinguishable from it.
+    """
+    rows, cols, channels, height, width = images_RC1HW.shape
+    grid = torch.full(
+        (channels, rows * (height + pad) + pad, cols * (width + pad) + pad),
+        0.5,
+        dtype=images_RC1HW.dtype,
+    )
+    for r in range(rows):
+        for c in range(cols):
+            top, left = pad + r * (height + pad), pad + c * (width + pad)
+            grid[:, top : top + height, left : left + width] = images_RC1HW[r, c]
+    return grid
+
+
+def _one_hot(codes_B: torch.Tensor, num_categories: int) -> torch.Tensor | None:
+    if num_categories == 0:
+        return None
+    return torch.nn.functional.one_hot(codes_B, num_categories).float()
+
+
+@torch.no_grad()
+def reconstructions(model, x_B1HW: torch.Tensor) -> torch.Tensor:
+    """Originals (top row) over reconstructions at z = mu with the best category (bottom row).
+
+    Returns a (1, h, w) grid in [0, 1].
+    """
+    mu_BM, _ = model.encode(x_B1HW)
+    codes_B = None
+    if model.num_categories:
+        codes_B = unary_matrix(model, mu_BM, x_B1HW).argmin(dim=1)
+    recon_B1HW = torch.sigmoid(
+        model.decode(
+            mu_BM, _one_hot(codes_B, model.num_categories) if codes_B is not None else None
+        )
+    )
+    return make_grid(torch.stack([x_B1HW.cpu(), recon_B1HW.cpu()]))
+
+
+@torch.no_grad()
+def traversals(
+    model, x_11HW: torch.Tensor, values: np.ndarray | None = None
+) -> dict[int | None, torch.Tensor]:
+    """Latent traversals around the code of one image, one grid per category.
+
+    Row j varies continuous dim j over `values` (default 8 values in [-2, 2]) with the other dims
+    at mu(x); the discrete code is fixed to category k for the grid keyed k (key None for a model
+    without categories). Each grid is (1, h, w) in [0, 1].
+    """
+    values = np.linspace(-2.0, 2.0, 8) if values is None else np.asarray(values)
+    mu_1M, _ = model.encode(x_11HW)
+    num_dims, num_values = mu_1M.shape[1], len(values)
+    z_MV_M = mu_1M.repeat(num_dims * num_values, 1).view(num_dims, num_values, num_dims)
+    for j in range(num_dims):
+        z_MV_M[j, :, j] = torch.as_tensor(values, dtype=mu_1M.dtype, device=mu_1M.device)
+    z_RM = z_MV_M.reshape(-1, num_dims)
+    categories: list[int | None] = list(range(model.num_categories)) or [None]
+    grids: dict[int | None, torch.Tensor] = {}
+    for k in categories:
+        d_RK = None
+        if k is not None:
+            d_RK = torch.zeros(z_RM.shape[0], model.num_categories, device=z_RM.device)
+            d_RK[:, k] = 1.0
+        images_R1HW = torch.sigmoid(model.decode(z_RM, d_RK)).cpu()
+        grids[k] = make_grid(images_R1HW.view(num_dims, num_values, *images_R1HW.shape[1:]))
+    return grids
