@@ -49,7 +49,7 @@ def save_checkpoint(folder: str | os.PathLike, state: TrainState, config_yaml: s
 
 
 def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], str]:
-    """(payload, config_yaml) of a checkpoint folder, or a FileNotFoundError naming what is missing."""
+    """(payload, config_yaml) of a checkpoint folder; FileNotFoundError names what is missing."""
     folder = Path(folder)
     if folder.is_file() and folder.name == STATE_FILE:
         folder = folder.parent

@@ -76,7 +76,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     variant: str = "cascade"
-    """`cascade` (CascadeVAE: continuous + discrete) or `cascade_c` (CascadeVAE-C: continuous only)."""
+    """`cascade` (CascadeVAE: continuous + discrete) or `cascade_c` (continuous only)."""
     num_continuous: int = 6
     """m, the number of continuous latent dims."""
     num_categories: int = 3
@@ -132,7 +132,7 @@ class CascadeConfig:
 @dataclass
 class SolverConfig:
     lam: float = 0.001
-    """lambda, the pairwise penalty that spreads items over categories (authors: 0.001 per batch of 64)."""
+    """lambda, the pairwise penalty spreading items over categories (authors: 0.001 per 64)."""
     timeout_s: float = 120.0
     """How long a worker waits for its codes before failing with a clear error."""
     actor_name: str = "cascadevae-solver"
