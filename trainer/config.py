@@ -332,10 +332,11 @@ class Config:
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
         """Build and validate; unknown keys and wrong types are reported with all other problems."""
         problems: list[str] = []
-        config = _build(cls, raw, "", problems)
+        config = _build(cls, raw, "", problems)  # badly typed fields keep their defaults
+        problems.extend(config.problems())
         if problems:
             raise ConfigError(problems, source)
-        return config.validate(source)
+        return config
 
 
 SECTIONS = ("data", "model", "cascade", "solver", "optim", "train", "eval")
@@ -397,6 +398,11 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
             return False, None
         if isinstance(value, (int, float)):
             return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
         return False, None
     if hint is str:
         return isinstance(value, str), value

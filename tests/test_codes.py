@@ -1,0 +1,103 @@
+"""The global code exchange over torch.distributed (gloo, 2 processes), without Ray."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trainer.codes import CodeExchangeError, GlobalCodeClient
+
+B, K = 4, 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shard(rank: int) -> torch.Tensor:
+    # Distinct, recognisable values per rank: row i of rank r starts at 100 * r + 10 * i.
+    base = 100.0 * rank + 10.0 * torch.arange(B, dtype=torch.float32)[:, None]
+    return base + torch.arange(K, dtype=torch.float32)[None, :]
+
+
+def _solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
+    # Label of global row n is n % K: each rank must receive exactly its rows' labels.
+    return np.arange(unary_NK.shape[0]) % K, 1.5
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, skip_rank: int | None) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=3)
+    )
+    seen: dict[str, np.ndarray] = {}
+
+    def solve(unary_NK):
+        seen["unary"] = unary_NK.copy()
+        return _solve(unary_NK)
+
+    client = GlobalCodeClient(solve if rank == 0 else None, rank=rank, world_size=world)
+    client.step = 7
+    result: dict[str, object] = {}
+    if rank != skip_rank:
+        try:
+            result["codes"] = client(_shard(rank)).numpy()
+            result["timings"] = client.timings.summary()
+        except CodeExchangeError as err:
+            result["error"] = str(err)
+    else:
+        import time
+
+        time.sleep(6)  # a hung peer: never joins the exchange
+    result["seen"] = seen.get("unary")
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _run(world: int, tmp_path, skip_rank: int | None = None) -> list[dict]:
+    mp.start_processes(
+        _worker,
+        args=(world, _free_port(), str(tmp_path), skip_rank),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def test_two_ranks_get_their_slices_of_one_assignment(tmp_path):
+    results = _run(2, tmp_path)
+    # Rank 0's solver saw the shards concatenated in rank order.
+    np.testing.assert_array_equal(results[0]["seen"], torch.cat([_shard(0), _shard(1)]).numpy())
+    labels = np.arange(2 * B) % K
+    np.testing.assert_array_equal(results[0]["codes"], labels[:B])
+    np.testing.assert_array_equal(results[1]["codes"], labels[B:])
+    assert results[0]["timings"]["solver/solve_ms"] == 1.5
+    assert results[0]["timings"]["solver/round_trip_ms"] >= 0
+    assert "solver/solve_ms" not in results[1]["timings"]  # only rank 0 calls the solver
+
+
+def test_missing_rank_ends_in_a_clear_error_not_a_hang(tmp_path):
+    results = _run(2, tmp_path, skip_rank=1)
+    message = results[0]["error"]
+    assert "rank 0/2 at step 7" in message and "worker is missing" in message
+
+
+def test_single_process_calls_solver_directly():
+    client = GlobalCodeClient(_solve, rank=0, world_size=1)
+    codes = client(_shard(0))
+    np.testing.assert_array_equal(codes.numpy(), np.arange(B) % K)
+    assert codes.dtype == torch.int64
+
+
+def test_rank0_requires_a_solver():
+    with pytest.raises(ValueError, match="rank 0 needs a solve function"):
+        GlobalCodeClient(None, rank=0, world_size=2)
