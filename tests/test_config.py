@@ -87,7 +87,7 @@ def test_ints_accepted_for_floats_but_not_bools_for_ints():
 def test_overrides_parse_yaml_values():
     raw = apply_overrides({"train": {"num_steps": 5}}, ["train.num_steps=7", "solver.lam=1e-2"])
     assert raw == {"train": {"num_steps": 7}, "solver": {"lam": "1e-2"}}  # YAML 1.1 string
-    assert Config.from_dict(raw).solver.lam == 0.01  # ... that a float field accepts
+    assert Config.from_dict({"solver": raw["solver"]}).solver.lam == 0.01  # a float field takes it
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides({}, ["train.num_steps"])
 
