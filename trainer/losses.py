@@ -1,0 +1,70 @@
+"""The CascadeVAE objective: per-sample reconstruction, per-dimension KL, weighted total.
+
+Shape legend:
+    B  batch size
+    M  continuous latent dims
+    K  discrete categories
+    H, W  image height and width
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:  # model imports unary imports losses: avoid the cycle at run time
+    from trainer.model import VAEOutput
+
+# Inside the log of the KL term, as the authors (keeps log finite if sigma underflows to 0).
+KL_LOG_EPS = 1e-8
+
+
+def reconstruction_per_sample(logits_B1HW: Tensor, x_B1HW: Tensor) -> Tensor:
+    """(B,) sigmoid cross-entropy of x under Bernoulli(sigmoid(logits)), summed over pixels."""
+    ce_B1HW = F.binary_cross_entropy_with_logits(logits_B1HW, x_B1HW, reduction="none")
+    return ce_B1HW.flatten(start_dim=1).sum(dim=1)
+
+
+def kl_per_dim(mu_BM: Tensor, sigma_BM: Tensor) -> Tensor:
+    """(M,) batch mean of KL(N(mu, sigma^2) || N(0, 1)) per latent dimension:
+    0.5 * (mu^2 + sigma^2 - 2 log(sigma + 1e-8) - 1)."""
+    kl_BM = 0.5 * (mu_BM.pow(2) + sigma_BM.pow(2) - 2.0 * torch.log(sigma_BM + KL_LOG_EPS) - 1.0)
+    return kl_BM.mean(dim=0)
+
+
+def cascade_loss(
+    out: VAEOutput,
+    x_B1HW: Tensor,
+    betas_M: Tensor,
+    weight_penalty: Tensor | None,
+    num_categories: int,
+) -> tuple[Tensor, dict[str, float]]:
+    """loss = mean_i rec_i + sum_j beta_j KL_j + weight_penalty (already scaled; None = off).
+
+    Returns the scalar loss and one flat dict of python floats: `loss/total`, `loss/recon`,
+    `loss/kl` (the beta-weighted KL sum), `loss/weight_penalty`, `kl/z{j}` (unweighted KL_j),
+    `beta/z{j}`, and `codes/count_{k}` for k < num_categories when out.codes_B is not None.
+    """
+    betas_M = torch.as_tensor(betas_M, dtype=out.mu_BM.dtype, device=out.mu_BM.device)
+    if betas_M.shape != out.mu_BM.shape[1:]:
+        raise ValueError(f"betas_M must have shape {tuple(out.mu_BM.shape[1:])}")
+
+    recon = reconstruction_per_sample(out.logits_B1HW, x_B1HW).mean()
+    kl_M = kl_per_dim(out.mu_BM, out.sigma_BM)
+    weighted_kl = (betas_M * kl_M).sum()
+    penalty = weight_penalty if weight_penalty is not None else recon.new_zeros(())
+    loss = recon + weighted_kl + penalty
+
+    # One device -> host copy for every logged number.
+    values = torch.cat([torch.stack([loss, recon, weighted_kl, penalty]), kl_M, betas_M])
+    num_dims = kl_M.shape[0]
+    names = ["loss/total", "loss/recon", "loss/kl", "loss/weight_penalty"]
+    names += [f"kl/z{j}" for j in range(num_dims)] + [f"beta/z{j}" for j in range(num_dims)]
+    metrics = dict(zip(names, values.detach().cpu().tolist(), strict=True))
+    if out.codes_B is not None and num_categories > 0:
+        counts_K = torch.bincount(out.codes_B.detach().cpu(), minlength=num_categories)
+        metrics.update({f"codes/count_{k}": float(counts_K[k]) for k in range(num_categories)})
+    return loss, metrics

@@ -1,0 +1,177 @@
+"""The CascadeVAE encoder / decoder for 64x64 binary images (Jeong & Song, ICML 2019).
+
+Shape legend:
+    B  batch size
+    M  continuous latent dims (`num_continuous`, m; dSprites: 6)
+    K  discrete categories (`num_categories`, S; dSprites: 3; 0 for CascadeVAE-C)
+    H, W  image height and width (64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.unary import unary_matrix
+
+IMAGE_SIZE = 64
+# 4x4 kernels with stride 2 and padding 1 halve (conv) or double (transposed conv) the side,
+# which is exactly what TensorFlow's 'same' padding gives for these sizes.
+_KERNEL, _STRIDE, _PAD = 4, 2, 1
+
+
+@dataclass
+class VAEOutput:
+    """Everything one forward pass produces.
+
+    mu_BM, sigma_BM: posterior mean and standard deviation.
+    z_BM: the reparameterised sample mu + sigma * eps the decoder saw.
+    logits_B1HW: Bernoulli logits of the reconstruction.
+    codes_B: int64 chosen categories; None before the discrete stage and for CascadeVAE-C.
+    unary_BK: the unary matrix the codes were chosen from (no grad), or None.
+    """
+
+    mu_BM: Tensor
+    sigma_BM: Tensor
+    z_BM: Tensor
+    logits_B1HW: Tensor
+    codes_B: Tensor | None
+    unary_BK: Tensor | None
+
+
+def _conv(in_ch: int, out_ch: int) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, _KERNEL, stride=_STRIDE, padding=_PAD)
+
+
+def _deconv(in_ch: int, out_ch: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(in_ch, out_ch, _KERNEL, stride=_STRIDE, padding=_PAD)
+
+
+class CascadeVAE(nn.Module):
+    """Encoder q(z|x) and decoder p(x|z, d) with the authors' 64x64 architecture.
+
+    Encoder: conv 32-32-64-64 (4x4, stride 2, ReLU; 64 -> 4), flatten, dense 256 + ReLU,
+    dense 2M; mu = first M outputs, sigma = softplus(last M).
+    Decoder on concat(z, d): dense 256 + ReLU, dense 4*4*64 + ReLU, transposed conv 64-32-32
+    (ReLU) and a last transposed conv to 1 channel giving logits (4 -> 8 -> 16 -> 32 -> 64).
+
+    Initialisation as the authors' TF-slim layers: He-normal (std sqrt(2 / fan_in)) for every
+    convolution and transposed convolution kernel, Glorot-uniform for dense weight matrices,
+    zeros for all biases.
+    """
+
+    def __init__(self, num_continuous: int = 6, num_categories: int = 3) -> None:
+        super().__init__()
+        if not isinstance(num_continuous, int) or num_continuous < 1:
+            raise ValueError(f"num_continuous must be an int >= 1, got {num_continuous!r}")
+        if not isinstance(num_categories, int) or num_categories < 0:
+            raise ValueError(f"num_categories must be an int >= 0, got {num_categories!r}")
+        self.num_continuous = num_continuous
+        self.num_categories = num_categories
+
+        self.encoder = nn.Sequential(
+            _conv(1, 32), nn.ReLU(),  # 64 -> 32
+            _conv(32, 32), nn.ReLU(),  # 32 -> 16
+            _conv(32, 64), nn.ReLU(),  # 16 -> 8
+            _conv(64, 64), nn.ReLU(),  # 8 -> 4
+            nn.Flatten(),
+            nn.Linear(4 * 4 * 64, 256), nn.ReLU(),
+            nn.Linear(256, 2 * num_continuous),
+        )  # fmt: skip
+        self.decoder = nn.Sequential(
+            nn.Linear(num_continuous + num_categories, 256), nn.ReLU(),
+            nn.Linear(256, 4 * 4 * 64), nn.ReLU(),
+            nn.Unflatten(1, (64, 4, 4)),
+            _deconv(64, 64), nn.ReLU(),  # 4 -> 8
+            _deconv(64, 32), nn.ReLU(),  # 8 -> 16
+            _deconv(32, 32), nn.ReLU(),  # 16 -> 32
+            _deconv(32, 1),  # 32 -> 64, logits
+        )  # fmt: skip
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+                # torch takes fan_in of a transposed conv as out_channels * 4 * 4, as TF's
+                # variance-scaling initialiser does for a conv2d_transpose kernel.
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+            elif isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def penalised_weights(self) -> list[Tensor]:
+        """The tensors under the L2 penalty: every conv / transposed-conv kernel and every dense
+        weight matrix (12 tensors). Biases are not penalised (as the authors' slim
+        `weights_regularizer`)."""
+        return [
+            layer.weight
+            for layer in self.modules()
+            if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear)
+        ]
+
+    def weight_penalty(self) -> Tensor:
+        """0.5 * sum of w^2 over `penalised_weights()`, a scalar. Unscaled: the train step
+        multiplies it by the coefficient (authors: 4e-5) or leaves it out when that is 0."""
+        return 0.5 * sum(w.pow(2).sum() for w in self.penalised_weights())
+
+    def encode(self, x_B1HW: Tensor) -> tuple[Tensor, Tensor]:
+        """x_B1HW float in [0, 1] -> (mu_BM, sigma_BM), sigma > 0."""
+        h_B2M = self.encoder(x_B1HW)
+        mu_BM, pre_sigma_BM = h_B2M.split(self.num_continuous, dim=1)
+        return mu_BM, F.softplus(pre_sigma_BM)
+
+    def decode(self, z_BM: Tensor, d_BK: Tensor | None) -> Tensor:
+        """Logits (B, 1, 64, 64) of p(x | z, d). d_BK: one-hot float rows or zeros; None means
+        zeros (no category chosen yet). CascadeVAE-C (K = 0) decodes z alone."""
+        if d_BK is None:
+            d_BK = z_BM.new_zeros(z_BM.shape[0], self.num_categories)
+        if d_BK.shape != (z_BM.shape[0], self.num_categories):
+            raise ValueError(
+                f"d_BK must have shape {(z_BM.shape[0], self.num_categories)}, "
+                f"got {tuple(d_BK.shape)}"
+            )
+        return self.decoder(torch.cat([z_BM, d_BK.to(z_BM.dtype)], dim=1))
+
+    def forward(
+        self,
+        x_B1HW: Tensor,
+        eps_BM: Tensor,
+        choose_codes: Callable[[Tensor], Tensor] | None = None,
+    ) -> VAEOutput:
+        """One pass of the method: encode, sample z, (choose codes), decode.
+
+        choose_codes maps the unary matrix (B, K) to int64 codes (B,); it is called only when
+        given, so before the discrete stage d is all zeros. The encoder runs once either way,
+        and the unary matrix uses the same z the gradient step then decodes.
+        """
+        mu_BM, sigma_BM = self.encode(x_B1HW)
+        z_BM = mu_BM + sigma_BM * eps_BM
+
+        codes_B = unary_BK = None
+        d_BK = None  # zeros: the discrete code is not learned yet
+        if choose_codes is not None:
+            if self.num_categories == 0:
+                raise ValueError("choose_codes given but the model has num_categories == 0")
+            unary_BK = unary_matrix(self, z_BM.detach(), x_B1HW)
+            codes_B = self._check_codes(choose_codes(unary_BK), x_B1HW)
+            d_BK = F.one_hot(codes_B, self.num_categories).to(z_BM.dtype)
+
+        logits_B1HW = self.decode(z_BM, d_BK)
+        return VAEOutput(mu_BM, sigma_BM, z_BM, logits_B1HW, codes_B, unary_BK)
+
+    def _check_codes(self, codes_B: Tensor, x_B1HW: Tensor) -> Tensor:
+        """Validate the chooser's answer and move it to x's device as int64."""
+        batch = x_B1HW.shape[0]
+        if not isinstance(codes_B, Tensor) or codes_B.shape != (batch,):
+            raise ValueError(f"choose_codes must return a tensor of shape ({batch},)")
+        if codes_B.is_floating_point() or codes_B.is_complex() or codes_B.dtype == torch.bool:
+            raise ValueError(f"choose_codes must return integer codes, got {codes_B.dtype}")
+        codes_B = codes_B.to(device=x_B1HW.device, dtype=torch.int64)
+        if batch and (codes_B.min() < 0 or codes_B.max() >= self.num_categories):
+            raise ValueError(f"codes must lie in [0, {self.num_categories})")
+        return codes_B

@@ -1,0 +1,85 @@
+"""One CascadeVAE training step as a plain function (no Ray): the single-process baseline and
+the body of every distributed worker.
+
+Shape legend:
+    B  batch size (per process)
+    M  continuous latent dims
+    K  discrete categories
+    H, W  image height and width
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from trainer.losses import cascade_loss
+from trainer.model import CascadeVAE
+from trainer.schedule import CascadeSchedule
+
+
+def sample_eps(
+    generator: torch.Generator, batch_size: int, num_continuous: int, device: torch.device | str
+) -> Tensor:
+    """(B, M) float32 standard normal noise, drawn on CPU from `generator` (so a seed gives the
+    same eps on any device) and then moved to `device`."""
+    eps_BM = torch.randn(batch_size, num_continuous, generator=generator, dtype=torch.float32)
+    return eps_BM.to(device)
+
+
+def unwrap(model: nn.Module) -> CascadeVAE:
+    """The CascadeVAE inside a DistributedDataParallel wrapper (or the model itself)."""
+    inner = model.module if hasattr(model, "module") else model
+    if not isinstance(inner, CascadeVAE):
+        raise TypeError(f"expected a CascadeVAE or a wrapper of one, got {type(inner).__name__}")
+    return inner
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    images_B1HW: Tensor,
+    *,
+    iteration: int,
+    schedule: CascadeSchedule,
+    eps_generator: torch.Generator,
+    choose_codes: Callable[[Tensor], Tensor] | None = None,
+    weight_penalty_coef: float = 4e-5,
+) -> dict[str, float]:
+    """One gradient step at `iteration`; returns cascade_loss's flat metrics plus `lr` (the lr
+    this step used) and `discrete/active` (0.0 or 1.0).
+
+    model is a CascadeVAE or a DistributedDataParallel around one: exactly one forward per
+    step, in which the codes are chosen (through choose_codes) when the schedule's discrete
+    stage is on and the model has categories. weight_penalty_coef = 0 switches the L2 penalty
+    off.
+    """
+    vae = unwrap(model)
+    if weight_penalty_coef < 0:
+        raise ValueError(f"weight_penalty_coef must be >= 0, got {weight_penalty_coef}")
+    discrete = schedule.discrete_active(iteration) and vae.num_categories > 0
+    if discrete and choose_codes is None:
+        # Silently decoding with zeros here would train the wrong objective.
+        raise ValueError(f"iteration {iteration} is in the discrete stage: choose_codes needed")
+
+    device = images_B1HW.device
+    eps_BM = sample_eps(eps_generator, images_B1HW.shape[0], vae.num_continuous, device)
+    betas_M = torch.as_tensor(schedule.betas(iteration), dtype=eps_BM.dtype, device=device)
+    lr = optimizer.param_groups[0]["lr"]
+
+    model.train()
+    out = model(images_B1HW, eps_BM, choose_codes if discrete else None)
+    penalty = weight_penalty_coef * vae.weight_penalty() if weight_penalty_coef > 0 else None
+    loss, metrics = cascade_loss(out, images_B1HW, betas_M, penalty, vae.num_categories)
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+    metrics["lr"] = float(lr)
+    metrics["discrete/active"] = 1.0 if discrete else 0.0
+    return metrics
