@@ -1,0 +1,223 @@
+"""The train step without Ray: eps, code gating, one forward, weight penalty, LR, learning.
+
+Shape legend: B batch, M continuous dims, K categories, H/W image sides.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.losses import cascade_loss
+from trainer.model import CascadeVAE
+from trainer.schedule import CascadeSchedule, make_optimizer
+from trainer.step import sample_eps, train_step
+
+AUTHORS = CascadeSchedule()  # discrete from iteration 80,000
+
+
+def _squares(count: int, seed: int) -> torch.Tensor:
+    """(count, 1, 64, 64) binary images, each of one to three filled squares (side 8-20)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.zeros(count, 1, 64, 64)
+    for i in range(count):
+        for _ in range(int(torch.randint(1, 4, (), generator=gen))):
+            side = int(torch.randint(8, 21, (), generator=gen))
+            row, col = torch.randint(0, 64 - side + 1, (2,), generator=gen).tolist()
+            images[i, 0, row : row + side, col : col + side] = 1.0
+    return images
+
+
+def _argmin(unary_BK: torch.Tensor) -> torch.Tensor:
+    return unary_BK.argmin(dim=1)
+
+
+def _setup(num_categories: int = 3, seed: int = 0, **opt_kwargs):
+    torch.manual_seed(seed)
+    model = CascadeVAE(num_continuous=6, num_categories=num_categories)
+    optimizer, scheduler = make_optimizer(model, **opt_kwargs)
+    return model, optimizer, scheduler
+
+
+def test_sample_eps_reproducible_from_generator():
+    eps_a = sample_eps(torch.Generator().manual_seed(7), 4, 6, "cpu")
+    gen = torch.Generator().manual_seed(7)
+    eps_b = sample_eps(gen, 4, 6, torch.device("cpu"))
+    assert eps_a.shape == (4, 6) and eps_a.dtype == torch.float32
+    torch.testing.assert_close(eps_a, eps_b, rtol=0, atol=0)
+    torch.testing.assert_close(eps_a, torch.randn(4, 6, generator=torch.Generator().manual_seed(7)))
+    assert not torch.equal(sample_eps(gen, 4, 6, "cpu"), eps_b)  # the stream advances
+
+
+def test_step_uses_generator_eps_and_reports_the_loss_it_minimised():
+    model, optimizer, scheduler = _setup()
+    images = _squares(4, seed=1)
+    reference = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(11)
+    eps_BM = sample_eps(torch.Generator().manual_seed(11), 4, 6, "cpu")
+    out = reference(images, eps_BM)
+    betas_M = torch.as_tensor(AUTHORS.betas(0), dtype=torch.float32)
+    penalty = 4e-5 * reference.weight_penalty()
+    expected_loss, expected = cascade_loss(out, images, betas_M, penalty, 3)
+
+    metrics = train_step(
+        model, optimizer, scheduler, images, iteration=0, schedule=AUTHORS, eps_generator=gen
+    )
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5), key
+    assert metrics["loss/weight_penalty"] == pytest.approx(
+        4e-5 * reference.weight_penalty().item(), rel=1e-6
+    )
+    assert [metrics[f"beta/z{j}"] for j in range(6)] == pytest.approx([0.1] + [10.0] * 5)
+    assert metrics["lr"] == 1e-4 and metrics["discrete/active"] == 0.0
+    # The step moved the weights (Adam's first step moves each parameter by about lr).
+    moved = (model.decoder[-1].bias - reference.decoder[-1].bias).abs().item()
+    assert moved == pytest.approx(1e-4, rel=0.01)
+    assert expected_loss.item() == pytest.approx(metrics["loss/total"], rel=1e-5)
+
+
+def test_weight_penalty_switch():
+    model, optimizer, scheduler = _setup()
+    metrics = train_step(
+        model,
+        optimizer,
+        scheduler,
+        _squares(4, seed=2),
+        iteration=0,
+        schedule=AUTHORS,
+        eps_generator=torch.Generator().manual_seed(0),
+        weight_penalty_coef=0.0,
+    )
+    assert metrics["loss/weight_penalty"] == 0.0
+    assert metrics["loss/total"] == pytest.approx(metrics["loss/recon"] + metrics["loss/kl"])
+
+
+@pytest.mark.parametrize(
+    "iteration, num_categories, expect_codes",
+    [(79_999, 3, False), (80_000, 3, True), (299_999, 3, True), (100_000, 0, False)],
+)
+def test_codes_chosen_only_in_discrete_stage_with_one_encoder_pass(
+    iteration, num_categories, expect_codes
+):
+    model, optimizer, scheduler = _setup(num_categories)
+    calls = {"choose": 0, "encoder": 0}
+
+    def choose(unary_BK: torch.Tensor) -> torch.Tensor:
+        calls["choose"] += 1
+        return torch.tensor([1, 1, 0, 2, 1])
+
+    def count_encoder_pass(*_) -> None:
+        calls["encoder"] += 1
+
+    hook = model.encoder.register_forward_hook(count_encoder_pass)
+    try:
+        metrics = train_step(
+            model,
+            optimizer,
+            scheduler,
+            _squares(5, seed=3),
+            iteration=iteration,
+            schedule=AUTHORS,
+            eps_generator=torch.Generator().manual_seed(0),
+            choose_codes=choose,
+        )
+    finally:
+        hook.remove()
+    assert calls == {"choose": int(expect_codes), "encoder": 1}
+    assert metrics["discrete/active"] == float(expect_codes)
+    codes = {k: v for k, v in metrics.items() if k.startswith("codes/")}
+    if expect_codes:
+        assert codes == {"codes/count_0": 1.0, "codes/count_1": 3.0, "codes/count_2": 1.0}
+    else:
+        assert codes == {}
+
+
+def test_discrete_stage_without_chooser_is_an_error():
+    model, optimizer, scheduler = _setup()
+    with pytest.raises(ValueError, match="choose_codes"):
+        train_step(
+            model,
+            optimizer,
+            scheduler,
+            _squares(2, seed=4),
+            iteration=80_000,
+            schedule=AUTHORS,
+            eps_generator=torch.Generator(),
+        )
+
+
+def test_lr_reported_is_the_one_used_and_decays():
+    model, optimizer, scheduler = _setup(decay_every=2)
+    images = _squares(2, seed=5)
+    gen = torch.Generator().manual_seed(0)
+    lrs = [
+        train_step(
+            model, optimizer, scheduler, images, iteration=it, schedule=AUTHORS, eps_generator=gen
+        )["lr"]
+        for it in range(5)
+    ]
+    assert lrs == pytest.approx([1e-4, 1e-4, 3e-5, 3e-5, 9e-6], rel=1e-12)
+
+
+def test_ddp_wrapped_step_equals_plain_step(tmp_path):
+    """World size 1 over gloo: the wrapper must change nothing (same metrics, same weights)."""
+    if dist.is_initialized():
+        pytest.skip("another test left a default process group in this process")
+    images = _squares(4, seed=6)
+    plain = _setup(seed=3)
+    wrapped_inner, opt_wrapped, sched_wrapped = _setup(seed=3)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        wrapped = (DistributedDataParallel(wrapped_inner), opt_wrapped, sched_wrapped)
+        for it in (79_999, 80_000):  # last plain step, first step with codes
+            m_plain, m_wrapped = (
+                train_step(
+                    *setup,
+                    images,
+                    iteration=it,
+                    schedule=AUTHORS,
+                    eps_generator=torch.Generator().manual_seed(it),
+                    choose_codes=_argmin,
+                )
+                for setup in (plain, wrapped)
+            )
+            assert m_wrapped.keys() == m_plain.keys()
+            for key in m_plain:
+                assert m_wrapped[key] == pytest.approx(m_plain[key], rel=1e-5), key
+        assert m_wrapped["discrete/active"] == 1.0
+    finally:
+        dist.destroy_process_group()
+    for p_plain, p_wrapped in zip(plain[0].parameters(), wrapped_inner.parameters(), strict=True):
+        torch.testing.assert_close(p_plain, p_wrapped)
+
+
+def test_a_few_hundred_steps_lower_the_loss():
+    """Both phases of a compressed cascade on 64 images of squares: the loss must fall well."""
+    images = _squares(64, seed=7)
+    model, optimizer, scheduler = _setup(seed=0, lr=1e-3)
+    schedule = CascadeSchedule(stage_length=60, discrete_start_stage=2)  # codes from step 120
+    gen = torch.Generator().manual_seed(0)
+    batch_gen = torch.Generator().manual_seed(1)
+    losses, active = [], []
+    for it in range(200):
+        batch = images[torch.randint(0, 64, (8,), generator=batch_gen)]
+        metrics = train_step(
+            model,
+            optimizer,
+            scheduler,
+            batch,
+            iteration=it,
+            schedule=schedule,
+            eps_generator=gen,
+            choose_codes=_argmin,
+        )
+        losses.append(metrics["loss/total"])
+        active.append(metrics["discrete/active"])
+    assert active[119] == 0.0 and active[120] == 1.0
+    initial = sum(losses[:10]) / 10
+    final = sum(losses[-20:]) / 20
+    assert final < 0.8 * initial, (initial, final)
