@@ -109,11 +109,13 @@ def evaluation_kwargs(config: Config) -> dict[str, Any]:
 class IntervalMeter:
     """Means of step metrics over one log interval, plus throughput."""
 
-    def __init__(self):
+    def __init__(self, started: float | None = None):
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.steps = 0
-        self.started = time.perf_counter()
+        # Each interval starts where the previous one ended, so the time spent reporting,
+        # checkpointing and evaluating is charged to the step time rather than hidden.
+        self.started = time.perf_counter() if started is None else started
 
     def add(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -123,9 +125,6 @@ class IntervalMeter:
 
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
 
 
 def average_across_ranks(metrics: dict[str, float], world_size: int) -> dict[str, float]:
@@ -216,6 +215,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_started = time.perf_counter()
     steps_this_attempt = 0
     last_metrics: dict[str, float] = {}
+    latest_eval: dict[str, float] = {}
     for step in range(start_step, train.num_steps):
         if train.fail_at_step and step == train.fail_at_step:
             _fail_once(run_dir, step, rank)
@@ -252,7 +252,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             continue
 
         # ---- one log interval ends: aggregate, write, report (every rank, same count)
-        elapsed = meter.elapsed()
+        interval_end = time.perf_counter()
+        elapsed = interval_end - meter.started
         interval = meter.means()
         interval.update(client.timings.summary())
         client.timings.clear()
@@ -281,12 +282,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 flush=True,
             )
         last_metrics = interval
-        report = {"step": done, **interval}
+        # Evaluations are rarer than reports; carry the latest one forward so that a Tune
+        # scheduler ranking trials on an eval metric sees it in every report.
+        latest_eval.update({k: v for k, v in interval.items() if k.startswith("eval/")})
+        report = {"step": done, **latest_eval, **interval}
         if checkpoint_due:
             _report_with_checkpoint(report, rank, state, done, config, log)
         else:
             ray.train.report(report)
-        meter = IntervalMeter()
+        meter = IntervalMeter(started=interval_end)
 
     if recorded:
         np.savez(

@@ -1,0 +1,270 @@
+"""Hyperparameter sweeps with Ray Tune; every trial is a multi-worker Ray Train run.
+
+    python -m launch.tune --config configs/sweeps/debug.yaml
+
+The sweep file is validated before any trial starts (see launch/sweep.py). All trials live
+under one experiment folder `<storage_path>/<name>`:
+
+    <trial>/train/tb/        the trial's TensorBoard run (model scalars, images, hparams)
+    <trial>/train/...        its checkpoints, metrics.parquet and config.yaml
+    results.parquet          one row per trial: hyperparameters, final and best metric, status
+    best_config.yaml         the best trial's training config, ready for `launch.train`
+
+so `tensorboard --logdir <experiment folder>` compares all trials. Running the same command
+again after an interruption continues the experiment; a failed trial is reported and the others
+go on. Each trial runs a small driver function (the supported Train V2 pattern) that fits a
+TorchTrainer and forwards its reports to Tune.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from launch.sweep import SweepConfig, load_sweep
+from trainer.config import ConfigError
+
+TRIAL_DRIVER = "trial_driver"
+"""Custom resource a trial driver holds instead of a CPU, so that the Train workers of a trial
+can use every CPU (a driver holding one CPU starves 2 workers on 2 CPUs forever)."""
+
+
+def run_trial(params: dict[str, Any], sweep: SweepConfig) -> None:
+    """Tune's per-trial driver: fit one TorchTrainer in the trial folder, report to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainer.worker import fit
+
+    config = sweep.trial_config(params)
+    trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    result = fit(config, storage_path=str(trial_dir), callbacks=[TuneReportCallback()])
+    if result.error is not None:
+        raise result.error
+
+
+def trial_name(params: dict[str, Any], index: int | str) -> str:
+    parts = [f"{k}={_short(v)}" for k, v in sorted(params.items())]
+    return "_".join([f"t{index}", *parts])
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _searched(sweep: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:
+    return {d.name: config[d.name] for d in sweep.dimensions if d.name in config}
+
+
+def build_tuner(sweep: SweepConfig, experiment_dir: Path, restore: bool):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    has_driver_resource = ray.cluster_resources().get(TRIAL_DRIVER, 0) > 0
+    driver_resources = {"cpu": 0, TRIAL_DRIVER: 1} if has_driver_resource else {"cpu": 0.001}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=sweep), resources=driver_resources
+    )
+    if restore:
+        return tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)
+
+    scheduler = FIFOScheduler()
+    if sweep.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            max_t=sweep.base.train.num_steps,
+            grace_period=sweep.grace_period,
+            reduction_factor=sweep.reduction_factor,
+        )
+    search_alg = None
+    if sweep.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=sweep.base.seed)
+
+    def name_of(trial) -> str:
+        return trial_name(_searched(sweep, trial.config), trial.trial_id.split("_")[-1])
+
+    return tune.Tuner(
+        trainable,
+        param_space={d.name: d.tune_domain() for d in sweep.dimensions},
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent_trials,
+            scheduler=scheduler,
+            search_alg=search_alg,
+            trial_name_creator=name_of,
+            trial_dirname_creator=name_of,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=str(experiment_dir.parent),
+            failure_config=tune.FailureConfig(max_failures=sweep.max_trial_failures),
+        ),
+    )
+
+
+def results_rows(sweep: SweepConfig, grid) -> list[dict[str, Any]]:
+    """One row per trial: hyperparameters, final/best metric, steps, checkpoint, status."""
+    rows = []
+    num_steps = sweep.base.train.num_steps
+    for result in grid:
+        metrics = result.metrics or {}
+        history = result.metrics_dataframe
+        values = []
+        checkpoint = None
+        if history is not None and sweep.metric in history:
+            values = [float(v) for v in history[sweep.metric].tolist() if _finite(v)]
+        if history is not None and "checkpoint_path" in history:
+            paths = [p for p in history["checkpoint_path"].tolist() if isinstance(p, str)]
+            checkpoint = paths[-1] if paths else None
+        step = int(metrics.get("step", 0) or 0)
+        if result.error is not None:
+            status = "ERROR"
+        elif step >= num_steps:
+            status = "COMPLETED"
+        else:
+            status = "STOPPED_EARLY"
+        best = (max if sweep.mode == "max" else min)(values) if values else math.nan
+        rows.append(
+            {
+                "trial": Path(result.path).name,
+                **{f"param/{k}": v for k, v in _searched(sweep, result.config).items()},
+                "status": status,
+                "step": step,
+                f"final/{sweep.metric}": values[-1] if values else math.nan,
+                f"best/{sweep.metric}": best,
+                "final/loss/total": float(metrics.get("loss/total", math.nan)),
+                "checkpoint_path": checkpoint or "",
+                "trial_dir": str(result.path),
+                "tensorboard_dir": str(Path(result.path) / "train" / "tb"),
+                "error": ""
+                if result.error is None
+                else f"{type(result.error).__name__}: {str(result.error).splitlines()[0][:300]}",
+            }
+        )
+    rows.sort(key=lambda r: _sort_key(r[f"best/{sweep.metric}"], sweep.mode))
+    return rows
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _sort_key(value: float, mode: str) -> tuple[int, float]:
+    if not _finite(value):
+        return (1, 0.0)
+    return (0, -value if mode == "max" else value)
+
+
+def write_results(sweep: SweepConfig, rows: list[dict[str, Any]], experiment_dir: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    table = pa.table({k: [row.get(k) for row in rows] for k in keys})
+    table = table.replace_schema_metadata(
+        {"sweep": sweep.source, "metric": sweep.metric, "mode": sweep.mode}
+    )
+    path = experiment_dir / "results.parquet"
+    pq.write_table(table, path)
+    best = next(
+        (r for r in rows if r["status"] != "ERROR" and _finite(r[f"best/{sweep.metric}"])), None
+    )
+    if best is not None:
+        params = {k[len("param/") :]: v for k, v in best.items() if k.startswith("param/")}
+        config = sweep.trial_config(params)
+        config.name = f"{sweep.name}_best"
+        config.train.run_name = ""
+        header = (
+            f"# Best trial of sweep '{sweep.name}' ({best['trial']}): "
+            f"best {sweep.metric} = {best[f'best/{sweep.metric}']:.4g}\n"
+            f"# Run it: python -m launch.train --config {experiment_dir}/best_config.yaml\n"
+        )
+        (experiment_dir / "best_config.yaml").write_text(header + config.to_yaml())
+    return path
+
+
+def summary_text(sweep: SweepConfig, rows: list[dict[str, Any]]) -> str:
+    params = [d.name for d in sweep.dimensions]
+    header = ["trial", *params, "status", "step", f"best {sweep.metric}", f"final {sweep.metric}"]
+    lines = [header]
+    for r in rows:
+        lines.append(
+            [
+                r["trial"].split("_")[0],
+                *[_short(r.get(f"param/{p}")) for p in params],
+                r["status"],
+                str(r["step"]),
+                _short(r[f"best/{sweep.metric}"]),
+                _short(r[f"final/{sweep.metric}"]),
+            ]
+        )
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in lines
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m launch.tune", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--config", required=True, help="sweep file, e.g. configs/sweeps/debug.yaml"
+    )
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(args.config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from ray import tune
+
+    from launch.cluster import check_resources, connect
+
+    started = time.time()
+    where = connect(resources={TRIAL_DRIVER: 1000})
+    train = sweep.base.train
+    check_resources(
+        train.num_workers * train.cpus_per_worker,
+        train.num_workers if train.use_gpu else 0,
+        f"sweep {args.config}",
+    )
+    experiment_dir = Path(sweep.storage_path).expanduser().resolve() / sweep.name
+    restore = tune.Tuner.can_restore(str(experiment_dir))
+    print(
+        f"[cascadevae] Ray: {where}; sweep '{sweep.name}': {sweep.algorithm} search, "
+        f"{sweep.num_trials()} trial(s), metric {sweep.metric} ({sweep.mode}), scheduler "
+        f"{sweep.scheduler}; {'resuming' if restore else 'new'} experiment {experiment_dir}",
+        flush=True,
+    )
+    tuner = build_tuner(sweep, experiment_dir, restore)
+    grid = tuner.fit()
+    rows = results_rows(sweep, grid)
+    table = write_results(sweep, rows, experiment_dir)
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    print(
+        f"\n=== sweep '{sweep.name}' finished in {(time.time() - started) / 60:.1f} min: "
+        f"{len(rows)} trial(s), {len(failed)} failed ==="
+    )
+    print(summary_text(sweep, rows))
+    for r in failed:
+        print(f"failed: {r['trial']}: {r['error']}")
+    print(f"results table : {table}")
+    if (experiment_dir / "best_config.yaml").exists():
+        print(f"best config   : {experiment_dir / 'best_config.yaml'}")
+    print(f"TensorBoard   : tensorboard --logdir {experiment_dir}")
+    return 1 if len(failed) == len(rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
