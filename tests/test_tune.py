@@ -1,0 +1,152 @@
+"""Sweeps: validation before any trial, the debug sweep end to end with ASHA, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from launch.sweep import load_sweep, reported_metrics
+from trainer.config import ConfigError, load_config
+
+ROOT = Path(__file__).parent.parent
+DEBUG_SWEEP = ROOT / "configs" / "sweeps" / "debug.yaml"
+
+
+def _sweep_file(tmp_path: Path, **changes) -> Path:
+    """A copy of the debug sweep in tmp_path (base path made absolute), with `changes` applied."""
+    raw = yaml.safe_load(DEBUG_SWEEP.read_text())
+    raw["base"] = str(ROOT / "configs" / "debug.yaml")
+    raw["storage_path"] = str(tmp_path / "sweeps")
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _problems(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    return "\n".join(info.value.problems)
+
+
+def test_shipped_sweeps_are_valid():
+    debug = load_sweep(DEBUG_SWEEP)
+    assert debug.num_trials() == 3 and debug.scheduler == "asha"
+    paper = load_sweep(ROOT / "configs" / "sweeps" / "paper.yaml")
+    assert paper.num_trials() == 18
+    dims = {d.name: (d.kind, d.values) for d in paper.dimensions}
+    assert dims == {
+        "beta_h": ("grid", [4, 10, 20]),
+        "beta_l": ("grid", [0.1, 0.5, 1.0]),
+        "lambda": ("loguniform", [0.001, 10.0]),
+    }
+
+
+@pytest.mark.parametrize(
+    "search, fragment",
+    [
+        ({"algorithm": "grid", "space": {}}, "search.space: empty or missing"),
+        ({"algorithm": "grid", "space": {"beta_x": {"grid": [1]}}}, "search.space.beta_x: unknown"),
+        ({"algorithm": "grid", "space": {"beta_h": [4, 10]}}, "search.space.beta_h: expected one"),
+        ({"algorithm": "grid", "space": {"beta_h": {"normal": [0, 1]}}}, "unknown domain 'normal'"),
+        ({"algorithm": "random", "space": {"lambda": {"loguniform": [0, 1]}}}, "low must be > 0"),
+        ({"algorithm": "random", "space": {"lambda": {"uniform": [2, 1]}}}, "low must be < high"),
+        ({"algorithm": "grid", "space": {"lambda": {"uniform": [0, 1]}}}, "grid needs every"),
+        ({"algorithm": "bayes", "space": {"beta_h": {"grid": [4]}}}, "'bayes' is not one of"),
+        ({"algorithm": "grid", "space": {"lambda": {"grid": [-1.0]}}}, "solver.lam: must be >= 0"),
+        (
+            {"algorithm": "grid", "space": {"stage_length": {"grid": [5, 50]}}},
+            "after the last stage",
+        ),
+    ],
+)
+def test_bad_search_spaces_are_refused_before_any_trial(tmp_path, search, fragment):
+    assert fragment in _problems(_sweep_file(tmp_path, search=search))
+
+
+def test_unknown_metric_and_keys_are_refused(tmp_path):
+    text = _problems(_sweep_file(tmp_path, metric="eval/fid", bogus=1))
+    assert "metric: 'eval/fid' is never reported by training" in text
+    assert "bogus: unknown key" in text
+
+
+def test_reported_metrics_follow_the_eval_protocols():
+    config = load_config(ROOT / "configs" / "debug.yaml")
+    names = reported_metrics(config)
+    assert {"loss/recon", "eval/authors_factorvae", "eval/discrete_accuracy"} <= names
+    assert "eval/mig" not in names
+
+
+@pytest.mark.slow
+def test_debug_sweep_runs_with_asha_and_writes_one_row_per_trial(ray_session, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from launch.tune import main
+
+    assert main(["--config", str(_sweep_file(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    experiment = tmp_path / "sweeps" / "debug_sweep"
+    rows = pq.read_table(experiment / "results.parquet").to_pylist()
+    assert len(rows) == 3
+    assert sorted(r["param/beta_h"] for r in rows) == [4, 10, 20]
+    assert {r["status"] for r in rows} <= {"COMPLETED", "STOPPED_EARLY"}
+    best = [r["best/loss/recon"] for r in rows]
+    assert best == sorted(best)  # sorted by the metric (mode min)
+    assert "=== sweep 'debug_sweep' finished" in out and "best loss/recon" in out
+    for r in rows:
+        assert "beta_h=" in r["trial"]  # trial names show their hyperparameters
+        acc = EventAccumulator(r["tensorboard_dir"])
+        acc.Reload()
+        assert {"loss/recon", "kl/z0", "beta/z5"} <= set(acc.Tags()["scalars"])
+        if r["status"] == "COMPLETED":
+            assert Path(r["checkpoint_path"], "state.pt").is_file()
+    best_config = load_config(experiment / "best_config.yaml")
+    assert best_config.cascade.beta_high == rows[0]["param/beta_h"]
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes(ray_session, tmp_path):
+    """SIGINT the sweep once the first trial finished; the same command then continues it."""
+    sweep = _sweep_file(tmp_path, scheduler={"type": "none"})
+    experiment = tmp_path / "sweeps" / "debug_sweep"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    command = [sys.executable, "-m", "launch.tune", "--config", str(sweep)]
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    finished = []
+    while time.time() < deadline and not finished:
+        time.sleep(1)
+        finished = [
+            p
+            for p in experiment.glob("*/train/metrics.parquet")
+            if pq.read_table(p).num_rows and pq.read_table(p)["step"][-1].as_py() == 40
+        ]
+        assert first.poll() is None, first.stdout.read()
+    assert finished, "no trial finished in time"
+    first.send_signal(signal.SIGINT)
+    first_output, _ = first.communicate(timeout=120)
+    done_trial = finished[0].parent.parent
+    rows_before = pq.read_table(finished[0]).num_rows
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming experiment" in second.stdout
+    rows = pq.read_table(experiment / "results.parquet").to_pylist()
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    # The trial finished before the interruption was not run again.
+    assert pq.read_table(done_trial / "train" / "metrics.parquet").num_rows == rows_before
+    assert len(list(experiment.glob("t*"))) == 3, first_output[-2000:]
