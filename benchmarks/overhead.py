@@ -1,0 +1,175 @@
+"""Overhead of the distributed system over a plain single-process loop, discrete stage on.
+
+Same model, global batch, data and steps for:
+  (a) a plain loop: trainer.step.train_step with the solver called in-process;
+  (b) this system (Ray Train + solver actor) with 1 worker;
+  (c) this system with 2 workers (the global batch split between them).
+Step times are medians of per-interval means (`log_every` steps per interval, the first interval
+dropped as warm-up); the system's intervals include reporting and checkpointing time. Prints
+(b)/(a), (c)/(a) and the share of step time spent waiting for codes; summary line last.
+
+    python benchmarks/overhead.py [--steps 300] [--log-every 50] [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainer.codes import GlobalCodeClient  # noqa: E402
+from trainer.config import load_config  # noqa: E402
+from trainer.data import batch_indices_for_step  # noqa: E402
+from trainer.worker import (  # noqa: E402
+    build_model,
+    build_optimizer,
+    build_schedule,
+    load_batch,
+    open_data,
+    step_seed,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_config(args, workers: int, storage: str):
+    overrides = [
+        f"train.num_steps={args.steps}",
+        f"train.global_batch={args.batch}",
+        f"train.num_workers={workers}",
+        f"train.log_every={args.log_every}",
+        f"train.checkpoint_every={args.steps}",
+        "train.eval_every=0",
+        "train.image_every=0",
+        "cascade.discrete_start_stage=0",  # discrete stage from the first step
+        "cascade.stage_length=100",
+        f"train.run_name=overhead_{workers}w",
+        f"train.storage_path={storage}",
+        "eval.protocols=[authors_factorvae]",
+        "eval.num_global=200",
+        "eval.num_votes=10",
+        "eval.vote_size=10",
+        "data.num_positions=8",
+        "data.num_orientations=10",
+        "data.num_scales=6",
+    ]
+    return load_config(ROOT / "configs" / "debug.yaml", overrides)
+
+
+def plain_loop(config, threads: int) -> tuple[float, float]:
+    """(median interval step ms, median code wait share) of a single-process loop."""
+    from solver import assign
+    from trainer.step import train_step
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    dataset = open_data(config)
+    model = build_model(config)
+    optimizer, scheduler = build_optimizer(config, model)
+    schedule = build_schedule(config)
+    lam = config.solver.lam
+    client = GlobalCodeClient(lambda u: (assign(u, lam), 0.0))
+    train = config.train
+    interval_ms, wait_share = [], []
+    started, waited = time.perf_counter(), 0.0
+    for step in range(train.num_steps):
+        indices = batch_indices_for_step(
+            len(dataset),
+            seed=config.seed,
+            step=step,
+            rank=0,
+            world_size=1,
+            global_batch=train.global_batch,
+        )
+        x = load_batch(dataset, indices, torch.device("cpu"))
+        generator = torch.Generator().manual_seed(step_seed(config.seed, step, 0))
+        train_step(
+            model,
+            optimizer,
+            scheduler,
+            x,
+            iteration=step,
+            schedule=schedule,
+            eps_generator=generator,
+            choose_codes=client,
+            weight_penalty_coef=config.model.weight_penalty,
+        )
+        if (step + 1) % train.log_every == 0:
+            now = time.perf_counter()
+            waited = sum(client.timings.wait_ms)
+            client.timings.clear()
+            elapsed_ms = (now - started) * 1000.0
+            interval_ms.append(elapsed_ms / train.log_every)
+            wait_share.append(waited / elapsed_ms)
+            started = now
+    return statistics.median(interval_ms[1:]), statistics.median(wait_share[1:])
+
+
+def system_run(config) -> tuple[float, float]:
+    """(median interval step ms, median code wait share) of a Ray Train run."""
+    import pyarrow.parquet as pq
+
+    from trainer.worker import fit
+
+    result = fit(config)
+    if result.error is not None:
+        raise result.error
+    rows = pq.read_table(Path(config.train.storage_path) / config.run_name / "metrics.parquet")
+    rows = rows.to_pylist()[1:]
+    return (
+        statistics.median(r["perf/step_ms"] for r in rows),
+        statistics.median(r.get("perf/code_wait_share", 0.0) for r in rows),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args()
+
+    from launch.cluster import connect
+
+    with tempfile.TemporaryDirectory() as storage:
+        connect(num_cpus=os.cpu_count())
+        one = make_config(args, 1, storage)
+        open_data(one, progress=True)
+        results = {}
+        # (a) uses the thread count of one Ray worker with 1 CPU (Ray sets OMP_NUM_THREADS=1).
+        results["a"] = plain_loop(one, threads=int(one.train.cpus_per_worker))
+        results["b"] = system_run(one)
+        results["c"] = system_run(make_config(args, 2, storage))
+
+    print(
+        f"\nsteps {args.steps}, global batch {args.batch}, discrete stage on, "
+        f"{args.log_every}-step intervals (first dropped)"
+    )
+    print(f"{'run':<32}{'step ms':>10}{'vs (a)':>10}{'code wait':>12}")
+    names = {
+        "a": "(a) plain loop, in-process solver",
+        "b": "(b) Ray Train, 1 worker",
+        "c": "(c) Ray Train, 2 workers",
+    }
+    for key, (ms, share) in results.items():
+        ratio = ms / results["a"][0]
+        print(f"{names[key]:<32}{ms:>10.1f}{ratio:>10.3f}{100 * share:>11.1f}%")
+    b_ratio = results["b"][0] / results["a"][0]
+    c_ratio = results["c"][0] / results["a"][0]
+    print(
+        f"SUMMARY overhead b/a={b_ratio:.3f} c/a={c_ratio:.3f} "
+        f"code_wait_b={100 * results['b'][1]:.1f}% code_wait_c={100 * results['c'][1]:.1f}% "
+        f"(targets: b/a <= 1.10, code wait <= 5%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
