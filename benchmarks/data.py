@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def proc_status_mb() -> dict[str, float]:
-    """VmRSS and VmHWM of this process in MB."""
+    """VmRSS, VmHWM, RssAnon (private heap) and RssFile (mapped file pages) in MB."""
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(rest.split()[0]) / 1024.0
     return out
 
@@ -99,6 +99,8 @@ def phase_train(args: argparse.Namespace) -> dict:
         "rss_torch_mb": base["VmRSS"],
         "rss_after_open_mb": after_open["VmRSS"],
         "rss_after_stream_mb": after_stream["VmRSS"],
+        "anon_after_stream_mb": after_stream["RssAnon"],
+        "file_after_stream_mb": after_stream["RssFile"],
         "hwm_mb": after_stream["VmHWM"],
         "images_per_s": args.batches * args.batch_size / stream_s,
         "ms_per_batch": 1e3 * stream_s / args.batches,
@@ -168,6 +170,8 @@ def main() -> None:
             f"RSS after {args.batches} batches of {args.batch_size} (MB)",
             f"{train['rss_after_stream_mb']:.0f}",
         ),
+        ("  of which anonymous (heap) (MB)", f"{train['anon_after_stream_mb']:.0f}"),
+        ("  of which file-backed (mapped) (MB)", f"{train['file_after_stream_mb']:.0f}"),
         ("training process peak RSS (MB)", f"{train['hwm_mb']:.0f}"),
         ("ms per batch (indices+images+tensor)", f"{train['ms_per_batch']:.3f}"),
         ("ms per batch (packed gather only)", f"{train['gather_ms_per_batch']:.3f}"),

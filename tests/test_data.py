@@ -407,7 +407,11 @@ def _write_npz(path: Path, arrays: dict) -> Path:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key, value in arrays.items():
             with zf.open(f"{key}.npy", "w") as f:
-                if key == "metadata":
+                if isinstance(value, tuple):  # (header shape, payload): a lying .npy header
+                    header = {"descr": "|u1", "fortran_order": False, "shape": value[0]}
+                    np.lib.format.write_array_header_1_0(f, header)
+                    f.write(value[1].tobytes())
+                elif key == "metadata":
                     obj = np.empty((), dtype=object)
                     obj[()] = value
                     header = {"descr": "|O", "fortran_order": False, "shape": ()}
@@ -546,6 +550,18 @@ def test_npz_bad_files(tmp_path):
     truncated.write_bytes(blob[: len(blob) * 6 // 10])
     with pytest.raises(DatasetError, match="truncated.npz: not a valid .npz archive"):
         open_dsprites(source="npz", npz_path=str(truncated), cache_dir=cache)
+
+    # The imgs header promises 216 images; the payload has one fewer / one more.
+    for name, rows, message in (
+        ("short", 215, "imgs ends early: 215 of 216"),
+        ("long", 217, "imgs holds more bytes"),
+    ):
+        arrays = _official_arrays()
+        payload = np.zeros((rows, 64, 64), dtype=np.uint8)
+        arrays["imgs"] = ((216, 64, 64), payload)
+        path = _write_npz(tmp_path / f"{name}.npz", arrays)
+        with pytest.raises(DatasetError, match=f"{name}.npz: {message}"):
+            open_dsprites(source="npz", npz_path=str(path), cache_dir=cache)
 
     # Flip bytes inside the deflated imgs payload: found while streaming, after the lock.
     with zipfile.ZipFile(good) as zf:

@@ -99,7 +99,7 @@ class DSprites:
     def __repr__(self) -> str:
         return f"DSprites(n={len(self)}, sizes={self.latent_sizes}, source={self.source!r})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         return (_reopen, (str(self.cache_path), self._cache.meta.build_args))
 
     def images(self, indices: np.ndarray) -> np.ndarray:
@@ -271,7 +271,10 @@ def _epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def epoch_permutation(num_items: int, *, seed: int, epoch: int) -> np.ndarray:
-    """The global order (N,) int64 of epoch `epoch`: a pure function of (num_items, seed, epoch)."""
+    """The global order (N,) int64 of epoch `epoch`, a pure function of (num_items, seed, epoch).
+
+    Returned read-only: it is cached and shared by every step of the epoch.
+    """
     n = _check_int("num_items", num_items, 1)
     return _epoch_permutation(n, _check_int("seed", seed, 0), _check_int("epoch", epoch, 0))
 
@@ -302,7 +305,7 @@ def shard_indices(
     if g % w:
         raise ValueError(f"batch_size must be divisible by world_size {w}, got {g}")
     nb = len(perm_N) // g
-    return perm_N[: nb * g].reshape(nb, w, g // w)[:, r, :].ravel()
+    return perm_N[: nb * g].reshape(nb, w, g // w)[:, r, :].flatten()  # a writable copy
 
 
 def batch_indices_for_step(

@@ -15,8 +15,9 @@ small `.<name>.lock` file next to the cache (it is left in place: deleting a loc
 
 Serving: the images are never copied into memory. The open file is memory-mapped once, the
 byte offset of every batch's image buffer inside the file is recorded, and a batch of images is
-one fancy-indexing gather on the mapped bytes. Classes and values (N x 6 each) are concatenated
-into ordinary arrays (70 MB for the full grid).
+one fancy-indexing gather on the mapped bytes. Classes and values (N x 6 each) are copied into
+ordinary arrays (70 MB for the full grid) during verification. Mapped pages that were read count
+in the process's RSS as file-backed pages: page cache, shared by every process mapping the file.
 
 Shape-suffix legend: N rows, B batch, K packed bytes (512), F factors (6), C record batches.
 """
@@ -181,11 +182,21 @@ def _read_meta(reader: pa.ipc.RecordBatchFileReader) -> tuple[int, int, DatasetM
         raise CacheInvalid(f"unreadable metadata: {exc!r}") from exc
 
 
-def verify_cache(path: Path, expected_source_id: str | None) -> DatasetMeta:
+@dataclass
+class VerifiedCache:
+    """What a full check of a cache file yields: its metadata and its (small) factor arrays."""
+
+    meta: DatasetMeta
+    classes_NF: np.ndarray  # (N, 6) int64
+    values_NF: np.ndarray  # (N, 6) float64
+
+
+def verify_cache(path: Path, expected_source_id: str | None) -> VerifiedCache:
     """Check a cache file end to end (footer, schema, metadata, row counts, every CRC).
 
-    Reads through ordinary file I/O, one batch at a time, so verification does not leave the
-    whole file mapped into this process. Raises CacheInvalid with the reason.
+    Reads through ordinary file I/O, one batch at a time, copying out classes and values on the
+    way: the memory map used for serving then only ever touches the image pages it serves.
+    Raises CacheInvalid with the reason.
     """
     if not path.is_file():
         raise CacheInvalid("no cache file")
@@ -199,21 +210,32 @@ def verify_cache(path: Path, expected_source_id: str | None) -> DatasetMeta:
                 raise CacheInvalid(f"built from {meta.source_id!r}, not {expected_source_id!r}")
             if num_rows != meta.num_rows or len(meta.latent_sizes) != NUM_FACTORS:
                 raise CacheInvalid(f"{num_rows} rows recorded for sizes {meta.latent_sizes}")
+            classes_NF = np.empty((num_rows, NUM_FACTORS), dtype=np.int64)
+            values_NF = np.empty((num_rows, NUM_FACTORS), dtype=np.float64)
             rows = 0
             for i in range(reader.num_record_batches):
                 batch, custom = reader.get_batch_with_custom_metadata(i)
                 custom = custom or {}
                 if int(custom.get(b"start", b"-1")) != rows:
                     raise CacheInvalid(f"batch {i} does not start at row {rows}")
-                if _chunk_crc(*_batch_arrays(batch)) != int(custom.get(b"crc32", b"-1")):
+                packed_BK, classes_BF, values_BF = _batch_arrays(batch)
+                if _chunk_crc(packed_BK, classes_BF, values_BF) != int(custom.get(b"crc32", b"-1")):
                     raise CacheInvalid(f"CRC mismatch in batch {i}")
+                if rows + batch.num_rows > num_rows:
+                    raise CacheInvalid(f"more than the {num_rows} rows recorded")
+                classes_NF[rows : rows + batch.num_rows] = classes_BF
+                values_NF[rows : rows + batch.num_rows] = values_BF
                 rows += batch.num_rows
+                del batch, packed_BK, classes_BF, values_BF
             if rows != num_rows:
                 raise CacheInvalid(f"{rows} rows stored, {num_rows} expected")
     except (OSError, pa.ArrowException, ValueError) as exc:
         # Truncated or overwritten files fail inside Arrow (invalid footer / flatbuffer).
         raise CacheInvalid(f"unreadable Arrow file: {exc}") from exc
-    return meta
+    finally:
+        # Hand the batch buffers back to the OS now rather than keeping them in Arrow's pool.
+        pa.default_memory_pool().release_unused()
+    return VerifiedCache(meta, classes_NF, values_NF)
 
 
 @dataclass
@@ -237,31 +259,30 @@ class MappedCache:
         return self.file_bytes[first_B[:, None] + np.arange(PACKED_BYTES, dtype=np.int64)]
 
 
-def map_cache(path: Path, meta: DatasetMeta) -> MappedCache:
-    """Memory-map a cache file already checked by `verify_cache`."""
+def map_cache(path: Path, checked: VerifiedCache) -> MappedCache:
+    """Memory-map a cache file that `verify_cache` just checked (only metadata pages are read)."""
     mapped = pa.memory_map(str(path), "r")
     whole = mapped.read_buffer(mapped.size())  # zero-copy: a view of the whole mapping
     base = whole.address
     file_bytes = np.frombuffer(whole, dtype=np.uint8)
     reader = pa.ipc.open_file(mapped)
-    starts, offsets, classes, values = [0], [], [], []
+    starts, offsets = [0], []
     for i in range(reader.num_record_batches):
         batch = reader.get_batch(i)
         image = batch.column(0)
         offset = image.buffers()[1].address - base + image.offset * PACKED_BYTES
         if offset < 0 or offset + batch.num_rows * PACKED_BYTES > file_bytes.size:
             raise CacheInvalid(f"batch {i} image buffer is not inside the mapped file")
-        _, classes_BF, values_BF = _batch_arrays(batch)
         starts.append(starts[-1] + batch.num_rows)
         offsets.append(offset)
-        classes.append(classes_BF)
-        values.append(values_BF)
+    if starts[-1] != checked.classes_NF.shape[0]:
+        raise CacheInvalid(f"file changed since it was verified ({starts[-1]} rows)")
     file_bytes.flags.writeable = False
     return MappedCache(
         path=path,
-        meta=meta,
-        classes_NF=np.concatenate(classes) if classes else np.zeros((0, NUM_FACTORS), np.int64),
-        values_NF=np.concatenate(values) if values else np.zeros((0, NUM_FACTORS)),
+        meta=checked.meta,
+        classes_NF=checked.classes_NF,
+        values_NF=checked.values_NF,
         file_bytes=file_bytes,
         batch_starts_C=np.asarray(starts, dtype=np.int64),
         image_offsets_C=np.asarray(offsets, dtype=np.int64),

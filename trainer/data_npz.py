@@ -157,7 +157,7 @@ def inspect_npz(path_like: str | Path) -> NpzHeader:
     return NpzHeader(path, sizes, names, tuple(possible_values), classes_NF, values_NF)
 
 
-def npz_chunks(header: NpzHeader, rows_per_chunk: int = 16384) -> Iterator[Chunk]:
+def npz_chunks(header: NpzHeader, rows_per_chunk: int = 8192) -> Iterator[Chunk]:
     """Stream `imgs` out of the archive as packed chunks (B, 512), in index order.
 
     Raises DatasetError on a corrupt/truncated payload or pixel values other than 0 and 1.
@@ -187,7 +187,8 @@ def npz_chunks(header: NpzHeader, rows_per_chunk: int = 16384) -> Iterator[Chunk
                         header.values_NF[start : start + b],
                     )
                     start += b
-                member.read(1)  # reaching EOF makes zipfile check the member's CRC-32
+                if member.read(1):  # reading to EOF also makes zipfile check the CRC-32
+                    raise _fail(path, f"imgs holds more bytes than its header's {n} images")
     except DatasetError:
         raise
     except READ_ERRORS as exc:
