@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from trainer.data_render import MAX_POSITIONS  # distinct pixel positions in the frame
+
 VARIANTS = ("cascade", "cascade_c")
 DATA_SOURCES = ("render", "npz")
 EVAL_PROTOCOLS = ("authors_factorvae", "factorvae", "discrete_accuracy", "mig")
@@ -70,6 +72,11 @@ class DataConfig:
         for name in ("num_scales", "num_orientations", "num_positions"):
             if getattr(self, name) < 1:
                 out.append(f"data.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.num_positions > MAX_POSITIONS:
+            out.append(
+                f"data.num_positions: at most {MAX_POSITIONS} distinct pixel positions fit the "
+                f"64x64 frame, got {self.num_positions}"
+            )
         return out
 
 
