@@ -150,6 +150,20 @@ def test_discrete_stage_without_chooser_is_an_error():
         )
 
 
+def test_schedule_must_match_the_model():
+    model, optimizer, scheduler = _setup()
+    with pytest.raises(ValueError, match="num_continuous"):
+        train_step(
+            model,
+            optimizer,
+            scheduler,
+            _squares(2, seed=4),
+            iteration=0,
+            schedule=CascadeSchedule(num_continuous=5),
+            eps_generator=torch.Generator(),
+        )
+
+
 def test_lr_reported_is_the_one_used_and_decays():
     model, optimizer, scheduler = _setup(decay_every=2)
     images = _squares(2, seed=5)

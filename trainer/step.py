@@ -60,6 +60,11 @@ def train_step(
     vae = unwrap(model)
     if weight_penalty_coef < 0:
         raise ValueError(f"weight_penalty_coef must be >= 0, got {weight_penalty_coef}")
+    if schedule.num_continuous != vae.num_continuous:
+        raise ValueError(
+            f"schedule.num_continuous ({schedule.num_continuous}) != the model's "
+            f"num_continuous ({vae.num_continuous})"
+        )
     discrete = schedule.discrete_active(iteration) and vae.num_categories > 0
     if discrete and choose_codes is None:
         # Silently decoding with zeros here would train the wrong objective.
