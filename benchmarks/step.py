@@ -15,6 +15,7 @@ Shape legend: B batch, M continuous dims, K categories.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -45,44 +46,58 @@ def squares(count: int, seed: int) -> torch.Tensor:
     return images
 
 
-def median_seconds(fn: Callable[[], object], runs: int, reps: int, warmup: int) -> float:
-    """Median over `runs` of the mean wall time of `reps` calls, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(reps):
+def median_seconds(
+    fns: dict[str, Callable[[], object]], runs: int, reps: int, warmup: int
+) -> dict[str, float]:
+    """Per name, the median over `runs` of the mean wall time of `reps` calls, after `warmup`
+    calls each. The variants take turns run by run, so load from other processes on this
+    shared machine hits them alike and the ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-        times.append((time.perf_counter() - start) / reps)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times[name].append((time.perf_counter() - start) / reps)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def make_step(x_B1HW: torch.Tensor, iteration: int) -> Callable[[], dict[str, float]]:
+    """A closure running train_step at `iteration` on its own fresh model and optimiser."""
+    schedule = CascadeSchedule()
+    torch.manual_seed(0)
+    model = CascadeVAE()
+    optimizer, scheduler = make_optimizer(model)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> dict[str, float]:
+        return train_step(
+            model,
+            optimizer,
+            scheduler,
+            x_B1HW,
+            iteration=iteration,
+            schedule=schedule,
+            eps_generator=gen,
+            choose_codes=lambda unary_BK: unary_BK.argmin(dim=1),
+        )
+
+    return step
 
 
 def bench_steps(args: argparse.Namespace, x_B1HW: torch.Tensor) -> dict[str, float]:
-    schedule = CascadeSchedule()
+    first_discrete = CascadeSchedule().stage_length * CascadeSchedule().discrete_start_stage
+    steps = {"plain": make_step(x_B1HW, 0), "discrete": make_step(x_B1HW, first_discrete)}
+    assert steps["plain"]()["discrete/active"] == 0.0
+    assert steps["discrete"]()["discrete/active"] == 1.0
+    seconds = median_seconds(steps, args.runs, args.steps_per_run, warmup=2)
     out = {}
-    for name, iteration in (("plain", 0), ("discrete", schedule.stage_length * 4)):
-        torch.manual_seed(0)
-        model = CascadeVAE()
-        optimizer, scheduler = make_optimizer(model)
-        gen = torch.Generator().manual_seed(0)
-        assert schedule.discrete_active(iteration) == (name == "discrete")
-
-        def step(model=model, optimizer=optimizer, scheduler=scheduler, it=iteration, gen=gen):
-            return train_step(
-                model,
-                optimizer,
-                scheduler,
-                x_B1HW,
-                iteration=it,
-                schedule=schedule,
-                eps_generator=gen,
-                choose_codes=lambda unary_BK: unary_BK.argmin(dim=1),
-            )
-
-        seconds = median_seconds(step, args.runs, args.steps_per_run, warmup=3)
-        out[f"step_ms_{name}"] = 1e3 * seconds
-        out[f"images_per_s_{name}"] = x_B1HW.shape[0] / seconds
+    for name, value in seconds.items():
+        out[f"step_ms_{name}"] = 1e3 * value
+        out[f"images_per_s_{name}"] = x_B1HW.shape[0] / value
     return out
 
 
@@ -92,15 +107,20 @@ def bench_unary(args: argparse.Namespace, x_B1HW: torch.Tensor) -> dict[str, flo
     with torch.no_grad():
         mu_BM, sigma_BM = model.encode(x_B1HW)
         z_BM = mu_BM + sigma_BM * torch.randn_like(mu_BM)
-    batched = median_seconds(lambda: unary_matrix(model, z_BM, x_B1HW), args.runs, 5, warmup=2)
-    k_pass = median_seconds(
-        lambda: unary_matrix_k_passes(model, z_BM, x_B1HW), args.runs, 5, warmup=2
+    seconds = median_seconds(
+        {
+            "batched": lambda: unary_matrix(model, z_BM, x_B1HW),
+            "k_passes": lambda: unary_matrix_k_passes(model, z_BM, x_B1HW),
+        },
+        args.runs,
+        reps=args.steps_per_run,
+        warmup=2,
     )
     max_diff = unary_matrix(model, z_BM, x_B1HW) - unary_matrix_k_passes(model, z_BM, x_B1HW)
     return {
-        "unary_ms_batched": 1e3 * batched,
-        "unary_ms_k_passes": 1e3 * k_pass,
-        "unary_k_pass_over_batched": k_pass / batched,
+        "unary_ms_batched": 1e3 * seconds["batched"],
+        "unary_ms_k_passes": 1e3 * seconds["k_passes"],
+        "unary_k_pass_over_batched": seconds["k_passes"] / seconds["batched"],
         "unary_max_abs_diff": float(max_diff.abs().max()),
     }
 
@@ -124,9 +144,9 @@ def bench_metrics(args: argparse.Namespace) -> dict[str, float]:
         )
         torch.manual_seed(0)
         model = CascadeVAE().eval()
-        evaluate_model(model, dataset, device="cpu", seed=0)  # warm-up (caches, lazy imports)
+        # One call: it represents tens of thousands of images, so one-off costs are noise.
         start = time.perf_counter()
-        evaluate_model(model, dataset, device="cpu", seed=1)
+        evaluate_model(model, dataset, device="cpu", seed=0)
         seconds = time.perf_counter() - start
     return {"metrics_s": seconds, "metrics_images": float(len(dataset))}
 
@@ -134,7 +154,7 @@ def bench_metrics(args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported")
+    parser.add_argument("--runs", type=int, default=7, help="timed runs; the median is reported")
     parser.add_argument("--steps-per-run", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch)")
     parser.add_argument("--eval-scales", type=int, default=6, help="grid of the metrics timing")
@@ -145,13 +165,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    load_at_start = os.getloadavg()[0]
     x_B1HW = squares(args.batch_size, seed=0)
     results = {**bench_steps(args, x_B1HW), **bench_unary(args, x_B1HW)}
     if not args.skip_metrics:
         results.update(bench_metrics(args))
     results["discrete_cost"] = results["step_ms_discrete"] / results["step_ms_plain"]
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"{os.cpu_count()} CPUs, load average {load_at_start:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at end (other processes skew absolute times)"
+    )
     rows = [
         ("train step, before the discrete stage (ms)", f"{results['step_ms_plain']:.1f}"),
         ("train step, discrete stage (ms)", f"{results['step_ms_discrete']:.1f}"),
