@@ -151,7 +151,9 @@ def _actor_label(actor: Any) -> str:
     try:
         from ray.util.state import get_actor
 
-        state = get_actor(actor_id, timeout=5)
+        # Name this cluster explicitly: with several local clusters the lookup is ambiguous.
+        address = ray.get_runtime_context().gcs_address
+        state = get_actor(actor_id, address=address, timeout=5)
         if state is not None and state.name:
             return f"'{state.name}' ({actor_id})"
     except Exception:  # no dashboard / State API: the id still identifies it

@@ -1,0 +1,122 @@
+"""The solver actor on a real local Ray: same answers as `assign`, survives kills (calls in
+flight are retried), times out loudly, records solve and round-trip times.
+
+Legend: N items of the global batch, K categories.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from solver import assign, assignment_cost
+from solver.actor import (
+    SolverTimeoutError,
+    get_or_create_solver_actor,
+    remote_solver_actor_class,
+    solve_remote,
+)
+
+NAMESPACE = "cascadevae-tests"
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def problem(seed: int, n: int = 96, k: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 100 + 50 * rng.uniform(size=(n, k)) + np.arange(k)[None, :]
+
+
+def test_remote_answer_equals_local_assign_and_times_are_recorded(ray_session) -> None:
+    name = unique_name("solver")
+    actor = get_or_create_solver_actor(name, namespace=NAMESPACE)
+    assert ray_session.get(actor.ping.remote()) is True
+    # get_if_exists: the same name gives the same actor.
+    assert get_or_create_solver_actor(name, namespace=NAMESPACE) == actor
+    solve_ms_seen = []
+    for seed, lam in [(0, 0.001), (1, 1.0), (2, 0.0)]:
+        unary_NK = problem(seed)
+        labels_N, solve_ms, round_trip_ms = solve_remote(actor, unary_NK, lam, timeout_s=60)
+        assert labels_N.dtype == np.int64
+        np.testing.assert_array_equal(labels_N, assign(unary_NK, lam))
+        assert 0 < solve_ms < round_trip_ms
+        solve_ms_seen.append(solve_ms)
+    unary_NK = problem(3, n=40, k=10)  # a second shape
+    np.testing.assert_array_equal(solve_remote(actor, unary_NK, 0.5)[0], assign(unary_NK, 0.5))
+    stats = ray_session.get(actor.stats.remote())
+    assert stats["calls"] == 4
+    assert stats["shapes"] == [(40, 10), (96, 3)]
+    assert stats["total_solve_ms"] > sum(solve_ms_seen)
+    assert min(solve_ms_seen) <= stats["median_solve_ms"] <= stats["total_solve_ms"]
+    ray_session.kill(actor, no_restart=True)
+
+
+def test_bad_input_is_rejected_before_sending(ray_session) -> None:
+    actor = get_or_create_solver_actor(unique_name("solver-bad"), namespace=NAMESPACE)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        solve_remote(actor, np.array([[0.0, np.nan]]), 0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        solve_remote(actor, np.zeros((3, 2)), -1.0)
+    ray_session.kill(actor, no_restart=True)
+
+
+def test_killed_actor_restarts_and_calls_in_flight_are_retried(ray_session) -> None:
+    ray = ray_session
+    name = unique_name("solver-kill")
+    actor = get_or_create_solver_actor(name, namespace=NAMESPACE)
+    unary_NK = problem(10)
+    labels_N, _, _ = solve_remote(actor, unary_NK, 0.001)
+    first_pid = ray.get(actor.stats.remote())["pid"]
+
+    ray.kill(actor, no_restart=False)  # asynchronous: wait until a new process answers
+    deadline = time.monotonic() + 60
+    while ray.get(actor.stats.remote(), timeout=60)["pid"] == first_pid:
+        assert time.monotonic() < deadline, "the killed actor was not restarted"
+        time.sleep(0.05)
+    again_N, _, _ = solve_remote(actor, unary_NK, 0.001, timeout_s=60)
+    np.testing.assert_array_equal(again_N, labels_N)
+    assert ray.get(actor.stats.remote())["calls"] == 1  # the restarted actor answered
+
+    # A call in flight during the kill: the actor sleeps 3 s before solving.
+    slow = (
+        remote_solver_actor_class()
+        .options(name=unique_name("solver-slow"), namespace=NAMESPACE)
+        .remote(delay_s=3.0)
+    )
+    assert ray.get(slow.ping.remote()) is True
+    slow_pid = ray.get(slow.stats.remote())["pid"]
+    other_NK = problem(11)
+    ref = slow.solve.remote(other_NK, 1.0)
+    time.sleep(0.5)  # the call is now sleeping inside the actor
+    ray.kill(slow, no_restart=False)
+    got_N, solve_ms = ray.get(ref, timeout=60)
+    np.testing.assert_array_equal(got_N, assign(other_NK, 1.0))
+    assert solve_ms > 0
+    stats = ray.get(slow.stats.remote())
+    assert stats["pid"] != slow_pid and stats["calls"] == 1  # retried on the restarted actor
+    ray.kill(actor, no_restart=True)
+    ray.kill(slow, no_restart=True)
+
+
+def test_timeout_raises_solver_timeout_error_naming_actor_timeout_and_shape(ray_session) -> None:
+    name = unique_name("solver-timeout")
+    slow = remote_solver_actor_class().options(name=name, namespace=NAMESPACE).remote(delay_s=2.0)
+    assert ray_session.get(slow.ping.remote()) is True
+    unary_NK = problem(12, n=50, k=4)
+    started = time.perf_counter()
+    with pytest.raises(SolverTimeoutError) as info:
+        solve_remote(slow, unary_NK, 0.001, timeout_s=0.25)
+    assert time.perf_counter() - started < 1.9  # did not wait for the answer
+    message = str(info.value)
+    assert name in message and "0.25 s" in message and "50 x 4 (N, K)" in message
+    assert isinstance(info.value, TimeoutError)
+    # The actor itself is fine: a patient call gets the optimal answer.
+    labels_N, _, _ = solve_remote(slow, unary_NK, 0.001, timeout_s=60)
+    best = assignment_cost(unary_NK, assign(unary_NK, 0.001), 0.001)
+    assert assignment_cost(unary_NK, labels_N, 0.001) == pytest.approx(best)
+    ray_session.kill(slow, no_restart=True)
