@@ -255,9 +255,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         interval_end = time.perf_counter()
         elapsed = interval_end - meter.started
         interval = meter.means()
-        interval.update(client.timings.summary())
+        timings = client.timings.summary()
         client.timings.clear()
+        # Every rank waits for codes; only rank 0 talks to the solver. Reduce the keys that all
+        # ranks hold (a collective needs equal shapes), then add rank 0's solver timings.
+        if "solver/wait_ms" in timings:
+            interval["solver/wait_ms"] = timings.pop("solver/wait_ms")
         interval = average_across_ranks(interval, world_size)
+        interval.update(timings)
         interval["perf/images_per_s"] = meter.steps * train.global_batch / max(elapsed, 1e-9)
         interval["perf/step_ms"] = 1000.0 * elapsed / max(meter.steps, 1)
         if "solver/wait_ms" in interval:
