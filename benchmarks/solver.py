@@ -17,7 +17,8 @@ evaluated on the float objective, may exceed (a) by at most the x10,000 rounding
 never be better than (a). The first solve of each shape (model build, cold start) is not timed.
 
 Target: (a)/(b) <= 1.0 for N >= 512 and <= 2.0 at N = 64.
-Usage: python benchmarks/solver.py [--repeats 10] [--quick]   (needs the `bench` extra: ortools)
+Usage: python benchmarks/solver.py [--repeats 20] [--quick]   (needs the `bench` extra: ortools)
+       --quick: N in {64, 512} only, 7 repeats unless --repeats is given.
 The last line printed is `SUMMARY ...` with the worst (a)/(b) per N and whether the target holds.
 
 Shape legend: N items, K categories, A arcs.
@@ -26,6 +27,7 @@ Shape legend: N items, K categories, A arcs.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -182,18 +184,24 @@ def bench_case(n: int, k: int, lam: float, repeats: int, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=10, help="timed solves per case")
-    parser.add_argument("--quick", action="store_true", help="N in {64, 512}, 3 repeats")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed solves per case (default 20, quick 7)"
+    )
+    parser.add_argument("--quick", action="store_true", help="N in {64, 512}, 7 repeats")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     sizes = [64, 512] if args.quick else [64, 512, 4096]
-    repeats = 3 if args.quick else args.repeats
+    repeats = args.repeats or (7 if args.quick else 20)
 
     header = (
         f"{'N':>5} {'K':>3} {'lam':>6} | {'(a) ms':>8} {'(b) ms':>8} {'(a)/(b)':>8} | "
         f"{'(b´) ms':>8} {'(a)/(b´)':>8} | {'(c) ms':>8} | {'iters':>6} {'ties':>4}"
     )
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"median ms per solve over {repeats} fresh instances each; objectives all checked")
+    print(
+        f"load average at start: {load} ({os.cpu_count()} CPUs); methods interleaved per instance"
+    )
     print(header)
     print("-" * len(header))
     rows = []
