@@ -43,7 +43,7 @@ from pyomo.contrib.solver.common.factory import SolverFactory
 from pyomo.core.base.constraint import ConstraintData
 from pyomo.core.base.var import VarData
 
-from solver.model import build_model, objective_cost_map
+from solver.model import build_model, objective_cost_map, set_costs
 from solver.network import FlowNetwork, assignment_cost, validate_problem
 
 _HIGHS_OPTIONS: dict[str, object] = {
@@ -55,12 +55,15 @@ _HIGHS_OPTIONS: dict[str, object] = {
     "random_seed": 0,
 }
 _INTEGRALITY_TOL = 1e-6
+_LOWER, _BASIC, _UPPER = 0, 1, 2  # codes of _BASIS_STATUS
 _BASIS_STATUS = np.array(
-    [highspy.HighsBasisStatus.kLower, highspy.HighsBasisStatus.kBasic,
-     highspy.HighsBasisStatus.kUpper],
+    [
+        highspy.HighsBasisStatus.kLower,
+        highspy.HighsBasisStatus.kBasic,
+        highspy.HighsBasisStatus.kUpper,
+    ],
     dtype=object,
-)  # fmt: skip
-_LOWER, _BASIC, _UPPER = 0, 1, 2
+)
 
 
 class SolverError(RuntimeError):
@@ -155,7 +158,11 @@ class AssignmentSolver:
     # -- public -----------------------------------------------------------------------------
 
     def solve(self, unary_NK: np.ndarray, lam: float) -> np.ndarray:
-        """Optimal labels (N,) int64 in [0, K) for one problem of this solver's shape."""
+        """Optimal labels (N,) int64 in [0, K) for one problem of this solver's shape.
+
+        Raises ValueError on bad input or another shape, SolverError when HiGHS does not
+        return an optimal, integral assignment.
+        """
         started = time.perf_counter()
         unary_NK, lam = validate_problem(unary_NK, lam)
         if unary_NK.shape != (self.n, self.k):
@@ -196,8 +203,6 @@ class AssignmentSolver:
 
     def load_into_model(self, unary_NK: np.ndarray, lam: float) -> None:
         """Write the costs and HiGHS's last solution into the Pyomo model (slow; for checks)."""
-        from solver.model import set_costs
-
         set_costs(self.model, unary_NK, lam)
         col_value = np.asarray(self._highs.getSolution().col_value)
         for i in range(self.n):
