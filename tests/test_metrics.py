@@ -1,0 +1,479 @@
+"""Known-answer tests of trainer.metrics: the true factors as a representation score (near) 1,
+an independent random one near chance, hand-computed small cases, and the model adapter.
+
+A fake dataset with the data layer's interface (small grid, no rendering) keeps this fast.
+
+Shape legend: N images, M continuous dims, V votes, P images per vote, K categories, S shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import metrics
+from trainer.data import mixed_radix_bases
+from trainer.metrics import (
+    FactorRepresenter,
+    ModelRepresenter,
+    Representation,
+    Representer,
+    compute_authors_factorvae,
+    compute_discrete_accuracy,
+    compute_factorvae,
+    compute_mig,
+    discrete_entropy,
+    discrete_mutual_information,
+    draw_global_sample,
+    evaluate_model,
+    gini_variance,
+    histogram_discretize,
+    majority_vote_accuracy,
+    parse_overrides,
+)
+from trainer.model import CascadeVAE
+from trainer.unary import unary_matrix
+
+SMALL_SIZES = (1, 3, 6, 10, 8, 8)  # color, shape, scale, orientation, posX, posY
+ALL_FACTORS = ("shape", "scale", "orientation", "posX", "posY")
+
+
+class FakeDSprites:
+    """The data layer's DSprites interface over a small grid; images are fixed random bits
+    (a table of 64 images indexed by index mod 64) since only the model adapter looks at them."""
+
+    def __init__(self, latent_sizes: tuple[int, ...] = SMALL_SIZES) -> None:
+        self.latent_sizes = tuple(latent_sizes)
+        n = math.prod(latent_sizes)
+        self.latent_classes = np.stack(np.unravel_index(np.arange(n), latent_sizes), axis=1)
+        self.latent_classes = self.latent_classes.astype(np.int64)
+        self.latent_values = self.latent_classes.astype(np.float64)
+        self._table = np.random.default_rng(123).integers(0, 2, (64, 64, 64), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return int(self.latent_classes.shape[0])
+
+    def images(self, indices: np.ndarray) -> np.ndarray:
+        return self._table[np.asarray(indices) % 64]
+
+    def index_of(self, classes_B6: np.ndarray) -> np.ndarray:
+        return np.asarray(classes_B6) @ mixed_radix_bases(self.latent_sizes)
+
+
+class TableRepresenter(Representer):
+    """A fixed table lookup: image i -> (mu_NM[i], sigma_NM[i], codes_N[i])."""
+
+    def __init__(self, mu_NM, sigma_NM=None, codes_N=None) -> None:
+        self.mu_NM, self.sigma_NM, self.codes_N = mu_NM, sigma_NM, codes_N
+        self.has_codes = codes_N is not None
+        self.code_requests = 0
+
+    def __call__(self, indices_N, *, codes=True):
+        idx = np.asarray(indices_N)
+        sigma = None if self.sigma_NM is None else self.sigma_NM[idx]
+        with_codes = codes and self.has_codes
+        if with_codes:
+            self.code_requests += len(idx)
+        return Representation(self.mu_NM[idx], sigma, self.codes_N[idx] if with_codes else None)
+
+
+@pytest.fixture(scope="module")
+def data() -> FakeDSprites:
+    return FakeDSprites()
+
+
+def random_representer(data: FakeDSprites, seed: int, num_dims: int = 6) -> TableRepresenter:
+    """Continuous dims and a 3-category code drawn independently of the factors."""
+    rng = np.random.default_rng(seed)
+    n = len(data)
+    return TableRepresenter(
+        rng.normal(size=(n, num_dims)), np.full((n, num_dims), 0.1), rng.integers(0, 3, size=n)
+    )
+
+
+# --- hand-checked small cases -------------------------------------------------------------------
+
+
+def test_gini_variance_hand_computed():
+    # n = 4, counts (2, 1, 1): (16 - 6) / (2 * 4 * 3) = 10 / 24.
+    assert gini_variance(np.array([0, 0, 1, 2])) == pytest.approx(10 / 24)
+    # Labels only matter through their counts.
+    assert gini_variance(np.array([7, 7, 3, 9])) == pytest.approx(10 / 24)
+    assert gini_variance(np.array([5, 5, 5])) == 0.0
+    # Two items that differ: (4 - 2) / (2 * 2 * 1) = 1/2, the sample variance of {0, 1}.
+    assert gini_variance(np.array([0, 1])) == pytest.approx(np.var([0, 1], ddof=1))
+
+
+def test_gini_variance_is_half_the_summed_one_hot_sample_variances():
+    codes_N = np.random.default_rng(0).integers(0, 4, size=37)
+    one_hot_NK = np.eye(4)[codes_N]
+    assert gini_variance(codes_N) == pytest.approx(0.5 * one_hot_NK.var(axis=0, ddof=1).sum())
+
+
+def test_majority_vote_accuracy_hand_computed():
+    votes_DF = np.array([[5, 1, 0], [2, 2, 6], [0, 0, 0]])
+    assert majority_vote_accuracy(votes_DF) == pytest.approx((5 + 6) / 16)
+
+
+def test_discrete_accuracy_of_a_permuted_labelling_is_one():
+    shapes_N = np.random.default_rng(0).integers(0, 3, size=500)
+    codes_N = np.array([2, 0, 1])[shapes_N]  # a relabelling of the shapes
+    result = metrics._discrete_accuracy_core(codes_N, shapes_N)
+    assert result.score == 1.0
+    assert result.details["category_to_shape"] == {0: 1, 1: 2, 2: 0}
+
+
+def test_discrete_accuracy_of_a_known_confusion_matrix():
+    # confusion (K=3 rows, S=3 cols):  [[10, 2, 0], [1, 3, 8], [4, 5, 1]]
+    # best matching: cat0->shape0 (10), cat1->shape2 (8), cat2->shape1 (5): 23 of 34.
+    confusion = np.array([[10, 2, 0], [1, 3, 8], [4, 5, 1]])
+    codes, shapes = np.nonzero(confusion)
+    reps = confusion[codes, shapes]
+    result = metrics._discrete_accuracy_core(np.repeat(codes, reps), np.repeat(shapes, reps))
+    np.testing.assert_array_equal(result.details["confusion_KS"], confusion)
+    assert result.score == pytest.approx(23 / 34)
+
+
+def test_discrete_accuracy_with_more_or_fewer_categories_than_shapes():
+    shapes_N = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    # K = 4: shape 2 split over categories 2 and 3; only one of them can be matched (3 of 5).
+    codes_N = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
+    assert metrics._discrete_accuracy_core(codes_N, shapes_N).score == pytest.approx(8 / 10)
+    # K = 2: shapes 0 and 1 merged in category 0; best: cat0->shape0 (3), cat1->shape2 (5).
+    codes_N = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    assert metrics._discrete_accuracy_core(codes_N, shapes_N).score == pytest.approx(8 / 10)
+
+
+def test_mutual_information_of_identical_variables_is_their_entropy():
+    a_N = np.random.default_rng(1).integers(0, 5, size=1000)
+    counts = np.bincount(a_N)
+    p = counts / counts.sum()
+    assert discrete_entropy(a_N) == pytest.approx(-np.sum(p * np.log(p)))
+    assert discrete_mutual_information(a_N, a_N) == pytest.approx(discrete_entropy(a_N))
+    # A relabelling carries the same information.
+    assert discrete_mutual_information(a_N, 10 - 3 * a_N) == pytest.approx(discrete_entropy(a_N))
+
+
+def test_mutual_information_hand_computed():
+    # Uniform x in {0, 1}, y = x on half the items and 0 otherwise: joint p(0,0) = 1/2,
+    # p(1,0) = 1/4, p(1,1) = 1/4. I = H(y) + H(x) - H(x, y) = H(1/4,3/4) + log 2 - 1.5 log 2.
+    x_N = np.array([0, 0, 1, 1])
+    y_N = np.array([0, 0, 0, 1])
+    h_y = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    assert discrete_mutual_information(x_N, y_N) == pytest.approx(h_y - 0.5 * np.log(2))
+    # Independent variables: exactly 0.
+    assert discrete_mutual_information(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])) == 0.0
+
+
+def test_histogram_discretize_matches_numpy_histogram_bins():
+    x_NM = np.random.default_rng(2).normal(size=(1000, 3))
+    x_NM[:, 2] = 4.0  # constant column: one bin
+    bins_NM = histogram_discretize(x_NM, 20)
+    for j in range(2):
+        edges = np.histogram(x_NM[:, j], 20)[1]
+        # np.digitize against the 20 left edges gives 1..20 (the max lands in bin 20).
+        np.testing.assert_array_equal(bins_NM[:, j], np.digitize(x_NM[:, j], edges[:-1]) - 1)
+    assert bins_NM[:, :2].min() == 0 and bins_NM[:, :2].max() == 19
+    assert (bins_NM[:, 2] == 0).all()
+
+
+def test_mig_core_hand_built():
+    # Factor a (4 values) copied in column 0, factor b (2 values) in column 1 and, masked by
+    # noise, in column 2. Per factor: gap = (top MI - runner-up MI) / H(factor), where the top
+    # MI of a copied factor is its entropy and runner-ups are the other columns' MI.
+    rng = np.random.default_rng(3)
+    a_N, b_N = rng.integers(0, 4, size=4000), rng.integers(0, 2, size=4000)
+    masked_N = b_N * rng.integers(0, 2, size=4000)
+    mu_NM = np.stack([a_N, b_N, masked_N], axis=1).astype(float)
+    result = metrics._mig_core(mu_NM, None, np.stack([a_N, b_N], axis=1), num_bins=20)
+    mi = discrete_mutual_information
+    h_a, h_b = discrete_entropy(a_N), discrete_entropy(b_N)
+    expected_a = (h_a - max(mi(b_N, a_N), mi(masked_N, a_N))) / h_a  # plug-in bias only
+    expected_b = (h_b - max(mi(a_N, b_N), mi(masked_N, b_N))) / h_b
+    assert 0.999 < expected_a < 1.0
+    # I(masked; b) = H(masked) - H(masked | b) = H(1/4, 3/4) - log(2) / 2 = 0.216 nats.
+    h_quarter = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    assert mi(masked_N, b_N) == pytest.approx(h_quarter - 0.5 * np.log(2), abs=0.01)
+    np.testing.assert_allclose(result.details["gap_F"], [expected_a, expected_b], rtol=1e-12)
+    assert result.score == pytest.approx((expected_a + expected_b) / 2)
+    # The discrete code is one more column, used as is: a copy of b makes gap_b = (H - H) = 0.
+    with_code = metrics._mig_core(mu_NM, b_N, np.stack([a_N, b_N], axis=1), num_bins=20)
+    assert with_code.details["mi_CF"].shape == (4, 2)
+    assert with_code.details["gap_F"][1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_parse_overrides():
+    parsed = parse_overrides(
+        ["factorvae_num_train=100", "num_global=none", "kl_threshold=0.2", "mig_num_bins=10"]
+    )
+    assert parsed == {
+        "factorvae_num_train": 100,
+        "num_global": None,
+        "kl_threshold": 0.2,
+        "mig_num_bins": 10,
+    }
+    assert parse_overrides(["factorvae_include_discrete=true"]) == {
+        "factorvae_include_discrete": True
+    }
+    with pytest.raises(ValueError, match="bad override"):
+        parse_overrides(["num_votes"])
+    with pytest.raises(ValueError, match="bad override"):
+        parse_overrides(["no_such_key=1"])
+
+
+# --- the true factors as the representation -----------------------------------------------------
+
+
+def test_authors_variant_scores_one_on_the_true_factors(data):
+    result = compute_authors_factorvae(FactorRepresenter(data), data, np.random.default_rng(0))
+    assert result.protocol == "authors_factorvae"
+    assert result.score == 1.0
+    assert result.details["discrete_used"]
+    # 800 votes, 160 per factor; dims: scale, orientation, posX, posY, then the shape code.
+    votes_DF = result.details["votes_DF"]
+    assert votes_DF.sum() == 800
+    np.testing.assert_array_equal(votes_DF.sum(axis=0), [160] * 5)
+    expected = np.zeros((5, 5), dtype=np.int64)
+    for dim, factor in enumerate([1, 2, 3, 4, 0]):  # factor order: shape, scale, ...
+        expected[dim, factor] = 160
+    np.testing.assert_array_equal(votes_DF, expected)
+
+
+def test_standard_factorvae_scores_one_on_the_true_factors(data):
+    # disentanglement_lib's identity representation: every factor class as a continuous dim.
+    rep = FactorRepresenter(data, continuous=ALL_FACTORS, discrete=None)
+    result = compute_factorvae(rep, data, np.random.default_rng(0), num_train=500, num_eval=300)
+    assert result.protocol == "factorvae"
+    assert result.score == 1.0
+    assert result.details["train_accuracy"] == 1.0
+
+
+def test_standard_factorvae_on_the_joint_true_factors(data):
+    rep = FactorRepresenter(data)  # scale, orientation, posX, posY continuous; shape discrete
+    kwargs = dict(num_train=500, num_eval=500)
+    # With the discrete code as a Gini dim the shape votes are read too: exactly 1.
+    result = compute_factorvae(rep, data, np.random.default_rng(0), include_discrete=True, **kwargs)
+    assert result.score == 1.0
+    # On mu alone (the default) nothing can read shape: exactly the shape votes are lost.
+    result = compute_factorvae(rep, data, np.random.default_rng(0), **kwargs)
+    eval_DF = result.details["eval_votes_DF"]
+    shape_votes = eval_DF[:, 0].sum()
+    assert 60 < shape_votes < 140  # about 1/5 of 500
+    assert result.score == pytest.approx(1 - shape_votes / 500)
+
+
+def test_discrete_accuracy_of_the_true_shapes_is_one(data):
+    result = compute_discrete_accuracy(
+        FactorRepresenter(data), data, np.random.default_rng(0), num_samples=2000
+    )
+    assert result.score == 1.0
+
+
+def test_mig_of_the_true_factors(data):
+    # Every factor has <= 20 values here, so each dim's 20 bins separate its classes: the top
+    # MI of each factor is its entropy; the runner-up is a small plug-in bias. Measured 0.9985
+    # (per factor 0.9980 .. 0.9993); an independent random representation gives 0.0002.
+    result = compute_mig(FactorRepresenter(data), data, np.random.default_rng(0))
+    assert 0.995 < result.score < 1.0
+    np.testing.assert_allclose(
+        result.details["mi_CF"].max(axis=0), result.details["entropy_F"], rtol=1e-12
+    )
+    assert compute_mig(random_representer(data, 0), data, np.random.default_rng(0)).score < 0.01
+
+
+# --- random and constant representations --------------------------------------------------------
+
+
+def test_authors_variant_is_near_chance_for_a_random_representation(data):
+    # Measured over seeds 0..9: 0.2362 .. 0.2600, mean 0.2436 (seeds 10..39: 0.2362 .. 0.2587).
+    # Chance is 1/5; the majority classifier scored on the votes it was fit on (7 dims, about
+    # 114 votes each) adds a small optimistic bias.
+    scores = [
+        compute_authors_factorvae(
+            random_representer(data, seed), data, np.random.default_rng(seed)
+        ).score
+        for seed in range(10)
+    ]
+    assert 0.21 < min(scores) and max(scores) < 0.29
+    assert 0.225 < np.mean(scores) < 0.265
+
+
+def test_standard_factorvae_is_near_chance_for_a_random_representation(data):
+    scores = []
+    for seed in range(3):
+        result = compute_factorvae(
+            random_representer(data, seed),
+            data,
+            np.random.default_rng(seed),
+            num_train=1000,
+            num_eval=1000,
+        )
+        scores.append(result.score)
+    # Measured over seeds 0..9 (1000 / 1000 votes): held-out 0.176 .. 0.221; chance is 1/5.
+    assert 0.15 < min(scores) and max(scores) < 0.25
+
+
+def test_constant_representations_are_defined(data):
+    n = len(data)
+    rng = np.random.default_rng(0)
+    # mu = 0, sigma = 1: every KL is 0, no dim kept; constant code: Gini 0, dropped too.
+    silent = TableRepresenter(np.zeros((n, 4)), np.ones((n, 4)), np.zeros(n, dtype=np.int64))
+    result = compute_authors_factorvae(silent, data, rng)
+    assert result.score == pytest.approx(1 / 5)  # the authors' value with no kept dim
+    assert result.details["kept_dims"] == () and not result.details["discrete_used"]
+    # mu = 5 everywhere: KL-active but no variance at all: dropped, not divided by 0.
+    stuck = TableRepresenter(np.full((n, 4), 5.0), np.ones((n, 4)))
+    assert compute_authors_factorvae(stuck, data, rng).score == pytest.approx(1 / 5)
+    # disentanglement_lib: no active dim -> 0 train and eval accuracy.
+    result = compute_factorvae(stuck, data, rng, num_train=50, num_eval=50)
+    assert result.score == 0.0 and result.details["train_accuracy"] == 0.0
+    # MIG: a constant code carries no information.
+    assert compute_mig(stuck, data, rng, num_samples=500).score == 0.0
+
+
+def test_kl_activity_test_drops_inactive_dims(data):
+    n = len(data)
+    classes = data.latent_classes
+    # dim 0 = posX with a tight posterior (active); dim 1 = posY but sigma = 1 and tiny mu:
+    # KL = 0.5 * mu^2 <= 0.1 -> inactive, so posY votes cannot go to it.
+    mu_NM = np.stack([classes[:, 4], classes[:, 5] * 0.01], axis=1).astype(float)
+    sigma_NM = np.stack([np.full(n, 0.1), np.ones(n)], axis=1)
+    result = compute_authors_factorvae(
+        TableRepresenter(mu_NM, sigma_NM), data, np.random.default_rng(0)
+    )
+    assert result.details["kept_dims"] == (0,)
+    assert result.details["votes_DF"].shape == (1, 5)
+    assert result.score == pytest.approx(1 / 5)  # one dim: every vote goes to it
+
+
+# --- lazy discrete codes give the exact same votes -------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["true", "random", "blend"])
+def test_lazy_vote_codes_change_nothing(data, kind):
+    n = len(data)
+    rng = np.random.default_rng(7)
+    classes = data.latent_classes
+    if kind == "true":
+        represent = FactorRepresenter(data)
+    elif kind == "random":
+        represent = random_representer(data, 7)
+    else:  # informative but noisy dims and a noisy shape code: many votes are close calls
+        mu_NM = classes[:, 2:].astype(float) + rng.normal(scale=2.0, size=(n, 4))
+        codes_N = np.where(rng.random(n) < 0.7, classes[:, 1], rng.integers(0, 3, size=n))
+        represent = TableRepresenter(mu_NM, np.full((n, 4), 0.1), codes_N)
+    lazy = compute_authors_factorvae(represent, data, np.random.default_rng(1))
+    full = compute_authors_factorvae(represent, data, np.random.default_rng(1), lazy_codes=False)
+    np.testing.assert_array_equal(lazy.details["votes_DF"], full.details["votes_DF"])
+    assert lazy.score == full.score
+    assert full.details["vote_codes_computed"] == 800 * 100
+    if kind == "true":  # every vote has a zero-variance dim: decided with no codes at all
+        assert lazy.details["vote_codes_computed"] == 160 * 100  # only the shape votes
+    assert lazy.details["vote_codes_computed"] <= full.details["vote_codes_computed"]
+
+
+def test_fewest_unequal_pairs_is_the_minimum_over_all_completions():
+    # Brute force over every completion of partially known codes (P = 6, K = 3).
+    rng = np.random.default_rng(5)
+    codes_VP = rng.integers(0, 3, size=(60, 6))
+    codes_VP[rng.random(codes_VP.shape) < 0.5] = -1
+    codes_VP[0] = -1  # nothing known: bound 0
+    codes_VP[1] = [0, 1, 2, 0, 1, 2]  # everything known: exact 36 - 12 = 24
+    bound_V = metrics._fewest_unequal_pairs(codes_VP)
+    for codes_P, bound in zip(codes_VP, bound_V, strict=True):
+        unknown = np.flatnonzero(codes_P < 0)
+        fewest = 36
+        for fill in itertools.product(range(3), repeat=len(unknown)):
+            filled = codes_P.copy()
+            filled[unknown] = fill
+            fewest = min(fewest, 36 - int((np.bincount(filled) ** 2).sum()))
+        assert bound == fewest
+    assert bound_V[0] == 0 and bound_V[1] == 24
+
+
+def test_core_refuses_votes_missing_needed_codes(data):
+    represent = random_representer(data, 0)
+    rng = np.random.default_rng(0)
+    sample = draw_global_sample(represent, data, rng, 1000)
+    vote_mu_VPM = rng.normal(size=(10, 100, 6))
+    with pytest.raises(ValueError, match="missing"):
+        metrics._authors_factorvae_core(
+            sample.rep, vote_mu_VPM, np.full((10, 100), -1), np.zeros(10, dtype=int), 5
+        )
+
+
+# --- the model adapter ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> CascadeVAE:
+    torch.manual_seed(0)
+    return CascadeVAE(num_continuous=4, num_categories=3)
+
+
+def test_model_representer_matches_the_model(data, tiny_model):
+    indices_N = np.array([5, 69, 5, 1000, 11519, 64])  # a repeat; 5 and 69 share an image
+    represent = ModelRepresenter(tiny_model, data, batch_size=4)
+    rep = represent(indices_N)
+    assert rep.mu_NM.shape == (6, 4) and rep.sigma_NM.shape == (6, 4)
+    assert rep.codes_N.shape == (6,)
+    assert rep.mu_NM.dtype == np.float64 and rep.codes_N.dtype == np.int64
+    x_N1HW = torch.from_numpy(data.images(indices_N)).float().unsqueeze(1)
+    with torch.no_grad():
+        mu_NM, sigma_NM = tiny_model.encode(x_N1HW)
+        codes_N = unary_matrix(tiny_model, mu_NM, x_N1HW).argmin(dim=1)
+    np.testing.assert_allclose(rep.mu_NM, mu_NM.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rep.sigma_NM, sigma_NM.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(rep.codes_N, codes_N.numpy())
+    # The codes-from-known-mu path agrees, and codes=False skips the decoder.
+    np.testing.assert_array_equal(represent.codes(indices_N, rep.mu_NM), rep.codes_N)
+    assert represent(indices_N, codes=False).codes_N is None
+    # The caller's model is untouched (mode and layout).
+    assert tiny_model.training
+    assert tiny_model.encoder[0].weight.is_contiguous()
+
+
+def test_model_representer_without_discrete_code(data):
+    torch.manual_seed(0)
+    model = CascadeVAE(num_continuous=3, num_categories=0)
+    represent = ModelRepresenter(model, data)
+    rep = represent(np.arange(10))
+    assert rep.mu_NM.shape == (10, 3) and rep.codes_N is None and not represent.has_codes
+
+
+def test_evaluate_model_keys_and_determinism(data, tiny_model):
+    kwargs = dict(num_global=300, num_votes=50, vote_size=20, factorvae_num_train=20)
+    all_protocols = ("authors_factorvae", "factorvae", "discrete_accuracy", "mig")
+    out = evaluate_model(
+        tiny_model, data, seed=3, protocols=all_protocols, factorvae_num_eval=20, **kwargs
+    )
+    assert set(out) == {
+        "eval/authors_factorvae",
+        "eval/active_dims",
+        "eval/factorvae",
+        "eval/factorvae_train",
+        "eval/discrete_accuracy",
+        "eval/mig",
+    }
+    assert all(isinstance(v, float) and 0.0 <= v <= 4.0 for v in out.values())
+    # Deterministic given the seed, and a protocol does not depend on the others asked.
+    alone = evaluate_model(tiny_model, data, seed=3, protocols=("authors_factorvae",), **kwargs)
+    assert alone == {k: out[k] for k in ("eval/authors_factorvae", "eval/active_dims")}
+    with pytest.raises(TypeError, match="unknown overrides"):
+        evaluate_model(tiny_model, data, num_vote=3)
+    with pytest.raises(ValueError, match="unknown protocols"):
+        evaluate_model(tiny_model, data, protocols=("beta_vae",))
+    no_code = CascadeVAE(num_continuous=3, num_categories=0)
+    with pytest.raises(ValueError, match="discrete code"):
+        evaluate_model(no_code, data, protocols=("discrete_accuracy",))
+
+
+def test_protocols_describe_every_metric():
+    assert set(metrics.PROTOCOLS) == {"authors_factorvae", "factorvae", "discrete_accuracy", "mig"}
+    assert "800 votes" in metrics.PROTOCOLS["authors_factorvae"]
+    assert "0.05" in metrics.PROTOCOLS["factorvae"]
+    assert "20 equal-width bins" in metrics.PROTOCOLS["mig"]
