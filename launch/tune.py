@@ -19,8 +19,11 @@ TorchTrainer and forwards its reports to Tune.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ def _short(value: Any) -> str:
 
 
 def _searched(sweep: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:
+    config = config or {}  # a trial that never started has no config in its result
     return {d.name: config[d.name] for d in sweep.dimensions if d.name in config}
 
 
@@ -213,6 +217,30 @@ def summary_text(sweep: SweepConfig, rows: list[dict[str, Any]]) -> str:
     )
 
 
+@contextlib.contextmanager
+def interruption_watch():
+    """Yield a function telling whether Ctrl-C interrupted `Tuner.fit()` inside the block.
+
+    Tune replaces the SIGINT handler during fit and, on the first Ctrl-C, saves the experiment,
+    puts the previous handler (ours) back and returns normally. So the handler in place after
+    fit tells whether the sweep was interrupted.
+    """
+    flag = {"set": False}
+
+    def ours(signum, frame):  # only reached when Tune did not install its own handler
+        flag["set"] = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, ours)
+    try:
+        yield lambda: flag["set"] or signal.getsignal(signal.SIGINT) is ours
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m launch.tune", description=__doc__.split("\n")[0]
@@ -248,7 +276,17 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     tuner = build_tuner(sweep, experiment_dir, restore)
-    grid = tuner.fit()
+    with interruption_watch() as interrupted:
+        grid = tuner.fit()
+        was_interrupted = interrupted()
+    if was_interrupted:  # Ctrl-C: Tune saved the experiment state and returned early
+        print(
+            f"\n=== sweep '{sweep.name}' interrupted after {(time.time() - started) / 60:.1f} "
+            f"min; its state is saved in {experiment_dir}. Run the same command to continue "
+            "it. ===",
+            flush=True,
+        )
+        return 130
     rows = results_rows(sweep, grid)
     table = write_results(sweep, rows, experiment_dir)
     failed = [r for r in rows if r["status"] == "ERROR"]

@@ -139,6 +139,8 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
     assert finished, "no trial finished in time"
     first.send_signal(signal.SIGINT)
     first_output, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, first_output[-3000:]
+    assert "Run the same command to continue it" in first_output
     done_trial = finished[0].parent.parent
     rows_before = pq.read_table(finished[0]).num_rows
 
@@ -149,4 +151,4 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
     assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
     # The trial finished before the interruption was not run again.
     assert pq.read_table(done_trial / "train" / "metrics.parquet").num_rows == rows_before
-    assert len(list(experiment.glob("t*"))) == 3, first_output[-2000:]
+    assert len(list(experiment.glob("t0*"))) == 3, first_output[-2000:]
