@@ -228,9 +228,13 @@ def test_parse_overrides():
 # --- the true factors as the representation -----------------------------------------------------
 
 
-def test_authors_variant_scores_one_on_the_true_factors(data):
-    result = compute_authors_factorvae(FactorRepresenter(data), data, np.random.default_rng(0))
+@pytest.mark.parametrize("num_global", [10_000, None])  # None: every image of the grid
+def test_authors_variant_scores_one_on_the_true_factors(data, num_global):
+    result = compute_authors_factorvae(
+        FactorRepresenter(data), data, np.random.default_rng(0), num_global=num_global
+    )
     assert result.protocol == "authors_factorvae"
+    assert result.settings["num_global"] == (num_global or len(data))
     assert result.score == 1.0
     assert result.details["discrete_used"]
     # 800 votes, 160 per factor; dims: scale, orientation, posX, posY, then the shape code.

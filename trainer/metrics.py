@@ -64,7 +64,8 @@ MIG_NUM_SAMPLES = 10_000
 MIG_NUM_BINS = 20
 DISCRETE_NUM_SAMPLES = 10_000
 # Images per vote whose discrete code is computed before each re-check of the undecided votes
-# (see `_vote_winners`): most votes of a trained model are decided after 10-40 codes.
+# (see `_vote_winners`). Measured share of the 80,000 vote codes computed: 20 % with the true
+# factors (only the shape votes), 88 % for an untrained CascadeVAE (its ratios are all near 1).
 LAZY_CODE_STAGES = (10, 20, 40)
 
 PROTOCOLS: dict[str, str] = {
