@@ -152,3 +152,28 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
     # The trial finished before the interruption was not run again.
     assert pq.read_table(done_trial / "train" / "metrics.parquet").num_rows == rows_before
     assert len(list(experiment.glob("t0*"))) == 3, first_output[-2000:]
+
+
+@pytest.mark.slow
+def test_optuna_searcher_proposes_and_runs_trials(ray_session, tmp_path):
+    """The model-based searcher through Tune's search-algorithm interface, 2 short trials."""
+    from launch.tune import main
+
+    search = {
+        "algorithm": "optuna",
+        "num_samples": 2,
+        "max_concurrent_trials": 1,
+        "space": {"lambda": {"loguniform": [0.001, 10.0]}, "beta_l": {"choice": [0.1, 1.0]}},
+    }
+    sweep = _sweep_file(
+        tmp_path,
+        search=search,
+        scheduler={"type": "none"},
+        name="optuna_sweep",
+        set={"train.num_workers": 1, "train.num_steps": 20, "cascade.discrete_start_stage": 2},
+    )
+    assert main(["--config", str(sweep)]) == 0
+    rows = pq.read_table(tmp_path / "sweeps" / "optuna_sweep" / "results.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows)
+    for r in rows:
+        assert 0.001 <= r["param/lambda"] <= 10.0 and r["param/beta_l"] in (0.1, 1.0)
