@@ -1,10 +1,13 @@
 """Evaluate a checkpoint: print the disentanglement metrics as JSON and write traversal images.
 
     python -m launch.evaluate --checkpoint runs/quick/checkpoint_XXX [--protocols mig,factorvae]
-                              [--out DIR] [--device cpu]
+                              [--out DIR] [--device cpu] [--set data.num_positions=32]
+                              [--metric-option factorvae_num_train=1000]
 
-The checkpoint folder carries the config that made it, so no other input is needed. Images go to
-`--out` (default: `<checkpoint>/eval`): reconstructions.png and traversal_category<k>.png.
+The checkpoint folder carries the config that made it, so no other input is needed; `--set`
+changes fields of that config (e.g. evaluate on another dSprites grid) and `--metric-option`
+passes metric settings (trainer.metrics.OVERRIDES). Images go to `--out` (default:
+`<checkpoint>/eval`): reconstructions.png and traversal_category<k>.png, beside metrics.json.
 No Ray is started.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +31,9 @@ def save_png(image_1HW: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels, mode="L").save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m launch.evaluate", description=__doc__.split("\n")[1]
+        prog="python -m launch.evaluate", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder (or its state.pt)")
     parser.add_argument("--protocols", default=None, help="comma-separated; default: the config's")
@@ -38,23 +42,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=int, default=None, help="evaluation seed (default: the run's)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the run's config, e.g. data.num_positions=32",
+    )
+    parser.add_argument(
+        "--metric-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metric setting, e.g. factorvae_num_train=1000 (see trainer.metrics.OVERRIDES)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     from trainer.checkpoint import read_checkpoint
-    from trainer.config import EVAL_PROTOCOLS, Config, ConfigError
-    from trainer.metrics import evaluate_model
+    from trainer.config import EVAL_PROTOCOLS, Config, ConfigError, apply_overrides
+    from trainer.metrics import evaluate_model, parse_overrides
     from trainer.visualize import reconstructions, traversals
     from trainer.worker import build_model, evaluation_kwargs, load_batch, open_data
 
     try:
         payload, config_yaml = read_checkpoint(args.checkpoint)
-        config = Config.from_dict(
-            yaml.safe_load(config_yaml), source=f"{args.checkpoint}/config.yaml"
-        )
-    except (FileNotFoundError, ConfigError) as err:
+        raw = apply_overrides(yaml.safe_load(config_yaml), args.set)
+        config = Config.from_dict(raw, source=f"{args.checkpoint}/config.yaml")
+        kwargs = {**evaluation_kwargs(config), **parse_overrides(args.metric_option)}
+    except (FileNotFoundError, ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    kwargs = evaluation_kwargs(config)
     if args.protocols:
         protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
         unknown = [p for p in protocols if p not in EVAL_PROTOCOLS]
@@ -68,13 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         kwargs["seed"] = args.seed
 
+    # Rebuild the model from the checkpoint and the data from the (possibly overridden) config.
     device = torch.device(args.device)
     model = build_model(config)
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     dataset = open_data(config, progress=True)
-    metrics = evaluate_model(model, dataset, device=device, **kwargs)
 
+    # Metrics, timed.
+    started = time.perf_counter()
+    metrics = evaluate_model(model, dataset, device=device, **kwargs)
+    seconds = time.perf_counter() - started
+
+    # Pictures next to them.
     folder = Path(args.checkpoint)
     folder = folder.parent if folder.is_file() else folder
     out = Path(args.out) if args.out else folder / "eval"
@@ -82,14 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     preview = load_batch(dataset, np.linspace(0, len(dataset) - 1, 8).astype(np.int64), device)
     save_png(reconstructions(model, preview), out / "reconstructions.png")
     for category, grid in traversals(model, preview[:1]).items():
-        save_png(
-            grid,
-            out / ("traversal.png" if category is None else f"traversal_category{category}.png"),
-        )
+        name = "traversal.png" if category is None else f"traversal_category{category}.png"
+        save_png(grid, out / name)
     report = {
         "checkpoint": str(folder),
         "step": int(payload["next_step"]),
         "images": str(out),
+        "num_images": len(dataset),
+        "protocols": list(kwargs["protocols"]),
+        "eval_seconds": round(seconds, 2),
         **metrics,
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))

@@ -142,3 +142,35 @@ def test_tensorboard_holds_scalars_images_and_hparams(runs):
     assert acc.Scalars("beta/z5")[-1].value == pytest.approx(0.1)
     # Steps 0-9 cover stages 0 and 1: dim 1 had beta_h for 5 steps and beta_l for 5.
     assert acc.Scalars("beta/z1")[0].value == pytest.approx((10.0 + 0.1) / 2)
+
+
+def test_evaluate_cli_prints_metrics_and_writes_images(runs, tmp_path, capsys):
+    import json
+
+    from launch.evaluate import main
+
+    _, result, _ = runs["one_worker"]
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "--checkpoint",
+            result.checkpoint.path,
+            "--out",
+            str(out),
+            "--protocols",
+            "authors_factorvae,discrete_accuracy,mig",
+            "--metric-option",
+            "num_global=200",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    assert json.loads(printed[printed.index("{") :]) == report
+    assert report["step"] == 40 and report["num_images"] == 384
+    for key in ("eval/authors_factorvae", "eval/discrete_accuracy", "eval/mig"):
+        assert 0.0 <= report[key] <= 1.0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["reconstructions.png"] + [f"traversal_category{k}.png" for k in range(3)]
+    assert main(["--checkpoint", str(tmp_path / "nothing")]) == 2
+    assert "not a CascadeVAE checkpoint" in capsys.readouterr().err
