@@ -85,7 +85,7 @@ class GlobalCodeClient:
         unary_BK = unary_BK.detach().contiguous()
         try:
             if self.world_size == 1:
-                labels_N = self._solve_on_rank0(unary_BK.cpu().numpy())
+                labels_N = np.array(self._solve_on_rank0(unary_BK.cpu().numpy()))  # writable
                 codes_B = torch.from_numpy(labels_N).to(unary_BK.device)
             else:
                 codes_B = self._exchange(unary_BK)
@@ -119,6 +119,6 @@ class GlobalCodeClient:
         labels_N = torch.empty(batch * self.world_size, dtype=torch.int64, device=unary_BK.device)
         if self.rank == 0:
             unary_NK = torch.cat(shards).cpu().numpy()
-            labels_N.copy_(torch.from_numpy(self._solve_on_rank0(unary_NK)))
+            labels_N.copy_(torch.as_tensor(np.array(self._solve_on_rank0(unary_NK))))
         dist.broadcast(labels_N, src=0)
         return labels_N[self.rank * batch : (self.rank + 1) * batch].clone()

@@ -393,7 +393,13 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
     memory-map it.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     train = config.train
@@ -431,6 +437,8 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=train.num_checkpoints_kept),
             callbacks=callbacks,
+            # Train's INFO logs echo every report; the rank-0 progress line says what matters.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     try:
