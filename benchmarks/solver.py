@@ -42,10 +42,9 @@ ROOT = HERE.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT))
 
-from scipy.optimize import linear_sum_assignment  # noqa: E402
-
 from solver import AssignmentSolver, assignment_cost  # noqa: E402
 from solver.network import FlowNetwork  # noqa: E402
+from solver.reference import expanded_assignment  # noqa: E402
 
 try:
     from ortools.graph.python import min_cost_flow
@@ -112,16 +111,6 @@ class VectorisedMinCostFlow:
         if flow.solve() != flow.OPTIMAL:
             raise RuntimeError("OR-Tools did not find an optimal flow")
         return self.net.labels_from_item_flows(flow.flows(self.item_arcs))
-
-
-def expanded_assignment(unary_NK: np.ndarray, lam: float) -> np.ndarray:
-    """Exact labels via scipy: category k has N slots, slot t costs U[i, k] + lam * t."""
-    n, k = unary_NK.shape
-    big = (unary_NK[:, :, None] + lam * np.arange(n)[None, None, :]).reshape(n, k * n)
-    rows, cols = linear_sum_assignment(big)
-    labels_N = np.empty(n, dtype=np.int64)
-    labels_N[rows] = cols // n
-    return labels_N
 
 
 def make_unary(rng: np.random.Generator, n: int, k: int) -> np.ndarray:

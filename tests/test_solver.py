@@ -12,10 +12,10 @@ import itertools
 import numpy as np
 import pyomo.environ as pyo
 import pytest
-from scipy.optimize import linear_sum_assignment
 
 from solver import AssignmentSolver, SolverError, assign, assignment_cost, get_solver
 from solver.model import build_model, labels_from_model, objective_cost_map
+from solver.reference import expanded_assignment
 
 
 def brute_force_costs(unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
@@ -25,16 +25,6 @@ def brute_force_costs(unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, np.
     unary_S = unary_NK[np.arange(n)[None, :], labels_SN].sum(axis=1)
     counts_SK = (labels_SN[:, :, None] == np.arange(k)[None, None, :]).sum(axis=1)
     return labels_SN, unary_S + lam * (counts_SK * (counts_SK - 1) / 2).sum(axis=1)
-
-
-def expanded_oracle(unary_NK: np.ndarray, lam: float) -> np.ndarray:
-    """Exact labels from scipy: category k has N slots, slot t costs U[i, k] + lam * t."""
-    n, k = unary_NK.shape
-    big = (unary_NK[:, :, None] + lam * np.arange(n)[None, None, :]).reshape(n, k * n)
-    rows, cols = linear_sum_assignment(big)
-    labels_N = np.empty(n, dtype=np.int64)
-    labels_N[rows] = cols // n
-    return labels_N
 
 
 def authors_integer_problem(unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
@@ -51,12 +41,7 @@ def integer_cost(int_unary_NK: np.ndarray, slot_T: np.ndarray, labels_N: np.ndar
 
 def integer_oracle(int_unary_NK: np.ndarray, slot_T: np.ndarray) -> np.ndarray:
     """Exact labels of the integer problem (scipy on the expanded int64 matrix)."""
-    n, k = int_unary_NK.shape
-    big = (int_unary_NK[:, :, None] + slot_T[None, None, :]).reshape(n, k * n)
-    rows, cols = linear_sum_assignment(big)
-    labels_N = np.empty(n, dtype=np.int64)
-    labels_N[rows] = cols // n
-    return labels_N
+    return expanded_assignment(int_unary_NK, 0.0, slot_costs_N=slot_T)
 
 
 # -- exactness -------------------------------------------------------------------------------
@@ -103,7 +88,7 @@ def test_objective_equals_expanded_assignment_oracle(n: int) -> None:
             unary_NK = rng.uniform(0, 10, size=(n, k)) + rng.uniform(0, 5, size=k)[None, :]
             labels_N = assign(unary_NK, lam)
             ours = assignment_cost(unary_NK, labels_N, lam)
-            exact = assignment_cost(unary_NK, expanded_oracle(unary_NK, lam), lam)
+            exact = assignment_cost(unary_NK, expanded_assignment(unary_NK, lam), lam)
             assert ours == pytest.approx(exact, rel=1e-12, abs=1e-9), (n, k, lam)
 
 
