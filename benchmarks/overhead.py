@@ -65,7 +65,7 @@ def make_config(args, workers: int, storage: str):
 
 
 def plain_loop(config, threads: int) -> tuple[float, float]:
-    """(median interval step ms, median code wait share) of a single-process loop."""
+    """(median interval step ms, median code wait share, 0) of a single-process loop."""
     from solver import assign
     from trainer.step import train_step
 
@@ -110,11 +110,11 @@ def plain_loop(config, threads: int) -> tuple[float, float]:
             interval_ms.append(elapsed_ms / train.log_every)
             wait_share.append(waited / elapsed_ms)
             started = now
-    return statistics.median(interval_ms[1:]), statistics.median(wait_share[1:])
+    return statistics.median(interval_ms[1:]), statistics.median(wait_share[1:]), 0.0
 
 
 def system_run(config) -> tuple[float, float]:
-    """(median interval step ms, median code wait share) of a Ray Train run."""
+    """(median interval step ms, median code wait share, median shard-sync share) of a run."""
     import pyarrow.parquet as pq
 
     from trainer.worker import fit
@@ -127,6 +127,7 @@ def system_run(config) -> tuple[float, float]:
     return (
         statistics.median(r["perf/step_ms"] for r in rows),
         statistics.median(r.get("perf/code_wait_share", 0.0) for r in rows),
+        statistics.median((r.get("solver/gather_ms") or 0.0) / r["perf/step_ms"] for r in rows),
     )
 
 
@@ -153,15 +154,20 @@ def main() -> None:
         f"\nsteps {args.steps}, global batch {args.batch}, discrete stage on, "
         f"{args.log_every}-step intervals (first dropped)"
     )
-    print(f"{'run':<32}{'step ms':>10}{'vs (a)':>10}{'code wait':>12}")
+    print(f"{'run':<36}{'step ms':>9}{'vs (a)':>8}{'code wait':>11}{'shard sync':>12}")
     names = {
         "a": "(a) plain loop, in-process solver",
         "b": "(b) Ray Train, 1 worker",
         "c": "(c) Ray Train, 2 workers",
     }
-    for key, (ms, share) in results.items():
+    for key, (ms, share, sync) in results.items():
         ratio = ms / results["a"][0]
-        print(f"{names[key]:<32}{ms:>10.1f}{ratio:>10.3f}{100 * share:>11.1f}%")
+        print(f"{names[key]:<36}{ms:>9.1f}{ratio:>8.3f}{100 * share:>10.1f}%{100 * sync:>11.1f}%")
+    print(
+        "code wait: from holding all unary shards to holding the codes (solve, actor round trip,"
+        " broadcast);\nshard sync: in the all-gather, mostly waiting for the slower rank (the"
+        " synchronisation DDP's all-reduce imposes anyway)."
+    )
     b_ratio = results["b"][0] / results["a"][0]
     c_ratio = results["c"][0] / results["a"][0]
     print(

@@ -86,6 +86,8 @@ def test_two_ranks_get_their_slices_of_one_assignment(tmp_path):
     assert results[0]["timings"]["solver/solve_ms"] == 1.5
     assert results[0]["timings"]["solver/round_trip_ms"] >= 0
     assert "solver/solve_ms" not in results[1]["timings"]  # only rank 0 calls the solver
+    for r in results:
+        assert r["timings"]["solver/gather_ms"] >= 0 and r["timings"]["solver/wait_ms"] >= 0
 
 
 def test_missing_rank_ends_in_a_clear_error_not_a_hang(tmp_path):

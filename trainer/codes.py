@@ -31,28 +31,32 @@ class CodeExchangeError(RuntimeError):
 
 @dataclass
 class CodeTimings:
-    """Per-call timings of the last log interval, in milliseconds (rank 0 sees solve times)."""
+    """Per-call timings of the last log interval, in milliseconds.
+
+    gather_ms: in the all-gather of unary shards, which includes waiting for the slowest rank
+        (the same synchronisation DDP's gradient all-reduce would impose anyway);
+    wait_ms: from holding all shards until holding this rank's codes: the cost of the central
+        solver (solve, actor round trip, broadcast);
+    solve_ms / round_trip_ms: rank 0 only, the solve inside the actor and the whole actor call.
+    """
 
     solve_ms: list[float] = field(default_factory=list)
     round_trip_ms: list[float] = field(default_factory=list)
+    gather_ms: list[float] = field(default_factory=list)
     wait_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
         """Means over the interval under `solver/...` keys; empty when no call was made."""
         out: dict[str, float] = {}
-        for key, values in (
-            ("solver/solve_ms", self.solve_ms),
-            ("solver/round_trip_ms", self.round_trip_ms),
-            ("solver/wait_ms", self.wait_ms),
-        ):
+        for name in ("solve_ms", "round_trip_ms", "gather_ms", "wait_ms"):
+            values = getattr(self, name)
             if values:
-                out[key] = float(np.mean(values))
+                out[f"solver/{name}"] = float(np.mean(values))
         return out
 
     def clear(self) -> None:
-        self.solve_ms.clear()
-        self.round_trip_ms.clear()
-        self.wait_ms.clear()
+        for name in ("solve_ms", "round_trip_ms", "gather_ms", "wait_ms"):
+            getattr(self, name).clear()
 
 
 class GlobalCodeClient:
@@ -98,7 +102,8 @@ class GlobalCodeClient:
                 "solver actor is unreachable; the run restarts from its last checkpoint if "
                 "train.max_failures allows."
             ) from err
-        self.timings.wait_ms.append((time.perf_counter() - start) * 1000.0)
+        gathered_ms = self.timings.gather_ms[-1] if self.world_size > 1 else 0.0
+        self.timings.wait_ms.append((time.perf_counter() - start) * 1000.0 - gathered_ms)
         if self.record is not None:
             self.record(unary_BK.cpu().numpy().copy(), codes_B.cpu().numpy().copy())
         assert codes_B.shape == (batch,)
@@ -115,7 +120,9 @@ class GlobalCodeClient:
         batch, _ = unary_BK.shape
         # all_gather rather than gather: supported by gloo and NCCL alike, and the shards are tiny.
         shards = [torch.empty_like(unary_BK) for _ in range(self.world_size)]
+        started = time.perf_counter()
         dist.all_gather(shards, unary_BK)
+        self.timings.gather_ms.append((time.perf_counter() - started) * 1000.0)
         labels_N = torch.empty(batch * self.world_size, dtype=torch.int64, device=unary_BK.device)
         if self.rank == 0:
             unary_NK = torch.cat(shards).cpu().numpy()

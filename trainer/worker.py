@@ -158,6 +158,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    _quiet_report_echo()
     config = Config.from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     context = ray.train.get_context()
@@ -259,8 +260,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         client.timings.clear()
         # Every rank waits for codes; only rank 0 talks to the solver. Reduce the keys that all
         # ranks hold (a collective needs equal shapes), then add rank 0's solver timings.
-        if "solver/wait_ms" in timings:
-            interval["solver/wait_ms"] = timings.pop("solver/wait_ms")
+        for key in ("solver/wait_ms", "solver/gather_ms"):
+            if key in timings:
+                interval[key] = timings.pop(key)
         interval = average_across_ranks(interval, world_size)
         interval.update(timings)
         interval["perf/images_per_s"] = meter.steps * train.global_batch / max(elapsed, 1e-9)
@@ -308,6 +310,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         final = {k: v for k, v in last_metrics.items() if k.startswith(("eval/", "loss/"))}
         log.hparams(_hparams(config), final)
         log.close()
+
+
+def _quiet_report_echo() -> None:
+    """Silence Train V2's INFO echo of every report ("Reporting training result N: ...").
+
+    Ray 2.60 logs it on a logger named after its source file, which `LoggingConfig` does not
+    reach; the rank-0 progress line already says what matters.
+    """
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: keep its logging as it is
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def _due(done: int, every: int, last: bool) -> bool:
