@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import re
 import signal
 import sys
 import threading
@@ -149,13 +150,22 @@ def results_rows(sweep: SweepConfig, grid) -> list[dict[str, Any]]:
                 "checkpoint_path": checkpoint or "",
                 "trial_dir": str(result.path),
                 "tensorboard_dir": str(Path(result.path) / "train" / "tb"),
-                "error": ""
-                if result.error is None
-                else f"{type(result.error).__name__}: {str(result.error).splitlines()[0][:300]}",
+                "error": "" if result.error is None else error_summary(result.error),
             }
         )
     rows.sort(key=lambda r: _sort_key(r[f"best/{sweep.metric}"], sweep.mode))
     return rows
+
+
+def error_summary(error: BaseException) -> str:
+    """The innermost `SomeError: message` line of a (Ray-wrapped) trial error, for the table."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    causes = [
+        line.strip()
+        for line in text.splitlines()
+        if re.match(r"^\s*[\w.]*(Error|Exception)\b.*:", line)
+    ]
+    return (causes[-1] if causes else f"{type(error).__name__}: {text.splitlines()[0]}")[:300]
 
 
 def _finite(value: Any) -> bool:

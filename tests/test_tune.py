@@ -177,3 +177,30 @@ def test_optuna_searcher_proposes_and_runs_trials(ray_session, tmp_path):
     assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows)
     for r in rows:
         assert 0.001 <= r["param/lambda"] <= 10.0 and r["param/beta_l"] in (0.1, 1.0)
+
+
+@pytest.mark.slow
+def test_failed_trials_are_reported_and_do_not_stop_the_others(ray_session, tmp_path, capsys):
+    """Every trial crashes (fault drill, no retries): each is reported, none stops the sweep."""
+    from launch.tune import main
+
+    sweep = _sweep_file(
+        tmp_path,
+        name="failing_sweep",
+        scheduler={"type": "none"},
+        search={"algorithm": "grid", "space": {"beta_h": {"grid": [4, 10]}}},
+        set={
+            "train.num_workers": 1,
+            "train.num_steps": 20,
+            "train.fail_at_step": 3,
+            "train.max_failures": 0,
+            "cascade.discrete_start_stage": 2,
+        },
+    )
+    assert main(["--config", str(sweep)]) == 1  # every trial failed
+    out = capsys.readouterr().out
+    rows = pq.read_table(tmp_path / "sweeps" / "failing_sweep" / "results.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "ERROR" for r in rows)
+    assert all("injected worker failure" in r["error"] for r in rows)
+    assert out.count("failed: t") == 2 and "2 failed" in out
+    assert not (tmp_path / "sweeps" / "failing_sweep" / "best_config.yaml").exists()
