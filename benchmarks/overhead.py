@@ -139,6 +139,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from launch.cluster import connect
+    from trainer.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as the Train workers do, so (a) and (b) allocate alike
 
     with tempfile.TemporaryDirectory() as storage:
         connect(num_cpus=os.cpu_count())

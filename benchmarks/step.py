@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.model import CascadeVAE  # noqa: E402
+from trainer.runtime import keep_freed_memory  # noqa: E402
 from trainer.schedule import CascadeSchedule, make_optimizer  # noqa: E402
 from trainer.step import train_step  # noqa: E402
 from trainer.unary import unary_matrix, unary_matrix_k_passes  # noqa: E402
@@ -161,7 +162,12 @@ def main() -> None:
     parser.add_argument("--eval-orientations", type=int, default=10)
     parser.add_argument("--eval-positions", type=int, default=16)
     parser.add_argument("--skip-metrics", action="store_true")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc malloc at its defaults"
+    )
     args = parser.parse_args()
+    if not args.default_malloc:
+        keep_freed_memory()  # as training and evaluation do (trainer/runtime.py)
     if args.threads:
         torch.set_num_threads(args.threads)
 

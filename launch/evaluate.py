@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.checkpoint import read_checkpoint
     from trainer.config import EVAL_PROTOCOLS, Config, ConfigError, apply_overrides
     from trainer.metrics import evaluate_model, parse_overrides
+    from trainer.runtime import keep_freed_memory
     from trainer.visualize import reconstructions, traversals
     from trainer.worker import build_model, evaluation_kwargs, load_batch, open_data
+
+    keep_freed_memory()
 
     try:
         payload, config_yaml = read_checkpoint(args.checkpoint)

@@ -31,6 +31,7 @@ from trainer.data import DSprites, batch_indices_for_step, open_dsprites
 from trainer.metrics import evaluate_model
 from trainer.model import CascadeVAE
 from trainer.run_log import NullRunLog, RunLog
+from trainer.runtime import keep_freed_memory
 from trainer.schedule import CascadeSchedule, make_optimizer
 from trainer.step import train_step
 from trainer.visualize import reconstructions, traversals
@@ -159,6 +160,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     _quiet_report_echo()
+    keep_freed_memory()  # large activation buffers are reused instead of re-faulted every step
     config = Config.from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     context = ray.train.get_context()
