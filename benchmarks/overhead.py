@@ -64,8 +64,8 @@ def make_config(args, workers: int, storage: str):
     return load_config(ROOT / "configs" / "debug.yaml", overrides)
 
 
-def plain_loop(config, threads: int) -> tuple[float, float]:
-    """(median interval step ms, median code wait share, 0) of a single-process loop."""
+def plain_loop(config, threads: int) -> tuple[float, float, float, float]:
+    """(interval step ms, code wait share, 0, train_step ms), medians, of a plain loop."""
     from solver import assign
     from trainer.step import train_step
 
@@ -78,7 +78,7 @@ def plain_loop(config, threads: int) -> tuple[float, float]:
     lam = config.solver.lam
     client = GlobalCodeClient(lambda u: (assign(u, lam), 0.0))
     train = config.train
-    interval_ms, wait_share = [], []
+    interval_ms, wait_share, step_fn_ms = [], [], []
     started, waited = time.perf_counter(), 0.0
     for step in range(train.num_steps):
         indices = batch_indices_for_step(
@@ -91,6 +91,7 @@ def plain_loop(config, threads: int) -> tuple[float, float]:
         )
         x = load_batch(dataset, indices, torch.device("cpu"))
         generator = torch.Generator().manual_seed(step_seed(config.seed, step, 0))
+        step_started = time.perf_counter()
         train_step(
             model,
             optimizer,
@@ -102,6 +103,7 @@ def plain_loop(config, threads: int) -> tuple[float, float]:
             choose_codes=client,
             weight_penalty_coef=config.model.weight_penalty,
         )
+        step_fn_ms.append(1000.0 * (time.perf_counter() - step_started))
         if (step + 1) % train.log_every == 0:
             now = time.perf_counter()
             waited = sum(client.timings.wait_ms)
@@ -110,11 +112,17 @@ def plain_loop(config, threads: int) -> tuple[float, float]:
             interval_ms.append(elapsed_ms / train.log_every)
             wait_share.append(waited / elapsed_ms)
             started = now
-    return statistics.median(interval_ms[1:]), statistics.median(wait_share[1:]), 0.0
+    skip = train.log_every  # the first interval is warm-up, as for the system runs
+    return (
+        statistics.median(interval_ms[1:]),
+        statistics.median(wait_share[1:]),
+        0.0,
+        statistics.median(step_fn_ms[skip:]),
+    )
 
 
-def system_run(config) -> tuple[float, float]:
-    """(median interval step ms, median code wait share, median shard-sync share) of a run."""
+def system_run(config) -> tuple[float, float, float, float]:
+    """(interval step ms, code wait share, shard-sync share, train_step ms), medians, of a run."""
     import pyarrow.parquet as pq
 
     from trainer.worker import fit
@@ -128,6 +136,7 @@ def system_run(config) -> tuple[float, float]:
         statistics.median(r["perf/step_ms"] for r in rows),
         statistics.median(r.get("perf/code_wait_share", 0.0) for r in rows),
         statistics.median((r.get("solver/gather_ms") or 0.0) / r["perf/step_ms"] for r in rows),
+        statistics.median(r["perf/train_step_ms"] for r in rows),
     )
 
 
@@ -157,19 +166,26 @@ def main() -> None:
         f"\nsteps {args.steps}, global batch {args.batch}, discrete stage on, "
         f"{args.log_every}-step intervals (first dropped)"
     )
-    print(f"{'run':<36}{'step ms':>9}{'vs (a)':>8}{'code wait':>11}{'shard sync':>12}")
+    print(
+        f"{'run':<36}{'step ms':>9}{'vs (a)':>8}{'code wait':>11}{'shard sync':>12}"
+        f"{'train_step ms':>15}"
+    )
     names = {
         "a": "(a) plain loop, in-process solver",
         "b": "(b) Ray Train, 1 worker",
         "c": "(c) Ray Train, 2 workers",
     }
-    for key, (ms, share, sync) in results.items():
+    for key, (ms, share, sync, step_fn) in results.items():
         ratio = ms / results["a"][0]
-        print(f"{names[key]:<36}{ms:>9.1f}{ratio:>8.3f}{100 * share:>10.1f}%{100 * sync:>11.1f}%")
+        print(
+            f"{names[key]:<36}{ms:>9.1f}{ratio:>8.3f}{100 * share:>10.1f}%{100 * sync:>11.1f}%"
+            f"{step_fn:>15.1f}"
+        )
     print(
         "code wait: from holding all unary shards to holding the codes (solve, actor round trip,"
         " broadcast);\nshard sync: in the all-gather, mostly waiting for the slower rank (the"
-        " synchronisation DDP's all-reduce imposes anyway)."
+        " synchronisation DDP's all-reduce imposes anyway);\ntrain_step ms: the core step"
+        " function alone (forward with unary and codes, backward, optimizer), median per step."
     )
     b_ratio = results["b"][0] / results["a"][0]
     c_ratio = results["c"][0] / results["a"][0]

@@ -223,6 +223,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if train.fail_at_step and step == train.fail_at_step:
             _fail_once(run_dir, step, rank)
         client.step = step
+        phase_started = time.perf_counter()
         indices = batch_indices_for_step(
             len(dataset),
             seed=config.seed,
@@ -232,6 +233,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             global_batch=train.global_batch,
         )
         x_B1HW = load_batch(dataset, indices, device)
+        data_done = time.perf_counter()
         generator = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
         if train.record_codes_steps and len(recorded) >= train.record_codes_steps:
             client.record = None
@@ -246,6 +248,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             choose_codes=client,
             weight_penalty_coef=config.model.weight_penalty,
         )
+        # Where a step's time goes (the rest of perf/step_ms is reporting and logging).
+        metrics["perf/data_ms"] = 1000.0 * (data_done - phase_started)
+        metrics["perf/train_step_ms"] = 1000.0 * (time.perf_counter() - data_done)
         meter.add(metrics)
         steps_this_attempt += 1
         done = step + 1
