@@ -470,8 +470,3 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
     finally:
         if actor is not None:
             ray.kill(actor, no_restart=True)
-
-
-def latest_checkpoint_dir(result) -> str | None:
-    checkpoint = getattr(result, "checkpoint", None)
-    return None if checkpoint is None else checkpoint.path
