@@ -7,6 +7,7 @@ The head gets its own temp folder and ports, and is stopped by killing only its 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -88,6 +89,11 @@ def test_job_submit_trains_the_debug_config(local_head, tmp_path):
     assert done.returncode == 0, output[-4000:]
     assert "succeeded" in output, output[-4000:]
     assert "=== CascadeVAE run 'debug' finished" in output
+    # Rank 0's progress lines reach the job's output, each once (Train V2's patched `print`
+    # used to deliver every line twice).
+    steps = re.findall(r"\[cascadevae\] step (\d+)/", output)
+    assert steps, output[-4000:]
+    assert len(steps) == len(set(steps)), steps
     run_dir = storage / "debug"
     assert (run_dir / "metrics.parquet").is_file()
     assert (run_dir / "config.yaml").is_file()

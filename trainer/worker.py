@@ -15,6 +15,7 @@ Rank 0 alone writes TensorBoard, the metrics table and checkpoints; every rank c
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -207,11 +208,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     log = RunLog(run_dir, config.to_yaml(), resume_step=start_step) if rank == 0 else NullRunLog()
     preview_x = load_batch(dataset, np.linspace(0, len(dataset) - 1, 8).astype(np.int64), device)
     if rank == 0:
-        print(
+        _say(
             f"[cascadevae] rank 0 of {world_size} on {device}: steps {start_step}->"
             f"{train.num_steps}, global batch {train.global_batch}, {len(dataset)} images, "
-            f"run dir {run_dir}",
-            flush=True,
+            f"run dir {run_dir}"
         )
 
     meter = IntervalMeter()
@@ -283,7 +283,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 _log_images(log, done, model, preview_x)
             log.scalars(done, interval)
             rate = steps_this_attempt / (time.perf_counter() - run_started)
-            print(
+            _say(
                 f"[cascadevae] step {done}/{train.num_steps} | "
                 f"{interval['perf/images_per_s']:.0f} img/s | "
                 f"ETA {format_eta((train.num_steps - done) / max(rate, 1e-9))} | "
@@ -292,8 +292,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     f" | {_eval_text(interval)}"
                     if any(k.startswith("eval/") for k in interval)
                     else ""
-                ),
-                flush=True,
+                )
             )
         last_metrics = interval
         # Evaluations are rarer than reports; carry the latest one forward so that a Tune
@@ -317,6 +316,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         final = {k: v for k, v in last_metrics.items() if k.startswith(("eval/", "loss/"))}
         log.hparams(_hparams(config), final)
         log.close()
+
+
+def _say(line: str) -> None:
+    """One progress line on the worker's stdout, which Ray forwards to the driver.
+
+    Not `print`: Train V2 patches it in workers to log at INFO as well as write to the redirected
+    stdout, so every printed line reached the driver twice.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _quiet_report_echo() -> None:
