@@ -157,14 +157,18 @@ def reported_metrics(config: Config) -> set[str]:
     return names
 
 
+def _unknown_keys(prefix: str, section: dict, known: set[str]) -> list[str]:
+    """One problem per key of `section` not in `known`, named `<prefix><key>`."""
+    listed = ", ".join(sorted(known))
+    return [f"{prefix}{key}: unknown key (known: {listed})" for key in section if key not in known]
+
+
 def load_sweep(path: str | Path) -> SweepConfig:
     """Read and check a sweep file; raises ConfigError listing every problem."""
     path = Path(path)
     raw = read_yaml(path)
     problems: list[str] = []
-    for key in raw:
-        if key not in SWEEP_KEYS:
-            problems.append(f"{key}: unknown key (known: {', '.join(sorted(SWEEP_KEYS))})")
+    problems += _unknown_keys("", raw, SWEEP_KEYS)
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
         problems.append(f"name: must be a plain non-empty name, got {name!r}")
@@ -201,9 +205,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     if not isinstance(search, dict):
         problems.append("search: required mapping with algorithm, num_samples, space")
         search = {}
-    for key in search:
-        if key not in SEARCH_KEYS:
-            problems.append(f"search.{key}: unknown key (known: {', '.join(sorted(SEARCH_KEYS))})")
+    problems += _unknown_keys("search.", search, SEARCH_KEYS)
     algorithm = search.get("algorithm", "grid")
     if algorithm not in ALGORITHMS:
         problems.append(f"search.algorithm: {algorithm!r} is not one of {list(ALGORITHMS)}")
@@ -260,9 +262,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     if not isinstance(scheduler, dict):
         problems.append(f"scheduler: expected a mapping, got {scheduler!r}")
         scheduler = {}
-    for key in scheduler:
-        if key not in SCHEDULER_KEYS:
-            problems.append(f"scheduler.{key}: unknown key (known: {sorted(SCHEDULER_KEYS)})")
+    problems += _unknown_keys("scheduler.", scheduler, SCHEDULER_KEYS)
     scheduler_type = scheduler.get("type", "asha")
     if scheduler_type not in SCHEDULERS:
         problems.append(f"scheduler.type: {scheduler_type!r} is not one of {list(SCHEDULERS)}")
