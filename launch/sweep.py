@@ -38,6 +38,7 @@ PARAMETERS = {
     "seed": "seed",
     "lr": "optim.lr",
     "stage_length": "cascade.stage_length",
+    "discrete_start": "cascade.discrete_start_stage",
 }
 """Searchable names -> config fields (the dotted field names are accepted too)."""
 
@@ -146,6 +147,10 @@ def reported_metrics(config: Config) -> set[str]:
     }
     names |= {f"kl/z{j}" for j in range(config.model.num_continuous)}
     names |= {f"beta/z{j}" for j in range(config.model.num_continuous)}
+    if config.model.variant == "cascade":
+        names |= {"codes/shape_agreement", "discrete/active", "solver/wait_ms"}
+        names |= {f"codes/share_{k}" for k in range(config.model.num_categories)}
+        names |= {f"codes/count_{k}" for k in range(config.model.num_categories)}
     eval_keys = {
         "authors_factorvae": ["eval/authors_factorvae", "eval/active_dims"],
         "factorvae": ["eval/factorvae", "eval/factorvae_train"],

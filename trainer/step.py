@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainer.agreement import joint_counts
 from trainer.losses import cascade_loss
 from trainer.model import CascadeVAE
 from trainer.schedule import CascadeSchedule
+
+NUM_SHAPES = 3  # dSprites: square, ellipse, heart
 
 
 def sample_eps(
@@ -48,6 +52,7 @@ def train_step(
     eps_generator: torch.Generator,
     choose_codes: Callable[[Tensor], Tensor] | None = None,
     weight_penalty_coef: float = 4e-5,
+    shapes_B: np.ndarray | None = None,
 ) -> dict[str, float]:
     """One gradient step at `iteration`; returns cascade_loss's flat metrics plus `lr` (the lr
     this step used) and `discrete/active` (0.0 or 1.0).
@@ -55,7 +60,8 @@ def train_step(
     model is a CascadeVAE or a DistributedDataParallel around one: exactly one forward per
     step, in which the codes are chosen (through choose_codes) when the schedule's discrete
     stage is on and the model has categories. weight_penalty_coef = 0 switches the L2 penalty
-    off.
+    off. shapes_B (optional, the true shape of each image) adds the (code, shape) contingency
+    counts `codes/joint_k{k}_s{s}` of this step's codes (trainer.agreement).
     """
     vae = unwrap(model)
     if weight_penalty_coef < 0:
@@ -85,6 +91,10 @@ def train_step(
     optimizer.step()
     scheduler.step()
 
+    if shapes_B is not None and out.codes_B is not None:
+        metrics.update(
+            joint_counts(out.codes_B.cpu().numpy(), shapes_B, vae.num_categories, NUM_SHAPES)
+        )
     metrics["lr"] = float(lr)
     metrics["discrete/active"] = 1.0 if discrete else 0.0
     return metrics

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.agreement import JOINT_PREFIX, agreement_metrics
 from trainer.checkpoint import TrainState, read_checkpoint, restore_state, save_checkpoint
 from trainer.codes import GlobalCodeClient
 from trainer.config import Config
 from trainer.data import DSprites, batch_indices_for_step, open_dsprites
-from trainer.metrics import evaluate_model
+from trainer.metrics import SHAPE_FACTOR, evaluate_model
 from trainer.model import CascadeVAE
 from trainer.run_log import NullRunLog, RunLog
 from trainer.runtime import keep_freed_memory
@@ -130,7 +131,8 @@ class IntervalMeter:
 
 
 def average_across_ranks(metrics: dict[str, float], world_size: int) -> dict[str, float]:
-    """Mean of every metric over ranks; `codes/count_*` are summed (global batch counts)."""
+    """Mean of every metric over ranks; `codes/count_*` and `codes/joint_*` are summed (counts
+    of the global batch)."""
     if world_size == 1:
         return metrics
     import torch.distributed as dist
@@ -142,7 +144,7 @@ def average_across_ranks(metrics: dict[str, float], world_size: int) -> dict[str
     dist.all_reduce(values)
     values = values.cpu()
     return {
-        k: float(v) if k.startswith("codes/count_") else float(v) / world_size
+        k: float(v) if k.startswith(("codes/count_", JOINT_PREFIX)) else float(v) / world_size
         for k, v in zip(keys, values.tolist(), strict=True)
     }
 
@@ -247,6 +249,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             eps_generator=generator,
             choose_codes=client,
             weight_penalty_coef=config.model.weight_penalty,
+            shapes_B=dataset.latent_classes[indices, SHAPE_FACTOR],
         )
         # Where a step's time goes (the rest of perf/step_ms is reporting and logging).
         metrics["perf/data_ms"] = 1000.0 * (data_done - phase_started)
@@ -271,6 +274,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if key in timings:
                 interval[key] = timings.pop(key)
         interval = average_across_ranks(interval, world_size)
+        interval.update(agreement_metrics(interval))
         interval.update(timings)
         interval["perf/images_per_s"] = meter.steps * train.global_batch / max(elapsed, 1e-9)
         interval["perf/step_ms"] = 1000.0 * elapsed / max(meter.steps, 1)
@@ -288,6 +292,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 f"{interval['perf/images_per_s']:.0f} img/s | "
                 f"ETA {format_eta((train.num_steps - done) / max(rate, 1e-9))} | "
                 f"loss {interval['loss/total']:.2f} (recon {interval['loss/recon']:.2f})"
+                + (f" | {_codes_text(interval)}" if "codes/shape_agreement" in interval else "")
                 + (
                     f" | {_eval_text(interval)}"
                     if any(k.startswith("eval/") for k in interval)
@@ -345,6 +350,15 @@ def _quiet_report_echo() -> None:
 
 def _due(done: int, every: int, last: bool) -> bool:
     return last or (every > 0 and done % every == 0)
+
+
+def _codes_text(metrics: dict[str, float]) -> str:
+    shares = "/".join(
+        f"{metrics[f'codes/share_{k}']:.2f}"
+        for k in range(len(metrics))
+        if f"codes/share_{k}" in metrics
+    )
+    return f"shape agreement {metrics['codes/shape_agreement']:.3f} (shares {shares})"
 
 
 def _eval_text(metrics: dict[str, float]) -> str:
