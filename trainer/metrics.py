@@ -42,7 +42,6 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from trainer.data import LATENT_NAMES, sample_indices_with_fixed_factor, sample_random_indices
-from trainer.unary import unary_matrix
 
 if TYPE_CHECKING:
     from trainer.data import DSprites
@@ -241,7 +240,7 @@ class ModelRepresenter(Representer):
     def _codes(self, z_BM: torch.Tensor, x_B1HW: torch.Tensor) -> np.ndarray:
         self.code_images += int(z_BM.shape[0])
         # torch.argmin returns the first minimum on ties, as np.argmin.
-        return unary_matrix(self.model, z_BM, x_B1HW).argmin(dim=1).cpu().numpy().astype(np.int64)
+        return self.model.infer_codes(z_BM, x_B1HW).cpu().numpy().astype(np.int64)
 
     @torch.no_grad()
     def __call__(self, indices_N: np.ndarray, *, codes: bool = True) -> Representation:

@@ -164,6 +164,12 @@ class CascadeVAE(nn.Module):
         logits_B1HW = self.decode(z_BM, d_BK)
         return VAEOutput(mu_BM, sigma_BM, z_BM, logits_B1HW, codes_B, unary_BK)
 
+    @torch.no_grad()
+    def infer_codes(self, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
+        """(B,) int64 category of each image for evaluation and pictures: the one whose decoding
+        of z reconstructs x best (argmin of the unary matrix; the first minimum on ties)."""
+        return unary_matrix(self, z_BM, x_B1HW).argmin(dim=1)
+
     def _check_codes(self, codes_B: Tensor, x_B1HW: Tensor) -> Tensor:
         """Validate the chooser's answer and move it to x's device as int64."""
         batch = x_B1HW.shape[0]
@@ -175,3 +181,61 @@ class CascadeVAE(nn.Module):
         if batch and (codes_B.min() < 0 or codes_B.max() >= self.num_categories):
             raise ValueError(f"codes must lie in [0, {self.num_categories})")
         return codes_B
+
+
+@dataclass
+class JointVAEOutput:
+    """One JointVAE forward pass. alpha_BK: logits of q(c|x); c_BK: the Gumbel-softmax sample
+    the decoder saw; the rest as VAEOutput."""
+
+    mu_BM: Tensor
+    sigma_BM: Tensor
+    z_BM: Tensor
+    alpha_BK: Tensor
+    c_BK: Tensor
+    logits_B1HW: Tensor
+
+
+class JointVAE(CascadeVAE):
+    """JointVAE (Dupont, NeurIPS 2018) on the same encoder and decoder: the encoder's last layer
+    also gives K logits alpha of q(c|x); training decodes concat(z, c) with c a Gumbel-softmax
+    relaxation of one-hot(c) at `temperature` (Dupont: 0.67); evaluation takes argmax alpha."""
+
+    def __init__(
+        self, num_continuous: int = 6, num_categories: int = 3, temperature: float = 0.67
+    ) -> None:
+        super().__init__(num_continuous, num_categories)
+        if num_categories < 2:
+            raise ValueError(f"JointVAE needs num_categories >= 2, got {num_categories}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.temperature = temperature
+        last = self.encoder[-1]
+        self.encoder[-1] = nn.Linear(last.in_features, 2 * num_continuous + num_categories)
+        nn.init.xavier_uniform_(self.encoder[-1].weight)
+        nn.init.zeros_(self.encoder[-1].bias)
+
+    def encode_all(self, x_B1HW: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x -> (mu_BM, sigma_BM, alpha_BK)."""
+        h_BO = self.encoder(x_B1HW)
+        m = self.num_continuous
+        mu_BM, pre_sigma_BM, alpha_BK = h_BO.split([m, m, self.num_categories], dim=1)
+        return mu_BM, F.softplus(pre_sigma_BM), alpha_BK
+
+    def encode(self, x_B1HW: Tensor) -> tuple[Tensor, Tensor]:
+        mu_BM, sigma_BM, _ = self.encode_all(x_B1HW)
+        return mu_BM, sigma_BM
+
+    def forward(self, x_B1HW: Tensor, eps_BM: Tensor, uniform_BK: Tensor) -> JointVAEOutput:  # type: ignore[override]
+        """uniform_BK: U(0, 1) noise of the Gumbel sample, drawn by the caller (reproducible)."""
+        mu_BM, sigma_BM, alpha_BK = self.encode_all(x_B1HW)
+        z_BM = mu_BM + sigma_BM * eps_BM
+        gumbel_BK = -torch.log(-torch.log(uniform_BK.clamp(1e-12, 1.0 - 1e-7)))
+        c_BK = F.softmax((F.log_softmax(alpha_BK, dim=1) + gumbel_BK) / self.temperature, dim=1)
+        logits_B1HW = self.decode(z_BM, c_BK)
+        return JointVAEOutput(mu_BM, sigma_BM, z_BM, alpha_BK, c_BK, logits_B1HW)
+
+    @torch.no_grad()
+    def infer_codes(self, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
+        """(B,) argmax of q(c|x); z is not needed (the encoder decides the category)."""
+        return self.encode_all(x_B1HW)[2].argmax(dim=1)

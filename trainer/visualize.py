@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.unary import unary_matrix
 
 
 def make_grid(images_RC1HW: torch.Tensor, pad: int = 2) -> torch.Tensor:
@@ -45,13 +44,31 @@ def reconstructions(model, x_B1HW: torch.Tensor) -> torch.Tensor:
     mu_BM, _ = model.encode(x_B1HW)
     codes_B = None
     if model.num_categories:
-        codes_B = unary_matrix(model, mu_BM, x_B1HW).argmin(dim=1)
+        codes_B = model.infer_codes(mu_BM, x_B1HW)
     recon_B1HW = torch.sigmoid(
         model.decode(
             mu_BM, _one_hot(codes_B, model.num_categories) if codes_B is not None else None
         )
     )
     return make_grid(torch.stack([x_B1HW.cpu(), recon_B1HW.cpu()]))
+
+
+@torch.no_grad()
+def category_means(model, x_B1HW: torch.Tensor) -> torch.Tensor:
+    """What each category means: row k holds the mean of the images the model assigns to k
+    (its codes at z = mu) and the mean of their reconstructions with category k. An empty
+    category shows mid-grey. Returns a (1, h, w) grid in [0, 1] with K rows and 2 columns."""
+    mu_BM, _ = model.encode(x_B1HW)
+    codes_B = model.infer_codes(mu_BM, x_B1HW)
+    recon_B1HW = torch.sigmoid(model.decode(mu_BM, _one_hot(codes_B, model.num_categories)))
+    rows = []
+    for k in range(model.num_categories):
+        members = codes_B == k
+        if members.any():
+            rows.append(torch.stack([x_B1HW[members].mean(0), recon_B1HW[members].mean(0)]))
+        else:
+            rows.append(torch.full((2, *x_B1HW.shape[1:]), 0.5, dtype=x_B1HW.dtype))
+    return make_grid(torch.stack(rows).cpu())
 
 
 @torch.no_grad()
