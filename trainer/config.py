@@ -31,9 +31,24 @@ import yaml
 
 from trainer.data_render import MAX_POSITIONS  # distinct pixel positions in the frame
 
-VARIANTS = ("cascade", "cascade_c")
+VARIANTS = ("cascade", "cascade_c", "beta_vae", "jointvae", "oracle")
+DISCRETE_VARIANTS = ("cascade", "jointvae", "oracle")  # variants with a discrete code
+CASCADE_SCHEDULE_VARIANTS = ("cascade", "oracle")  # a discrete stage of the cascade
 DATA_SOURCES = ("render", "npz")
 EVAL_PROTOCOLS = ("authors_factorvae", "factorvae", "discrete_accuracy", "mig")
+
+
+EVAL_KEYS = {
+    "authors_factorvae": ("eval/authors_factorvae",),
+    "factorvae": ("eval/factorvae", "eval/factorvae_train"),
+    "discrete_accuracy": ("eval/discrete_accuracy",),
+    "mig": ("eval/mig",),
+}
+"""Scores each protocol reports (higher is better); authors_factorvae also eval/active_dims."""
+
+
+def eval_keys(protocols: list[str]) -> set[str]:
+    return {key for p in protocols for key in EVAL_KEYS.get(p, ())}
 
 
 class ConfigError(ValueError):
@@ -83,13 +98,18 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     variant: str = "cascade"
-    """`cascade` (CascadeVAE: continuous + discrete) or `cascade_c` (continuous only)."""
+    """`cascade` (CascadeVAE: continuous + discrete), `cascade_c` (CascadeVAE-C, continuous
+    only), `beta_vae` (one KL weight `beta` on every dim, no discrete code), `jointvae` (Dupont
+    2018: Gumbel-softmax code and controlled capacities, see the `jointvae` section) or `oracle`
+    (CascadeVAE whose discrete stage decodes with the TRUE shape: a supervised known answer)."""
     num_continuous: int = 6
     """m, the number of continuous latent dims."""
     num_categories: int = 3
-    """S, the number of discrete categories (ignored, forced to 0, for cascade_c)."""
+    """S, the number of discrete categories (ignored, forced to 0, for cascade_c and beta_vae)."""
     weight_penalty: float = 4e-5
     """Coefficient of the authors' L2 penalty coef * sum(w^2) / 2; 0 switches it off."""
+    beta: float = 4.0
+    """beta_vae only: the KL weight of every continuous dim."""
 
     def problems(self) -> list[str]:
         out = []
@@ -97,17 +117,47 @@ class ModelConfig:
             out.append(f"model.variant: {self.variant!r} is not one of {list(VARIANTS)}")
         if self.num_continuous < 1:
             out.append(f"model.num_continuous: must be >= 1, got {self.num_continuous}")
-        if self.variant == "cascade" and self.num_categories < 2:
+        if self.variant in DISCRETE_VARIANTS and self.num_categories < 2:
             out.append(
-                f"model.num_categories: CascadeVAE needs >= 2 categories, got {self.num_categories}"
+                f"model.num_categories: variant {self.variant} needs >= 2 categories, "
+                f"got {self.num_categories}"
             )
         if self.weight_penalty < 0:
             out.append(f"model.weight_penalty: must be >= 0, got {self.weight_penalty}")
+        if self.beta < 0:
+            out.append(f"model.beta: must be >= 0, got {self.beta}")
         return out
 
     @property
     def effective_categories(self) -> int:
-        return self.num_categories if self.variant == "cascade" else 0
+        return self.num_categories if self.variant in DISCRETE_VARIANTS else 0
+
+
+@dataclass
+class JointVAEConfig:
+    """Settings of `model.variant: jointvae` (Dupont 2018; his dSprites values as defaults)."""
+
+    temperature: float = 0.67
+    """Gumbel-softmax temperature."""
+    gamma: float = 150.0
+    """Weight of both capacity terms gamma * |KL - C|."""
+    continuous_capacity: float = 40.0
+    """C_z at the end of the ramp, nats (sum over continuous dims)."""
+    discrete_capacity: float = 1.1
+    """C_c at the end of the ramp, nats (capped at log K)."""
+    capacity_steps: int = 0
+    """Iterations over which both capacities rise linearly from 0; 0 = train.num_steps."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.temperature > 0:
+            out.append(f"jointvae.temperature: must be > 0, got {self.temperature}")
+        for name in ("gamma", "continuous_capacity", "discrete_capacity"):
+            if getattr(self, name) < 0:
+                out.append(f"jointvae.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.capacity_steps < 0:
+            out.append(f"jointvae.capacity_steps: must be >= 0, got {self.capacity_steps}")
+        return out
 
 
 @dataclass
@@ -205,6 +255,11 @@ class TrainConfig:
     run_name: str = ""
     """Run folder under storage_path; empty: the config's name. Same name = resume."""
     num_checkpoints_kept: int = 2
+    """Checkpoints kept: the newest ones, or the best ones by `keep_best_by` (plus the latest)."""
+    keep_best_by: str = ""
+    """An eval metric such as `eval/authors_factorvae` (higher is better): every evaluation also
+    writes a checkpoint and the best by this metric are kept besides the latest, the authors'
+    protocol (they select on the test metric). Empty: keep the newest checkpoints."""
     collective_timeout_s: float = 600.0
     """gloo/NCCL timeout: a missing rank fails the step after this long instead of hanging."""
     record_codes_steps: int = 0
@@ -287,6 +342,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    jointvae: JointVAEConfig = field(default_factory=JointVAEConfig)
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -296,7 +352,7 @@ class Config:
             out.extend(getattr(self, section).problems())
         # Cross-field rules.
         cascade, train = self.cascade, self.train
-        if self.model.variant == "cascade" and cascade.stage_length >= 1:
+        if self.model.variant in CASCADE_SCHEDULE_VARIANTS and cascade.stage_length >= 1:
             start = cascade.discrete_start_stage * cascade.stage_length
             if start >= train.num_steps:
                 last_stage = (train.num_steps - 1) // cascade.stage_length
@@ -305,8 +361,17 @@ class Config:
                     f"(stage {cascade.discrete_start_stage}), after the last stage {last_stage} of "
                     f"train.num_steps={train.num_steps}"
                 )
-        if "discrete_accuracy" in self.eval.protocols and self.model.variant == "cascade_c":
-            out.append("eval.protocols: discrete_accuracy needs a discrete code (variant cascade)")
+        keep_best_by = self.train.keep_best_by
+        if keep_best_by and keep_best_by not in eval_keys(self.eval.protocols):
+            out.append(
+                f"train.keep_best_by: {keep_best_by!r} is not reported by eval.protocols "
+                f"{self.eval.protocols}; choose from {sorted(eval_keys(self.eval.protocols))}"
+            )
+        if "discrete_accuracy" in self.eval.protocols and self.model.effective_categories == 0:
+            out.append(
+                f"eval.protocols: discrete_accuracy needs a discrete code (variant "
+                f"{self.model.variant} has none)"
+            )
         return out
 
     def validate(self, source: str = "config") -> Config:
@@ -347,7 +412,7 @@ class Config:
         return config
 
 
-SECTIONS = ("data", "model", "cascade", "solver", "optim", "train", "eval")
+SECTIONS = ("data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae")
 
 
 def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:

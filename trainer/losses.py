@@ -9,6 +9,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:  # model imports unary imports losses: avoid the cycle at run time
-    from trainer.model import VAEOutput
+    from trainer.model import JointVAEOutput, VAEOutput
 
 # Inside the log of the KL term, as the authors (keeps log finite if sigma underflows to 0).
 KL_LOG_EPS = 1e-8
@@ -67,4 +68,56 @@ def cascade_loss(
     if out.codes_B is not None and num_categories > 0:
         counts_K = torch.bincount(out.codes_B.detach().cpu(), minlength=num_categories)
         metrics.update({f"codes/count_{k}": float(counts_K[k]) for k in range(num_categories)})
+    return loss, metrics
+
+
+def categorical_kl_uniform(alpha_BK: Tensor) -> Tensor:
+    """Batch mean of KL(q(c|x) || uniform over K) = sum_k q log q + log K, a scalar (nats)."""
+    log_q_BK = torch.log_softmax(alpha_BK, dim=1)
+    kl_B = (log_q_BK.exp() * log_q_BK).sum(dim=1) + math.log(alpha_BK.shape[1])
+    return kl_B.mean()
+
+
+def capacity(max_nats: float, iteration: int, ramp_steps: int) -> float:
+    """JointVAE's controlled capacity: 0 at iteration 0 rising linearly to max_nats at
+    ramp_steps, then held."""
+    return max_nats * min(1.0, iteration / max(ramp_steps, 1))
+
+
+def jointvae_loss(
+    out: JointVAEOutput,
+    x_B1HW: Tensor,
+    *,
+    iteration: int,
+    gamma: float,
+    continuous_capacity: float,
+    discrete_capacity: float,
+    capacity_steps: int,
+    weight_penalty: Tensor | None,
+) -> tuple[Tensor, dict[str, float]]:
+    """JointVAE objective (Dupont 2018, eq. 7):
+    mean_i rec_i + gamma |KL_z - C_z(t)| + gamma |KL_c - C_c(t)| (+ weight penalty), with KL_z
+    the sum over dims of the batch-mean Gaussian KL, KL_c the categorical KL to the uniform
+    prior, and C_c capped at log K (the most a K-way code can carry), as Dupont does.
+
+    Metrics: loss/total, loss/recon, loss/kl (the two capacity terms), loss/weight_penalty,
+    kl/z{j}, kl/c, capacity/z, capacity/c, and codes/count_{k} of argmax q(c|x).
+    """
+    num_categories = out.alpha_BK.shape[1]
+    c_z = capacity(continuous_capacity, iteration, capacity_steps)
+    c_c = min(capacity(discrete_capacity, iteration, capacity_steps), math.log(num_categories))
+    recon = reconstruction_per_sample(out.logits_B1HW, x_B1HW).mean()
+    kl_M = kl_per_dim(out.mu_BM, out.sigma_BM)
+    kl_c = categorical_kl_uniform(out.alpha_BK)
+    capacity_terms = gamma * ((kl_M.sum() - c_z).abs() + (kl_c - c_c).abs())
+    penalty = weight_penalty if weight_penalty is not None else recon.new_zeros(())
+    loss = recon + capacity_terms + penalty
+
+    values = torch.cat([torch.stack([loss, recon, capacity_terms, penalty, kl_c]), kl_M])
+    names = ["loss/total", "loss/recon", "loss/kl", "loss/weight_penalty", "kl/c"]
+    names += [f"kl/z{j}" for j in range(kl_M.shape[0])]
+    metrics = dict(zip(names, values.detach().cpu().tolist(), strict=True))
+    metrics["capacity/z"], metrics["capacity/c"] = c_z, c_c
+    counts_K = torch.bincount(out.alpha_BK.detach().argmax(dim=1).cpu(), minlength=num_categories)
+    metrics.update({f"codes/count_{k}": float(counts_K[k]) for k in range(num_categories)})
     return loss, metrics

@@ -11,14 +11,15 @@ Shape legend:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from trainer.agreement import joint_counts
-from trainer.losses import cascade_loss
-from trainer.model import CascadeVAE
+from trainer.losses import cascade_loss, jointvae_loss
+from trainer.model import CascadeVAE, JointVAE
 from trainer.schedule import CascadeSchedule
 
 NUM_SHAPES = 3  # dSprites: square, ellipse, heart
@@ -53,6 +54,7 @@ def train_step(
     choose_codes: Callable[[Tensor], Tensor] | None = None,
     weight_penalty_coef: float = 4e-5,
     shapes_B: np.ndarray | None = None,
+    capacities: CapacitySchedule | None = None,
 ) -> dict[str, float]:
     """One gradient step at `iteration`; returns cascade_loss's flat metrics plus `lr` (the lr
     this step used) and `discrete/active` (0.0 or 1.0).
@@ -60,8 +62,10 @@ def train_step(
     model is a CascadeVAE or a DistributedDataParallel around one: exactly one forward per
     step, in which the codes are chosen (through choose_codes) when the schedule's discrete
     stage is on and the model has categories. weight_penalty_coef = 0 switches the L2 penalty
-    off. shapes_B (optional, the true shape of each image) adds the (code, shape) contingency
-    counts `codes/joint_k{k}_s{s}` of this step's codes (trainer.agreement).
+    off. A JointVAE model trains its own objective instead (`capacities` needed; the schedule
+    then only checks the latent size). shapes_B (optional, the true shape of each image) adds
+    the (code, shape) contingency counts `codes/joint_k{k}_s{s}` of this step's codes
+    (trainer.agreement).
     """
     vae = unwrap(model)
     if weight_penalty_coef < 0:
@@ -76,6 +80,11 @@ def train_step(
         # Silently decoding with zeros here would train the wrong objective.
         raise ValueError(f"iteration {iteration} is in the discrete stage: choose_codes needed")
 
+    if isinstance(vae, JointVAE):
+        return _jointvae_step(
+            model, vae, optimizer, scheduler, images_B1HW, iteration, eps_generator,
+            weight_penalty_coef, shapes_B, capacities,
+        )  # fmt: skip
     device = images_B1HW.device
     eps_BM = sample_eps(eps_generator, images_B1HW.shape[0], vae.num_continuous, device)
     betas_M = torch.as_tensor(schedule.betas(iteration), dtype=eps_BM.dtype, device=device)
@@ -97,4 +106,62 @@ def train_step(
         )
     metrics["lr"] = float(lr)
     metrics["discrete/active"] = 1.0 if discrete else 0.0
+    return metrics
+
+
+@dataclass(frozen=True)
+class CapacitySchedule:
+    """JointVAE's controlled capacities (Dupont 2018): both rise linearly from 0 to their
+    maximum over `steps` iterations; gamma weighs both |KL - C| terms."""
+
+    gamma: float = 150.0
+    continuous: float = 40.0
+    discrete: float = 1.1
+    steps: int = 300_000
+
+
+def _jointvae_step(
+    model: nn.Module,
+    vae: JointVAE,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    images_B1HW: Tensor,
+    iteration: int,
+    eps_generator: torch.Generator,
+    weight_penalty_coef: float,
+    shapes_B: np.ndarray | None,
+    capacities: CapacitySchedule | None,
+) -> dict[str, float]:
+    """One JointVAE gradient step; metrics as jointvae_loss plus lr and discrete/active (1)."""
+    if capacities is None:
+        raise ValueError("a JointVAE step needs its capacities (CapacitySchedule)")
+    device = images_B1HW.device
+    batch = images_B1HW.shape[0]
+    eps_BM = sample_eps(eps_generator, batch, vae.num_continuous, device)
+    uniform_BK = torch.rand(batch, vae.num_categories, generator=eps_generator).to(device)
+    lr = optimizer.param_groups[0]["lr"]
+
+    model.train()
+    out = model(images_B1HW, eps_BM, uniform_BK)
+    penalty = weight_penalty_coef * vae.weight_penalty() if weight_penalty_coef > 0 else None
+    loss, metrics = jointvae_loss(
+        out,
+        images_B1HW,
+        iteration=iteration,
+        gamma=capacities.gamma,
+        continuous_capacity=capacities.continuous,
+        discrete_capacity=capacities.discrete,
+        capacity_steps=capacities.steps,
+        weight_penalty=penalty,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+    if shapes_B is not None:
+        codes_B = out.alpha_BK.detach().argmax(dim=1).cpu().numpy()
+        metrics.update(joint_counts(codes_B, shapes_B, vae.num_categories, NUM_SHAPES))
+    metrics["lr"] = float(lr)
+    metrics["discrete/active"] = 1.0
     return metrics

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 
-
 def make_grid(images_RC1HW: torch.Tensor, pad: int = 2) -> torch.Tensor:
     """Tile a (rows, cols, 1, H, W) tensor into one (1, rows*(H+pad)+pad, cols*(W+pad)+pad) image.
 

@@ -14,11 +14,13 @@ Rank 0 alone writes TensorBoard, the metrics table and checkpoints; every rank c
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +33,17 @@ from trainer.codes import GlobalCodeClient
 from trainer.config import Config
 from trainer.data import DSprites, batch_indices_for_step, open_dsprites
 from trainer.metrics import SHAPE_FACTOR, evaluate_model
-from trainer.model import CascadeVAE
+from trainer.model import CascadeVAE, JointVAE
 from trainer.run_log import NullRunLog, RunLog
 from trainer.runtime import keep_freed_memory
 from trainer.schedule import CascadeSchedule, make_optimizer
-from trainer.step import train_step
-from trainer.visualize import reconstructions, traversals
+from trainer.step import CapacitySchedule, train_step
+from trainer.visualize import category_means, reconstructions, traversals
 
 SOLVER_NAMESPACE = "cascadevae"
 FAILED_ONCE_MARKER = ".failed_once_at_step"
+CHECKPOINT_SCORE = "checkpoint/score"
+"""Report key Ray Train ranks checkpoints by when `train.keep_best_by` is set."""
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -57,22 +61,49 @@ def open_data(config: Config, progress: bool = False) -> DSprites:
 
 
 def build_model(config: Config) -> CascadeVAE:
-    return CascadeVAE(
-        num_continuous=config.model.num_continuous,
-        num_categories=config.model.effective_categories,
-    )
+    m = config.model
+    if m.variant == "jointvae":
+        return JointVAE(m.num_continuous, m.num_categories, config.jointvae.temperature)
+    return CascadeVAE(num_continuous=m.num_continuous, num_categories=m.effective_categories)
 
 
 def build_schedule(config: Config) -> CascadeSchedule:
-    c = config.cascade
+    """The KL weights over training. beta-VAE is the continuous-only schedule with one beta on
+    every dim; JointVAE's objective has no betas (its schedule only fixes the latent size)."""
+    c, m = config.cascade, config.model
+    if m.variant in ("cascade", "oracle"):
+        variant, beta_high, beta_low = "cascade", c.beta_high, c.beta_low
+    elif m.variant == "beta_vae":
+        variant, beta_high, beta_low = "cascade_c", m.beta, m.beta
+    else:
+        variant, beta_high, beta_low = "cascade_c", c.beta_high, c.beta_low
     return CascadeSchedule(
-        num_continuous=config.model.num_continuous,
+        num_continuous=m.num_continuous,
         stage_length=c.stage_length,
         discrete_start_stage=c.discrete_start_stage,
-        beta_high=c.beta_high,
-        beta_low=c.beta_low,
-        variant=config.model.variant,
+        beta_high=beta_high,
+        beta_low=beta_low,
+        variant=variant,
     )
+
+
+def build_capacities(config: Config) -> CapacitySchedule | None:
+    """JointVAE's capacity ramp (None for the other variants)."""
+    if config.model.variant != "jointvae":
+        return None
+    j = config.jointvae
+    return CapacitySchedule(
+        gamma=j.gamma,
+        continuous=j.continuous_capacity,
+        discrete=j.discrete_capacity,
+        steps=j.capacity_steps or config.train.num_steps,
+    )
+
+
+def true_shape_codes(shapes_B: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The oracle's chooser: ignores the unary matrix and returns the true shapes."""
+    codes_B = torch.as_tensor(np.asarray(shapes_B, dtype=np.int64))
+    return lambda unary_BK: codes_B.to(unary_BK.device)
 
 
 def build_optimizer(config: Config, model: torch.nn.Module):
@@ -198,17 +229,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             return labels_N, solve_ms
 
     recorded: list[tuple[int, np.ndarray, np.ndarray]] = []
-    client = GlobalCodeClient(
-        solve,
-        rank=rank,
-        world_size=world_size,
-        record=(lambda u, c: recorded.append((client.step, u, c)))
-        if train.record_codes_steps
-        else None,
+    client = (
+        None
+        if config.model.variant != "cascade"
+        else GlobalCodeClient(
+            solve,
+            rank=rank,
+            world_size=world_size,
+            record=(lambda u, c: recorded.append((client.step, u, c)))
+            if train.record_codes_steps
+            else None,
+        )
     )
     schedule = build_schedule(config)
+    capacities = build_capacities(config)
+    oracle = config.model.variant == "oracle"
     log = RunLog(run_dir, config.to_yaml(), resume_step=start_step) if rank == 0 else NullRunLog()
+    # Evenly spaced over the grid, so every shape and scale is in the preview.
     preview_x = load_batch(dataset, np.linspace(0, len(dataset) - 1, 8).astype(np.int64), device)
+    preview_x = torch.cat([preview_x, load_batch(dataset, _spread_indices(len(dataset)), device)])
     if rank == 0:
         _say(
             f"[cascadevae] rank 0 of {world_size} on {device}: steps {start_step}->"
@@ -224,7 +263,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for step in range(start_step, train.num_steps):
         if train.fail_at_step and step == train.fail_at_step:
             _fail_once(run_dir, step, rank)
-        client.step = step
+        if client is not None:
+            client.step = step
         phase_started = time.perf_counter()
         indices = batch_indices_for_step(
             len(dataset),
@@ -235,9 +275,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             global_batch=train.global_batch,
         )
         x_B1HW = load_batch(dataset, indices, device)
+        shapes_B = dataset.latent_classes[indices, SHAPE_FACTOR]
         data_done = time.perf_counter()
         generator = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
-        if train.record_codes_steps and len(recorded) >= train.record_codes_steps:
+        if client and train.record_codes_steps and len(recorded) >= train.record_codes_steps:
             client.record = None
         metrics = train_step(
             ddp_model,
@@ -247,9 +288,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             iteration=step,
             schedule=schedule,
             eps_generator=generator,
-            choose_codes=client,
+            choose_codes=true_shape_codes(shapes_B) if oracle else client,
             weight_penalty_coef=config.model.weight_penalty,
-            shapes_B=dataset.latent_classes[indices, SHAPE_FACTOR],
+            shapes_B=shapes_B,
+            capacities=capacities,
         )
         # Where a step's time goes (the rest of perf/step_ms is reporting and logging).
         metrics["perf/data_ms"] = 1000.0 * (data_done - phase_started)
@@ -258,16 +300,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         steps_this_attempt += 1
         done = step + 1
         last = done == train.num_steps
+        log_due = done % train.log_every == 0
+        eval_due = (log_due or last) and _due(done, train.eval_every, last)
+        # Keeping the best model by a metric needs a checkpoint of every evaluated model.
         checkpoint_due = last or done % train.checkpoint_every == 0
-        if not (checkpoint_due or done % train.log_every == 0):
+        checkpoint_due = checkpoint_due or (eval_due and bool(train.keep_best_by))
+        if not (checkpoint_due or log_due):
             continue
 
         # ---- one log interval ends: aggregate, write, report (every rank, same count)
         interval_end = time.perf_counter()
         elapsed = interval_end - meter.started
         interval = meter.means()
-        timings = client.timings.summary()
-        client.timings.clear()
+        timings = client.timings.summary() if client is not None else {}
+        if client is not None:
+            client.timings.clear()
         # Every rank waits for codes; only rank 0 talks to the solver. Reduce the keys that all
         # ranks hold (a collective needs equal shapes), then add rank 0's solver timings.
         for key in ("solver/wait_ms", "solver/gather_ms"):
@@ -281,7 +328,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if "solver/wait_ms" in interval:
             interval["perf/code_wait_share"] = interval["solver/wait_ms"] / interval["perf/step_ms"]
         if rank == 0:
-            if _due(done, train.eval_every, last):
+            if eval_due:
                 interval.update(_evaluate(config, model, dataset, device))
             if _due(done, train.image_every, last):
                 _log_images(log, done, model, preview_x)
@@ -304,6 +351,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # scheduler ranking trials on an eval metric sees it in every report.
         latest_eval.update({k: v for k, v in interval.items() if k.startswith("eval/")})
         report = {"step": done, **latest_eval, **interval}
+        if train.keep_best_by:
+            # Only a model evaluated at this very step is ranked; the others rank last.
+            report[CHECKPOINT_SCORE] = float(interval.get(train.keep_best_by, -math.inf))
         if checkpoint_due:
             _report_with_checkpoint(report, rank, state, done, config, log)
         else:
@@ -348,6 +398,12 @@ def _quiet_report_echo() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+def _spread_indices(num_images: int, count: int = 240) -> np.ndarray:
+    """`count` image indices spread over the whole grid with a stride coprime to the factor
+    sizes' products, so they mix shapes, scales, orientations and positions."""
+    return (np.arange(count, dtype=np.int64) * 7_919 + 13) % num_images
+
+
 def _due(done: int, every: int, last: bool) -> bool:
     return last or (every > 0 and done % every == 0)
 
@@ -379,7 +435,9 @@ def _evaluate(config: Config, model: CascadeVAE, dataset: DSprites, device) -> d
 def _log_images(log, step: int, model: CascadeVAE, preview_x: torch.Tensor) -> None:
     model.eval()
     try:
-        log.image("images/reconstructions", step, reconstructions(model, preview_x))
+        log.image("images/reconstructions", step, reconstructions(model, preview_x[:8]))
+        if model.num_categories:
+            log.image("images/category_means", step, category_means(model, preview_x))
         for category, grid in traversals(model, preview_x[:1]).items():
             tag = "images/traversal" if category is None else f"images/traversal_category{category}"
             log.image(tag, step, grid)
@@ -432,6 +490,20 @@ def _fail_once(run_dir: Path, step: int, rank: int) -> None:
 
 
 # --------------------------------------------------------------------------- the trainer
+def _checkpoint_config(train):
+    """Keep the newest checkpoints, or with `train.keep_best_by` the best ones by that metric;
+    Ray Train always keeps the latest checkpoint besides them (for resuming)."""
+    from ray.train import CheckpointConfig
+
+    if not train.keep_best_by:
+        return CheckpointConfig(num_to_keep=train.num_checkpoints_kept)
+    return CheckpointConfig(
+        num_to_keep=train.num_checkpoints_kept,
+        checkpoint_score_attribute=CHECKPOINT_SCORE,
+        checkpoint_score_order="max",
+    )
+
+
 def fit(config: Config, *, storage_path: str | None = None, callbacks: list | None = None):
     """Run (or resume) one training run on the connected Ray cluster; returns the Train Result.
 
@@ -441,7 +513,6 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
     """
     import ray
     from ray.train import (
-        CheckpointConfig,
         FailureConfig,
         LoggingConfig,
         RunConfig,
@@ -482,7 +553,7 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
             name=config.run_name,
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=train.num_checkpoints_kept),
+            checkpoint_config=_checkpoint_config(train),
             callbacks=callbacks,
             # Train's INFO logs echo every report; the rank-0 progress line says what matters.
             logging_config=LoggingConfig(log_level="WARNING"),
