@@ -138,3 +138,30 @@ def test_cascade_loss_rejects_wrong_beta_shape():
     out, x_B1HW = _output(codes_B=None)
     with pytest.raises(ValueError, match="betas_M"):
         cascade_loss(out, x_B1HW, torch.ones(3), None, num_categories=0)
+
+
+def test_jointvae_loss_known_values():
+    """Uniform q(c|x) has KL 0 to the uniform prior; a one-hot q has KL log K. The capacity
+    terms are gamma * |KL - C(t)| with C rising linearly and C_c capped at log K."""
+    from trainer.losses import capacity, categorical_kl_uniform, jointvae_loss
+    from trainer.model import JointVAEOutput
+
+    assert categorical_kl_uniform(torch.zeros(4, 3)).item() == pytest.approx(0.0, abs=1e-7)
+    confident = torch.tensor([[50.0, 0.0, 0.0]])
+    assert categorical_kl_uniform(confident).item() == pytest.approx(math.log(3), abs=1e-6)
+    assert capacity(40.0, 150, 300) == 20.0 and capacity(40.0, 900, 300) == 40.0
+
+    x = torch.zeros(2, 1, 64, 64)
+    out = JointVAEOutput(
+        mu_BM=torch.zeros(2, 6), sigma_BM=torch.ones(2, 6), z_BM=torch.zeros(2, 6),
+        alpha_BK=torch.zeros(2, 3), c_BK=torch.full((2, 3), 1 / 3),
+        logits_B1HW=torch.full((2, 1, 64, 64), -100.0),
+    )  # fmt: skip
+    # KL_z = 0, KL_c = 0, recon ~ 0: at t = ramp the loss is gamma * (C_z + min(C_c, log 3)).
+    loss, metrics = jointvae_loss(
+        out, x, iteration=10, gamma=2.0, continuous_capacity=5.0, discrete_capacity=1.1,
+        capacity_steps=10, weight_penalty=None,
+    )  # fmt: skip
+    assert loss.item() == pytest.approx(2.0 * (5.0 + math.log(3)), rel=1e-5)
+    assert metrics["capacity/c"] == pytest.approx(math.log(3))
+    assert metrics["codes/count_0"] == 2.0  # argmax of equal logits: the first category

@@ -193,3 +193,21 @@ def test_cascade_c_has_no_codes():
     assert vae.decoder[0].in_features == 6
     with pytest.raises(ValueError, match="num_categories"):
         vae(_images(2), torch.zeros(2, 6), lambda u: u.argmin(dim=1))
+
+
+def test_jointvae_decodes_a_relaxed_one_hot_and_infers_argmax_codes():
+    from trainer.model import JointVAE
+
+    torch.manual_seed(0)
+    model = JointVAE(num_continuous=6, num_categories=3, temperature=0.67)
+    x = (torch.rand(5, 1, 64, 64) > 0.5).float()
+    out = model(x, torch.zeros(5, 6), torch.full((5, 3), 0.5))
+    assert out.c_BK.shape == (5, 3)
+    torch.testing.assert_close(out.c_BK.sum(dim=1), torch.ones(5))
+    # With equal Gumbel noise the relaxed sample ranks the categories as the logits do.
+    assert torch.equal(out.c_BK.argmax(dim=1), out.alpha_BK.argmax(dim=1))
+    assert torch.equal(model.infer_codes(out.mu_BM, x), out.alpha_BK.argmax(dim=1))
+    mu, sigma = model.encode(x)
+    torch.testing.assert_close(mu, out.mu_BM)
+    with pytest.raises(ValueError, match="temperature"):
+        JointVAE(temperature=0.0)

@@ -1,0 +1,124 @@
+"""Study files and reports: validation, the per-run readings, the table over seeds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from launch.study import load_study, main
+from launch.study_report import RunRecord, markdown_table, select, summarise
+from trainer.config import ConfigError
+
+DEBUG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
+
+
+def _study(tmp_path: Path, **changes) -> Path:
+    raw = {
+        "name": "tiny",
+        "base": str(DEBUG),
+        "models": {
+            "cascade": {"seeds": [0, 1], "set": {"model.variant": "cascade"}},
+            "beta_vae": {
+                "seeds": [0],
+                "set": {"model.variant": "beta_vae", "eval.protocols": ["authors_factorvae"]},
+            },
+        },
+        "metrics": ["eval/authors_factorvae", "eval/discrete_accuracy"],
+        "storage_path": str(tmp_path / "runs"),
+        "results_dir": str(tmp_path / "results"),
+        **changes,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_a_study_is_one_trial_per_model_and_seed(tmp_path):
+    study = load_study(_study(tmp_path))
+    assert list(study.runs) == ["cascade-s0", "cascade-s1", "beta_vae-s0"]
+    config = study.trial_config({"run": "cascade-s1"})
+    assert config.seed == 1 and config.model.variant == "cascade"
+    assert study.trial_config({"run": "beta_vae-s0"}).model.effective_categories == 0
+
+
+def test_every_problem_is_listed_before_ray_starts(tmp_path):
+    bad = _study(
+        tmp_path,
+        colour="red",
+        metrics=["eval/mig"],
+        models={
+            "cascade": {"seeds": [0, 0]},
+            "beta_vae": {"seeds": [0], "set": {"model.variant": "beta_vae"}},
+        },
+    )
+    with pytest.raises(ConfigError) as err:
+        load_study(bad)
+    text = str(err.value)
+    assert "colour: unknown key" in text
+    assert "models.cascade.seeds" in text
+    # beta_vae has no discrete code, so the debug config's discrete_accuracy is refused.
+    assert "models.beta_vae seed 0" in text and "discrete_accuracy" in text
+    assert main(["--config", str(bad)]) == 2
+
+
+def _run(model, seed, evals):
+    rows = [{"step": 10.0 * i, "loss/total": 1.0} for i in range(1, 8)]
+    for step, value, acc in evals:
+        rows.append({"step": step, "eval/authors_factorvae": value, "eval/discrete_accuracy": acc})
+    return RunRecord(model, seed, rows)
+
+
+def test_best_by_metric_and_last_readings():
+    run = _run("cascade", 0, [(20.0, 0.5, 0.4), (40.0, 0.9, 0.6), (60.0, 0.7, 0.8)])
+    picks = select(run, "eval/authors_factorvae", ["eval/authors_factorvae"])
+    assert picks["best"]["step"] == 40.0 and picks["best"]["eval/discrete_accuracy"] == 0.6
+    assert picks["last"]["step"] == 60.0
+
+
+def test_table_over_seeds_known_answer():
+    runs = [
+        _run("cascade", 0, [(20.0, 0.6, 0.5), (40.0, 0.8, 0.9)]),
+        _run("cascade", 1, [(20.0, 0.9, 0.7), (40.0, 0.7, 0.6)]),
+    ]
+    metrics = ["eval/authors_factorvae", "eval/discrete_accuracy"]
+    rows = summarise(runs, "eval/authors_factorvae", metrics)
+    index = {(r["metric"], r["reading"]): r for r in rows}
+    best = index["eval/authors_factorvae", "best"]
+    assert best["mean"] == pytest.approx(0.85) and best["n"] == 2
+    assert best["std"] == pytest.approx(math.sqrt((0.8 - 0.85) ** 2 + (0.9 - 0.85) ** 2))
+    # The best seed-1 model is its step-20 one, so its shape accuracy there is reported.
+    assert index["eval/discrete_accuracy", "best"]["mean"] == pytest.approx((0.9 + 0.7) / 2)
+    assert index["eval/discrete_accuracy", "last"]["mean"] == pytest.approx((0.9 + 0.6) / 2)
+    table = markdown_table(rows, ["cascade"], metrics)
+    assert "| cascade | best | 0.850 ± 0.071 (n=2) | 0.800 ± 0.141 (n=2) |" in table
+
+
+def test_report_from_run_folders(tmp_path):
+    """--report reads each trial's params.json and train/metrics.parquet and writes the
+    markdown table, the parquet summary and both plots."""
+    study = load_study(_study(tmp_path))
+    for index, (name, evals) in enumerate(
+        [("cascade-s0", [(40.0, 0.8, 0.9)]), ("cascade-s1", [(40.0, 0.6, 0.7)])]
+    ):
+        trial = tmp_path / "runs" / "tiny" / f"t{index}_run={name}"
+        (trial / "train").mkdir(parents=True)
+        (trial / "params.json").write_text(f'{{"run": "{name}"}}')
+        rows = _run("cascade", index, evals).rows
+        keys = sorted({k for r in rows for k in r})
+        pq.write_table(
+            pa.table({k: [r.get(k) for r in rows] for k in keys}), trial / "train/metrics.parquet"
+        )
+    assert main(["--config", str(_study(tmp_path)), "--report"]) == 0
+    results = Path(study.results_dir)
+    text = (results / "results.md").read_text()
+    assert "| cascade | last | 0.700 ± 0.141 (n=2) | 0.800 ± 0.141 (n=2) |" in text
+    assert "best-by-metric (the authors' protocol" in text
+    summary = pq.read_table(results / "results.parquet").to_pylist()
+    assert {r["model"] for r in summary} == {"cascade"}
+    for png in ("curves.png", "bars.png"):
+        assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
