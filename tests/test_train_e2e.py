@@ -36,7 +36,8 @@ def _fit(tmp_root: Path, name: str, overrides: list[str]):
 def runs(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    out["one_worker"] = _fit(root, "one_worker", [])
+    keep_best = ["train.eval_every=10", "train.keep_best_by=eval/authors_factorvae"]
+    out["one_worker"] = _fit(root, "one_worker", [*keep_best, "train.num_checkpoints_kept=1"])
     out["two_workers"] = _fit(
         root, "two_workers", ["train.num_workers=2", "train.record_codes_steps=5"]
     )
@@ -174,3 +175,19 @@ def test_evaluate_cli_prints_metrics_and_writes_images(runs, tmp_path, capsys):
     assert names == ["reconstructions.png"] + [f"traversal_category{k}.png" for k in range(3)]
     assert main(["--checkpoint", str(tmp_path / "nothing")]) == 2
     assert "not a CascadeVAE checkpoint" in capsys.readouterr().err
+
+
+def test_keep_best_by_keeps_the_best_evaluated_model_and_the_latest(runs):
+    """Every evaluation writes a checkpoint; with num_checkpoints_kept=1 the run keeps the one
+    whose evaluation scored best, plus the latest."""
+    _, result, run_dir = runs["one_worker"]
+    scores = {
+        int(r["step"]): r["eval/authors_factorvae"]
+        for r in _table(run_dir)
+        if r.get("eval/authors_factorvae") is not None
+    }
+    assert sorted(scores) == [10, 20, 30, 40]
+    best_step = max(sorted(scores), key=lambda step: scores[step])  # the earliest on ties
+    kept = {read_checkpoint(p)[0]["next_step"] for p in run_dir.glob("checkpoint_*")}
+    assert kept == {best_step, 40}
+    assert max(scores[s] for s in kept) == max(scores.values())
