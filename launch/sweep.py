@@ -147,10 +147,15 @@ def reported_metrics(config: Config) -> set[str]:
     }
     names |= {f"kl/z{j}" for j in range(config.model.num_continuous)}
     names |= {f"beta/z{j}" for j in range(config.model.num_continuous)}
+    categories = config.model.effective_categories
+    if categories:
+        names |= {"codes/shape_agreement", "discrete/active"}
+        names |= {f"codes/share_{k}" for k in range(categories)}
+        names |= {f"codes/count_{k}" for k in range(categories)}
     if config.model.variant == "cascade":
-        names |= {"codes/shape_agreement", "discrete/active", "solver/wait_ms"}
-        names |= {f"codes/share_{k}" for k in range(config.model.num_categories)}
-        names |= {f"codes/count_{k}" for k in range(config.model.num_categories)}
+        names |= {"solver/wait_ms"}
+    if config.model.variant == "jointvae":
+        names |= {"capacity/z", "capacity/c", "kl/c"}
     eval_keys = {
         "authors_factorvae": ["eval/authors_factorvae", "eval/active_dims"],
         "factorvae": ["eval/factorvae", "eval/factorvae_train"],

@@ -122,3 +122,30 @@ def test_report_from_run_folders(tmp_path):
     assert {r["model"] for r in summary} == {"cascade"}
     for png in ("curves.png", "bars.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(ray_session, tmp_path, capsys):
+    """Two models of the debug config through Tune and Ray Train, then the report. The oracle
+    trains with the true shapes as codes, so its training-code agreement is exactly 1."""
+    study = _study(
+        tmp_path,
+        set={"train.num_steps": 30, "train.eval_every": 30},
+        models={
+            "cascade": {"seeds": [0]},
+            "oracle": {"seeds": [3], "set": {"model.variant": "oracle"}},
+        },
+        curve_metrics=["codes/shape_agreement"],
+        max_concurrent_trials=2,
+    )
+    assert main(["--config", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "study 'tiny' finished" in out and "0 failed" in out
+    results = tmp_path / "results"
+    text = (results / "results.md").read_text()
+    assert "| cascade | last |" in text and "| oracle | last |" in text
+    assert "`oracle-s3`: 30 steps" in text
+    oracle_table = next((tmp_path / "runs" / "tiny").glob("*run=oracle-s3/train/metrics.parquet"))
+    rows = pq.read_table(oracle_table).to_pylist()
+    agreement = [r["codes/shape_agreement"] for r in rows if r.get("codes/shape_agreement")]
+    assert agreement and all(a == 1.0 for a in agreement)
