@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.config import Config, ConfigError, apply_overrides, read_yaml
+from trainer.config import Config, ConfigError, apply_overrides, eval_keys, read_yaml
 
 PARAMETERS = {
     "beta_h": "cascade.beta_high",
@@ -156,14 +156,7 @@ def reported_metrics(config: Config) -> set[str]:
         names |= {"solver/wait_ms"}
     if config.model.variant == "jointvae":
         names |= {"capacity/z", "capacity/c", "kl/c"}
-    eval_keys = {
-        "authors_factorvae": ["eval/authors_factorvae", "eval/active_dims"],
-        "factorvae": ["eval/factorvae", "eval/factorvae_train"],
-        "discrete_accuracy": ["eval/discrete_accuracy"],
-        "mig": ["eval/mig"],
-    }
-    for protocol in config.eval.protocols:
-        names |= set(eval_keys[protocol])
+    names |= eval_keys(config.eval.protocols)
     return names
 
 
