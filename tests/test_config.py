@@ -51,7 +51,9 @@ def test_every_problem_is_listed_in_one_error():
     assert "cascadee: unknown key" in text
     assert "model.variant: 'gan' is not one of" in text
     assert "train.global_batch: 10 is not divisible by train.num_workers=3" in text
-    assert len(problems) == 5
+    # The default protocols include discrete_accuracy, which an unknown variant cannot serve.
+    assert "eval.protocols: discrete_accuracy needs a discrete code (variant gan has none)" in text
+    assert len(problems) == 6
 
 
 def test_discrete_start_after_the_last_stage_is_refused():
@@ -71,7 +73,7 @@ def test_discrete_start_after_the_last_stage_is_refused():
         ({"eval": {"protocols": ["fid"]}}, "eval.protocols: unknown ['fid']"),
         ({"train": {"use_gpu": "yes"}}, "train.use_gpu: expected bool"),
         ({"optim": {"lr": 0}}, "optim.lr: must be > 0"),
-        ({"model": {"num_categories": 1}}, "model.num_categories: CascadeVAE needs >= 2"),
+        ({"model": {"num_categories": 1}}, "model.num_categories: variant cascade needs >= 2"),
         ({"train": 5}, "train: expected a mapping"),
     ],
 )
