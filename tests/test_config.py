@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from trainer.config import Config, ConfigError, apply_overrides, load_config
+from trainer.config import SECTIONS, Config, ConfigError, apply_overrides, load_config
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 
@@ -116,3 +117,45 @@ def test_launch_refuses_a_bad_config_before_any_ray_work(capsys):
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_nan_and_inf_are_refused_in_every_float_field_and_listed_together():
+    problems = _problems(
+        {
+            "solver": {"lam": float("nan")},
+            "cascade": {"beta_high": float("inf"), "beta_low": float("-inf")},
+            "optim": {"decay_rate": float("nan")},
+            "train": {"global_batch": 0},
+        }
+    )
+    assert problems == [
+        "cascade.beta_high: must be a finite number, got inf",
+        "cascade.beta_low: must be a finite number, got -inf",
+        "solver.lam: must be a finite number, got nan",
+        "optim.decay_rate: must be a finite number, got nan",
+        "train.global_batch: must be >= 1, got 0",
+    ]
+
+
+def test_every_float_field_is_checked_for_finiteness():
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(Config(), section)):
+            if isinstance(getattr(getattr(Config(), section), f.name), float):
+                raw = {section: {f.name: float("nan")}}
+                assert f"{section}.{f.name}: must be a finite number, got nan" in _problems(raw)
+
+
+@pytest.mark.parametrize("text", [".nan", "nan", ".inf", "-.inf", "inf"])
+def test_non_finite_override_is_refused(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: c\n")
+    with pytest.raises(ConfigError, match=r"solver\.lam: must be a finite number") as info:
+        load_config(path, [f"solver.lam={text}"])
+    assert str(path) in str(info.value)
+
+
+def test_launch_exits_2_on_a_non_finite_value(capsys):
+    from launch.train import main
+
+    assert main(["--config", "configs/debug.yaml", "--set", "solver.lam=.nan"]) == 2
+    assert "solver.lam: must be a finite number, got nan" in capsys.readouterr().err

@@ -20,6 +20,7 @@ is listed in ONE `ConfigError`, so a bad config never starts a run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -179,10 +180,9 @@ class CascadeConfig:
             out.append(
                 f"cascade.discrete_start_stage: must be >= 0, got {self.discrete_start_stage}"
             )
-        if self.beta_high < 0 or self.beta_low < 0:
-            out.append(
-                f"cascade.beta_high/beta_low: must be >= 0, got {self.beta_high}/{self.beta_low}"
-            )
+        for name in ("beta_high", "beta_low"):
+            if getattr(self, name) < 0:
+                out.append(f"cascade.{name}: must be >= 0, got {getattr(self, name)}")
         return out
 
 
@@ -349,7 +349,7 @@ class Config:
         if not self.name or "/" in self.name:
             out.append(f"name: must be a non-empty plain name, got {self.name!r}")
         for section in SECTIONS:
-            out.extend(getattr(self, section).problems())
+            out.extend(_section_problems(section, getattr(self, section)))
         # Cross-field rules.
         cascade, train = self.cascade, self.train
         if self.model.variant in CASCADE_SCHEDULE_VARIANTS and cascade.stage_length >= 1:
@@ -413,6 +413,23 @@ class Config:
 
 
 SECTIONS = ("data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae")
+
+
+def _section_problems(section: str, values: Any) -> list[str]:
+    """A section's problems: each NaN or infinite float field once as such, then the section's
+    own checks of its other fields (range checks are false or misleading for NaN and inf)."""
+    non_finite = [
+        f.name
+        for f in dataclasses.fields(values)
+        if isinstance(getattr(values, f.name), float) and not math.isfinite(getattr(values, f.name))
+    ]
+    out = [
+        f"{section}.{name}: must be a finite number, got {getattr(values, name)}"
+        for name in non_finite
+    ]
+    skip = tuple(f"{section}.{name}:" for name in non_finite)
+    out.extend(p for p in values.problems() if not (skip and p.startswith(skip)))
+    return out
 
 
 def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
