@@ -104,7 +104,7 @@ def test_bad_yaml_file_names_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_launch_refuses_a_bad_config_before_any_ray_work(capsys):
+def test_launch_refuses_a_bad_config_before_any_ray_work(capsys, no_ray):
     from launch.train import main
 
     code = main(
@@ -154,8 +154,36 @@ def test_non_finite_override_is_refused(tmp_path, text):
     assert str(path) in str(info.value)
 
 
-def test_launch_exits_2_on_a_non_finite_value(capsys):
+def test_launch_exits_2_on_a_non_finite_value(capsys, no_ray):
     from launch.train import main
 
     assert main(["--config", "configs/debug.yaml", "--set", "solver.lam=.nan"]) == 2
     assert "solver.lam: must be a finite number, got nan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "{path} is empty; expected a mapping of settings"),
+        ("# only a comment\n", "{path} is empty; expected a mapping of settings"),
+        ("{}\n", "{path} is an empty mapping; expected settings"),
+        ("- train\n- model\n", "{path}: expected a mapping at the top level, got list"),
+        ("quick\n", "{path}: expected a mapping at the top level, got str 'quick'"),
+    ],
+)
+def test_empty_or_non_mapping_config_file_is_refused(tmp_path, text, problem):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(problem.format(path=path))
+
+
+def test_launch_exits_2_on_an_empty_config_file(tmp_path, capsys, no_ray):
+    from launch.train import main
+
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert main(["--config", str(path)]) == 2
+    assert f"{path} is empty" in capsys.readouterr().err

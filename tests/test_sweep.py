@@ -79,3 +79,26 @@ def test_a_non_finite_value_written_as_yaml_is_refused(tmp_path):
     assert _problems(path) == [
         "search.space.beta_h.grid: values must be finite numbers, got [inf, 10]"
     ]
+
+
+def test_an_empty_sweep_file_is_refused(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("# nothing yet\n")
+    assert _problems(path) == [f"{path} is empty; expected a mapping of settings"]
+
+
+def test_a_non_mapping_sweep_file_is_refused(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("[beta_h, lambda]\n")
+    assert _problems(path) == [
+        f"{path}: expected a mapping at the top level, got list ['beta_h', 'lambda']"
+    ]
+
+
+def test_an_empty_base_config_is_refused_naming_it(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("")
+    path = _sweep(tmp_path, {"beta_h": {"grid": [4, 10]}})
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "base": str(base)}))
+    assert f"base: {base} is empty; expected a mapping of settings" in _problems(path)

@@ -536,7 +536,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+    """Read a non-empty YAML mapping, with errors that name the file.
+
+    An empty file (or one of comments only) and an empty mapping are refused: a run built from
+    nothing but the defaults is the paper-scale run, never what an empty file meant.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"file not found: {path}"], source=str(path))
@@ -545,9 +549,14 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError([f"not valid YAML: {err}"], source=str(path)) from err
     if raw is None:
-        raw = {}
+        raise ConfigError([f"{path} is empty; expected a mapping of settings"], str(path))
     if not isinstance(raw, dict):
-        raise ConfigError([f"expected a mapping at the top level, got {raw!r}"], str(path))
+        raise ConfigError(
+            [f"{path}: expected a mapping at the top level, got {type(raw).__name__} {raw!r}"],
+            str(path),
+        )
+    if not raw:
+        raise ConfigError([f"{path} is an empty mapping; expected settings"], str(path))
     return raw
 
 
