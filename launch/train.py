@@ -3,10 +3,11 @@
     python -m launch.train --config configs/quick.yaml [--set train.num_steps=500 ...]
 
 Uses the cluster at RAY_ADDRESS when set (as under `ray job submit`), else starts a local Ray.
-The whole config is validated before any Ray work; a bad config exits with status 2 and one
-message listing every problem. Running the same command again resumes the run from its last
-checkpoint (the run folder is `<train.storage_path>/<run name>`). Ctrl-C stops the run with exit
-status 130 and prints the step of the last checkpoint and the command that resumes it.
+The whole config, and the .npz file it names, are validated before any Ray work; a bad config
+exits with status 2 and one message listing every problem. Running the same command again
+resumes the run from its last checkpoint (the run folder is `<train.storage_path>/<run name>`).
+Ctrl-C stops the run with exit status 130 and prints the step of the last checkpoint and the
+command that resumes it.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, args.set).check_files(args.config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -102,3 +102,18 @@ def test_an_empty_base_config_is_refused_naming_it(tmp_path):
     raw = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**raw, "base": str(base)}))
     assert f"base: {base} is empty; expected a mapping of settings" in _problems(path)
+
+
+def test_a_bad_npz_of_the_base_config_stops_launch_tune_with_status_2(tmp_path, capsys, no_ray):
+    from launch.tune import main
+
+    npz = tmp_path / "dsprites.npz"
+    npz.write_bytes(b"")
+    path = _sweep(tmp_path, {"beta_h": {"grid": [4, 10]}})
+    raw = yaml.safe_load(path.read_text())
+    raw["set"] = {"data.source": "npz", "data.npz_path": str(npz)}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} (base config): 1 problem(s)" in err
+    assert f"data.npz_path: {npz}: not a valid .npz archive" in err

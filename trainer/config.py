@@ -95,6 +95,23 @@ class DataConfig:
             )
         return out
 
+    def file_problems(self) -> list[str]:
+        """Problems found by reading the .npz (keys, dtypes, shapes, metadata, a zero-byte or
+        non-zip file: trainer.data_npz.inspect_npz). Not part of `problems`, which runs in
+        every worker and must stay cheap; a missing file is already one of `problems`."""
+        if self.source != "npz" or not self.npz_path:
+            return []
+        if not Path(self.npz_path).expanduser().is_file():
+            return []
+        from trainer.data_cache import DatasetError
+        from trainer.data_npz import inspect_npz
+
+        try:
+            inspect_npz(self.npz_path)
+        except DatasetError as err:
+            return [f"data.npz_path: {err}"]
+        return []
+
 
 @dataclass
 class ModelConfig:
@@ -376,6 +393,14 @@ class Config:
 
     def validate(self, source: str = "config") -> Config:
         problems = self.problems()
+        if problems:
+            raise ConfigError(problems, source)
+        return self
+
+    def check_files(self, source: str = "config") -> Config:
+        """Read the files the config names and raise ConfigError listing what is wrong with
+        them; the launch commands call it once before Ray starts (see DataConfig.file_problems)."""
+        problems = self.data.file_problems()
         if problems:
             raise ConfigError(problems, source)
         return self
