@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    from trainer.checkpoint import read_checkpoint
+    from trainer.checkpoint import CONFIG_FILE, CorruptCheckpointError, read_checkpoint
     from trainer.config import EVAL_PROTOCOLS, Config, ConfigError, apply_overrides
     from trainer.metrics import evaluate_model, parse_overrides
     from trainer.runtime import keep_freed_memory
@@ -71,12 +71,32 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()
 
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.exists():
+        print(f"error: checkpoint path does not exist: {checkpoint}", file=sys.stderr)
+        return 2
     try:
-        payload, config_yaml = read_checkpoint(args.checkpoint)
-        raw = apply_overrides(yaml.safe_load(config_yaml), args.set)
+        payload, config_yaml = read_checkpoint(checkpoint)
+        raw = yaml.safe_load(config_yaml)
+    except CorruptCheckpointError as err:
+        print(f"error: cannot read checkpoint {err.path}: {err.reason}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as err:
+        config_path = (checkpoint.parent if checkpoint.is_file() else checkpoint) / CONFIG_FILE
+        print(f"error: cannot read checkpoint {config_path}: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                [f"expected a mapping, got {raw!r}"], f"{args.checkpoint}/config.yaml"
+            )
+        raw = apply_overrides(raw, args.set)
         config = Config.from_dict(raw, source=f"{args.checkpoint}/config.yaml")
         kwargs = {**evaluation_kwargs(config), **parse_overrides(args.metric_option)}
-    except (FileNotFoundError, ConfigError, ValueError) as err:
+    except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.protocols:

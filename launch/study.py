@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         study = load_study(args.config)
+        if not args.report:  # a report reads the run folders only
+            study.base.check_files(f"{args.config} (base config)")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

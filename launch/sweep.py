@@ -331,6 +331,9 @@ def _dimension(short: str, field_name: str, spec: Any, problems: list[str]) -> D
     if not isinstance(values, list) or not values:
         problems.append(f"{where}.{kind}: expected a non-empty list, got {values!r}")
         return None
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        problems.append(f"{where}.{kind}: values must be finite numbers, got {values!r}")
+        return None
     if kind in ("uniform", "loguniform", "randint"):
         if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
             problems.append(f"{where}.{kind}: expected [low, high], got {values!r}")

@@ -3,25 +3,29 @@
     python -m launch.train --config configs/quick.yaml [--set train.num_steps=500 ...]
 
 Uses the cluster at RAY_ADDRESS when set (as under `ray job submit`), else starts a local Ray.
-The whole config is validated before any Ray work; a bad config exits with status 2 and one
-message listing every problem. Running the same command again resumes the run from its last
-checkpoint (the run folder is `<train.storage_path>/<run name>`).
+The whole config, and the .npz file it names, are validated before any Ray work; a bad config
+exits with status 2 and one message listing every problem. Running the same command again
+resumes the run from its last checkpoint (the run folder is `<train.storage_path>/<run name>`).
+Ctrl-C stops the run with exit status 130 and prints the step of the last checkpoint and the
+command that resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
+from pathlib import Path
 
 from trainer.config import Config, ConfigError, load_config
 
+PROG = "python -m launch.train"
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m launch.train", description=__doc__.split("\n")[1]
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[1])
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/quick.yaml")
     parser.add_argument(
         "--set",
@@ -51,32 +55,61 @@ def summary_lines(config: Config, result, run_dir: str, seconds: float) -> list[
     ]
 
 
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest `checkpoint_*` folder holding a state.pt (Ray Train names them by time)."""
+    folders = sorted(p for p in Path(run_dir).glob("checkpoint_*") if (p / "state.pt").is_file())
+    return folders[-1] if folders else None
+
+
+def resume_hint(run_dir: Path, argv: list[str], prog: str = PROG) -> str:
+    """What an interrupted run says: the step of its newest checkpoint and the resume command."""
+    from trainer.checkpoint import CorruptCheckpointError, read_checkpoint, read_meta
+
+    command = f"{prog} {shlex.join(argv)}".rstrip()
+    folder = newest_checkpoint(run_dir)
+    if folder is None:
+        where = f"no checkpoint in {run_dir} yet; the same command starts the run from step 0"
+    else:
+        try:
+            meta = read_meta(folder)
+            step = meta["next_step"] if meta else read_checkpoint(folder)[0]["next_step"]
+            where = f"last checkpoint: step {step} ({folder}); the same command resumes from it"
+        except (CorruptCheckpointError, FileNotFoundError) as err:
+            where = f"the newest checkpoint cannot be read ({err})"
+    return f"interrupted: {where}\n  {command}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, args.set).check_files(args.config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-    from pathlib import Path
 
     from launch.cluster import check_resources, connect
     from trainer.worker import fit
 
     started = time.time()
-    where = connect()
-    print(f"[cascadevae] Ray: {where}; config {args.config} (run '{config.run_name}')", flush=True)
     train = config.train
-    check_resources(
-        train.num_workers * train.cpus_per_worker,
-        train.num_workers if train.use_gpu else 0,
-        f"config {args.config}",
-    )
     storage = Path(train.storage_path).expanduser().resolve()
     run_dir = storage / config.run_name
     try:
+        where = connect()
+        print(
+            f"[cascadevae] Ray: {where}; config {args.config} (run '{config.run_name}')",
+            flush=True,
+        )
+        check_resources(
+            train.num_workers * train.cpus_per_worker,
+            train.num_workers if train.use_gpu else 0,
+            f"config {args.config}",
+        )
         result = fit(config, storage_path=str(storage))
+    except KeyboardInterrupt:
+        print(f"\n{resume_hint(run_dir, argv)}", file=sys.stderr, flush=True)
+        return 130
     except Exception as err:  # Ray wraps worker errors; show the cause and fail
         print(f"error: training failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.config)
+        sweep.base.check_files(f"{args.config} (base config)")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

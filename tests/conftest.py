@@ -34,3 +34,15 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """A launch command under test must stop before Ray: reaching `launch.cluster.connect`
+    fails the test instead of starting a cluster (and the run the command was given)."""
+    import launch.cluster
+
+    def refuse(**_):
+        raise AssertionError("launch.cluster.connect was called: the command reached Ray")
+
+    monkeypatch.setattr(launch.cluster, "connect", refuse)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainer.codes import CodeExchangeError, GlobalCodeClient
+from trainer.codes import CodeExchangeError, GlobalCodeClient, NonFiniteUnaryError
 
 B, K = 4, 3
 
@@ -34,10 +34,15 @@ def _solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
     return np.arange(unary_NK.shape[0]) % K, 1.5
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, skip_rank: int | None) -> None:
+def _worker(
+    rank: int, world: int, port: int, out_dir: str, skip_rank: int | None, nan_rank: int | None
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # The timeout bounds both joining the group and every collective: long enough to join on a
+    # busy machine, short where a test waits for a missing rank to time out.
+    timeout_s = 10 if skip_rank is not None else 60
     dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=3)
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s)
     )
     seen: dict[str, np.ndarray] = {}
 
@@ -49,11 +54,14 @@ def _worker(rank: int, world: int, port: int, out_dir: str, skip_rank: int | Non
     client.step = 7
     result: dict[str, object] = {}
     if rank != skip_rank:
+        shard = _shard(rank)
+        if rank == nan_rank:
+            shard[2, 1] = float("nan")
         try:
-            result["codes"] = client(_shard(rank)).numpy()
+            result["codes"] = client(shard).numpy()
             result["timings"] = client.timings.summary()
-        except CodeExchangeError as err:
-            result["error"] = str(err)
+        except (CodeExchangeError, NonFiniteUnaryError) as err:
+            result["error"] = f"{type(err).__name__}: {err}"
     else:
         import time
 
@@ -65,10 +73,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str, skip_rank: int | Non
     os._exit(0)
 
 
-def _run(world: int, tmp_path, skip_rank: int | None = None) -> list[dict]:
+def _run(
+    world: int, tmp_path, skip_rank: int | None = None, nan_rank: int | None = None
+) -> list[dict]:
     mp.start_processes(
         _worker,
-        args=(world, _free_port(), str(tmp_path), skip_rank),
+        args=(world, _free_port(), str(tmp_path), skip_rank, nan_rank),
         nprocs=world,
         join=True,
         start_method="spawn",
@@ -94,6 +104,38 @@ def test_missing_rank_ends_in_a_clear_error_not_a_hang(tmp_path):
     results = _run(2, tmp_path, skip_rank=1)
     message = results[0]["error"]
     assert "rank 0/2 at step 7" in message and "worker is missing" in message
+
+
+def test_a_nan_shard_stops_every_rank_with_the_same_clear_error(tmp_path):
+    results = _run(2, tmp_path, nan_rank=1)
+    expected = (
+        "NonFiniteUnaryError: step 7: the unary matrix (8, 3) holds NaN/inf (1 NaN, 0 inf "
+        "entries, in the shard(s) of rank(s) [1])"
+    )
+    for r in results:
+        assert r["error"].startswith(expected), r["error"]
+    assert results[0]["seen"] is None  # the solver was never called
+
+
+def test_non_finite_unary_is_named_not_blamed_on_the_solver():
+    calls = []
+
+    def solve(unary_NK):
+        calls.append(unary_NK)
+        return _solve(unary_NK)
+
+    client = GlobalCodeClient(solve, rank=0, world_size=1)
+    client.step = 12
+    unary = _shard(0)
+    unary[0, 0], unary[3, 2] = float("inf"), float("nan")
+    with pytest.raises(NonFiniteUnaryError) as info:
+        client(unary)
+    assert str(info.value).startswith(
+        "step 12: the unary matrix (4, 3) holds NaN/inf (1 NaN, 1 inf entries, in the shard(s) "
+        "of rank(s) [0])"
+    )
+    assert info.value.step == 12 and info.value.ranks == [0]
+    assert calls == []
 
 
 def test_single_process_calls_solver_directly():

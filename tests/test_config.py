@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from trainer.config import Config, ConfigError, apply_overrides, load_config
+from trainer.config import SECTIONS, Config, ConfigError, apply_overrides, load_config
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 
@@ -51,7 +52,9 @@ def test_every_problem_is_listed_in_one_error():
     assert "cascadee: unknown key" in text
     assert "model.variant: 'gan' is not one of" in text
     assert "train.global_batch: 10 is not divisible by train.num_workers=3" in text
-    assert len(problems) == 5
+    # The default protocols include discrete_accuracy, which an unknown variant cannot serve.
+    assert "eval.protocols: discrete_accuracy needs a discrete code (variant gan has none)" in text
+    assert len(problems) == 6
 
 
 def test_discrete_start_after_the_last_stage_is_refused():
@@ -71,7 +74,7 @@ def test_discrete_start_after_the_last_stage_is_refused():
         ({"eval": {"protocols": ["fid"]}}, "eval.protocols: unknown ['fid']"),
         ({"train": {"use_gpu": "yes"}}, "train.use_gpu: expected bool"),
         ({"optim": {"lr": 0}}, "optim.lr: must be > 0"),
-        ({"model": {"num_categories": 1}}, "model.num_categories: CascadeVAE needs >= 2"),
+        ({"model": {"num_categories": 1}}, "model.num_categories: variant cascade needs >= 2"),
         ({"train": 5}, "train: expected a mapping"),
     ],
 )
@@ -101,7 +104,7 @@ def test_bad_yaml_file_names_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_launch_refuses_a_bad_config_before_any_ray_work(capsys):
+def test_launch_refuses_a_bad_config_before_any_ray_work(capsys, no_ray):
     from launch.train import main
 
     code = main(
@@ -114,3 +117,73 @@ def test_launch_refuses_a_bad_config_before_any_ray_work(capsys):
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_nan_and_inf_are_refused_in_every_float_field_and_listed_together():
+    problems = _problems(
+        {
+            "solver": {"lam": float("nan")},
+            "cascade": {"beta_high": float("inf"), "beta_low": float("-inf")},
+            "optim": {"decay_rate": float("nan")},
+            "train": {"global_batch": 0},
+        }
+    )
+    assert problems == [
+        "cascade.beta_high: must be a finite number, got inf",
+        "cascade.beta_low: must be a finite number, got -inf",
+        "solver.lam: must be a finite number, got nan",
+        "optim.decay_rate: must be a finite number, got nan",
+        "train.global_batch: must be >= 1, got 0",
+    ]
+
+
+def test_every_float_field_is_checked_for_finiteness():
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(Config(), section)):
+            if isinstance(getattr(getattr(Config(), section), f.name), float):
+                raw = {section: {f.name: float("nan")}}
+                assert f"{section}.{f.name}: must be a finite number, got nan" in _problems(raw)
+
+
+@pytest.mark.parametrize("text", [".nan", "nan", ".inf", "-.inf", "inf"])
+def test_non_finite_override_is_refused(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: c\n")
+    with pytest.raises(ConfigError, match=r"solver\.lam: must be a finite number") as info:
+        load_config(path, [f"solver.lam={text}"])
+    assert str(path) in str(info.value)
+
+
+def test_launch_exits_2_on_a_non_finite_value(capsys, no_ray):
+    from launch.train import main
+
+    assert main(["--config", "configs/debug.yaml", "--set", "solver.lam=.nan"]) == 2
+    assert "solver.lam: must be a finite number, got nan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "{path} is empty; expected a mapping of settings"),
+        ("# only a comment\n", "{path} is empty; expected a mapping of settings"),
+        ("{}\n", "{path} is an empty mapping; expected settings"),
+        ("- train\n- model\n", "{path}: expected a mapping at the top level, got list"),
+        ("quick\n", "{path}: expected a mapping at the top level, got str 'quick'"),
+    ],
+)
+def test_empty_or_non_mapping_config_file_is_refused(tmp_path, text, problem):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(problem.format(path=path))
+
+
+def test_launch_exits_2_on_an_empty_config_file(tmp_path, capsys, no_ray):
+    from launch.train import main
+
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert main(["--config", str(path)]) == 2
+    assert f"{path} is empty" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -676,3 +677,63 @@ def test_random_sampling_covers_the_grid():
     counts = np.bincount(idx, minlength=48)
     assert counts.min() > 15 and counts.max() < 70  # ~41.7 each
     assert sample_random_indices(sizes, np.random.default_rng(0), 0).shape == (0,)
+
+
+# --- the .npz checked with the config, before Ray starts ---------------------------------------
+
+# Found while streaming imgs (npz_chunks), not from the header and small arrays.
+_PAYLOAD_ONLY = {"pixel values"}
+
+
+def _npz_config(path: Path):
+    from trainer.config import Config
+
+    return Config.from_dict({"data": {"source": "npz", "npz_path": str(path)}})
+
+
+def _file_problems(path: Path) -> list[str]:
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _npz_config(path).check_files(source="c.yaml")
+    assert str(info.value).startswith("c.yaml: 1 problem(s):")
+    return info.value.problems
+
+
+@pytest.mark.parametrize("case", sorted(set(BAD_CASES) - _PAYLOAD_ONLY))
+def test_npz_bad_contents_are_a_config_problem(tmp_path, case):
+    arrays, message = BAD_CASES[case]
+    path = _write_npz(tmp_path / "bad_dsprites.npz", arrays)
+    (problem,) = _file_problems(path)
+    assert problem.startswith(f"data.npz_path: {path}: ")
+    assert re.search(message, problem), problem
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage, not a zip", b"PK\x03\x04" + b"\x00" * 40],
+    ids=["empty", "text", "pk"],
+)
+def test_npz_unreadable_files_are_a_config_problem(tmp_path, content):
+    path = tmp_path / "dsprites.npz"
+    path.write_bytes(content)
+    assert _file_problems(path) == [
+        f"data.npz_path: {path}: not a valid .npz archive (not a zip file, or truncated)"
+    ]
+
+
+def test_npz_good_file_passes_the_config_check(tmp_path):
+    path = _write_npz(tmp_path / "good.npz", _official_arrays())
+    config = _npz_config(path)
+    assert config.check_files() is config
+
+
+def test_npz_bad_file_stops_launch_train_with_status_2(tmp_path, capsys, no_ray):
+    from launch.train import main
+
+    path = tmp_path / "dsprites.npz"
+    path.write_bytes(b"")
+    argv = ["--config", "configs/debug.yaml", "--set", "data.source=npz"]
+    assert main([*argv, "--set", f"data.npz_path={path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.npz_path: {path}: not a valid .npz archive" in err

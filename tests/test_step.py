@@ -6,16 +6,18 @@ Shape legend: B batch, M continuous dims, K categories, H/W image sides.
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from trainer.codes import GlobalCodeClient, NonFiniteUnaryError
 from trainer.losses import cascade_loss
-from trainer.model import CascadeVAE
+from trainer.model import CascadeVAE, JointVAE
 from trainer.schedule import CascadeSchedule, make_optimizer
-from trainer.step import sample_eps, train_step
+from trainer.step import CapacitySchedule, NonFiniteLossError, sample_eps, train_step
 
 AUTHORS = CascadeSchedule()  # discrete from iteration 80,000
 
@@ -308,3 +310,106 @@ def test_jointvae_step_follows_the_capacity_ramp_and_lowers_its_loss():
             model, optimizer, scheduler, x, iteration=0, schedule=schedule,
             eps_generator=generator,
         )  # fmt: skip
+
+
+def _nan_images(count: int, seed: int) -> torch.Tensor:
+    images = _squares(count, seed)
+    images[1, 0, 5, 5] = float("nan")
+    return images
+
+
+def _assert_untouched(model, optimizer, scheduler, before) -> None:
+    for p_now, p_before in zip(model.parameters(), before.parameters(), strict=True):
+        torch.testing.assert_close(p_now, p_before, rtol=0, atol=0)
+    assert optimizer.state_dict()["state"] == {}  # Adam never stepped
+    assert scheduler.last_epoch == 0
+
+
+def test_an_infinite_kl_weight_stops_the_step_before_any_update():
+    model, optimizer, scheduler = _setup()
+    before = copy.deepcopy(model)
+    schedule = CascadeSchedule(beta_high=float("inf"))
+    with pytest.raises(NonFiniteLossError) as info:
+        train_step(
+            model,
+            optimizer,
+            scheduler,
+            _squares(4, seed=8),
+            iteration=3,
+            schedule=schedule,
+            eps_generator=torch.Generator().manual_seed(0),
+        )
+    err = info.value
+    assert err.step == 3
+    # Dims 1..5 carry beta_high = inf: their weights and the weighted KL sum are infinite; the
+    # reconstruction and the unweighted KLs are finite.
+    assert sorted(err.non_finite) == ["beta/z1", "beta/z2", "beta/z3", "beta/z4", "beta/z5"] + [
+        "loss/kl",
+        "loss/total",
+    ]
+    assert math.isfinite(err.metrics["loss/recon"]) and math.isfinite(err.metrics["kl/z1"])
+    assert str(err).startswith("iteration 3: the loss is not finite (loss/total=inf, loss/kl=inf")
+    _assert_untouched(model, optimizer, scheduler, before)
+
+
+def test_a_nan_image_stops_the_step_naming_the_reconstruction():
+    model, optimizer, scheduler = _setup()
+    before = copy.deepcopy(model)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 0: .*loss/recon=nan") as info:
+        train_step(
+            model,
+            optimizer,
+            scheduler,
+            _nan_images(4, seed=9),
+            iteration=0,
+            schedule=AUTHORS,
+            eps_generator=torch.Generator().manual_seed(0),
+        )
+    # The NaN pixel reaches the reconstruction and, through the encoder, every batch-mean KL;
+    # the KL weights and the weight penalty stay finite.
+    kls = [f"kl/z{j}" for j in range(6)]
+    assert list(info.value.non_finite) == ["loss/total", "loss/recon", "loss/kl", *kls]
+    _assert_untouched(model, optimizer, scheduler, before)
+
+
+def test_a_nan_image_stops_a_jointvae_step():
+    torch.manual_seed(0)
+    model = JointVAE(6, 3, 0.67)
+    optimizer, scheduler = make_optimizer(model)
+    before = copy.deepcopy(model)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 5: .*loss/recon=nan"):
+        train_step(
+            model,
+            optimizer,
+            scheduler,
+            _nan_images(4, seed=10),
+            iteration=5,
+            schedule=AUTHORS,
+            eps_generator=torch.Generator().manual_seed(0),
+            capacities=CapacitySchedule(),
+        )
+    _assert_untouched(model, optimizer, scheduler, before)
+
+
+def test_a_nan_image_in_the_discrete_stage_names_the_unary_not_the_solver():
+    model, optimizer, scheduler = _setup()
+    calls = []
+
+    def solve(unary_NK):
+        calls.append(unary_NK)
+        return unary_NK.argmin(axis=1), 0.0
+
+    client = GlobalCodeClient(solve, rank=0, world_size=1)
+    client.step = 80_000
+    with pytest.raises(NonFiniteUnaryError, match=r"step 80000: the unary matrix \(4, 3\)"):
+        train_step(
+            model,
+            optimizer,
+            scheduler,
+            _nan_images(4, seed=11),
+            iteration=80_000,
+            schedule=AUTHORS,
+            eps_generator=torch.Generator().manual_seed(0),
+            choose_codes=client,
+        )
+    assert calls == []  # the solver was never asked

@@ -66,6 +66,29 @@ def test_every_problem_is_listed_before_ray_starts(tmp_path):
     assert main(["--config", str(bad)]) == 2
 
 
+def test_empty_study_and_base_files_are_refused_naming_them(tmp_path, capsys, no_ray):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError) as err:
+        load_study(empty)
+    assert err.value.problems == [f"{empty} is empty; expected a mapping of settings"]
+    assert main(["--config", str(empty)]) == 2
+    assert f"{empty} is empty" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as err:
+        load_study(_study(tmp_path, base=str(empty)))
+    assert f"base: {empty} is empty; expected a mapping of settings" in err.value.problems
+
+
+def test_a_bad_npz_of_the_base_config_stops_the_study_with_status_2(tmp_path, capsys, no_ray):
+    npz = tmp_path / "dsprites.npz"
+    npz.write_bytes(b"not a zip")
+    path = _study(tmp_path, set={"data.source": "npz", "data.npz_path": str(npz)})
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} (base config): 1 problem(s)" in err
+    assert f"data.npz_path: {npz}: not a valid .npz archive" in err
+
+
 def _run(model, seed, evals):
     rows = [{"step": 10.0 * i, "loss/total": 1.0} for i in range(1, 8)]
     for step, value, acc in evals:

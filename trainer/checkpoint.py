@@ -1,14 +1,24 @@
 """Training state to and from a checkpoint folder (plain torch; Ray only moves the folder).
 
 A checkpoint folder holds `state.pt` (model, optimizer, learning-rate schedule, next step, RNG
-states) and `config.yaml` (the resolved config that made it), so every checkpoint can be
-evaluated or resumed on its own.
+states), `config.yaml` (the resolved config that made it) and `state.json` (the sha256 and
+size of state.pt, and its next step), so every checkpoint can be evaluated or resumed on its
+own and a damaged state.pt is recognised before it is used.
+
+Each file is written under a temporary name, flushed to disk and renamed, so a crash while
+saving leaves either no file or a complete one under the final name. A folder without
+state.json (written before checksums were recorded) is read unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import pickle
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +28,18 @@ import torch
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
+META_FILE = "state.json"
+"""{"sha256": hex digest of state.pt, "bytes": its size, "next_step": the payload's}."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint's state.pt does not match its recorded checksum or cannot be unpickled;
+    the message names the file and what is wrong."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"corrupt checkpoint {path}: {reason}")
 
 
 @dataclass
@@ -43,13 +65,55 @@ def save_checkpoint(folder: str | os.PathLike, state: TrainState, config_yaml: s
             "python": random.getstate(),
         },
     }
-    torch.save(payload, folder / STATE_FILE)
-    (folder / CONFIG_FILE).write_text(config_yaml)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    meta = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "next_step": state.next_step,
+    }
+    _write_atomic(folder / STATE_FILE, data)
+    _write_atomic(folder / CONFIG_FILE, config_yaml.encode())
+    _write_atomic(folder / META_FILE, json.dumps(meta).encode())  # last: it vouches for the rest
     return folder
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary name in the same folder, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself reaches the disk
+    finally:
+        os.close(dir_fd)
+
+
+def read_meta(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpoint's state.json as a dict, or None when the folder has none."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpointError(path, f"unreadable: {err}") from err
+    if not isinstance(meta, dict) or not {"sha256", "bytes", "next_step"} <= meta.keys():
+        raise CorruptCheckpointError(path, f"expected sha256, bytes and next_step, got {meta!r}")
+    return meta
+
+
 def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], str]:
-    """(payload, config_yaml) of a checkpoint folder; FileNotFoundError names what is missing."""
+    """(payload, config_yaml) of a checkpoint folder (or its state.pt).
+
+    FileNotFoundError names what is missing; CorruptCheckpointError names a state.pt whose
+    size or sha256 differs from state.json, or that cannot be unpickled.
+    """
     folder = Path(folder)
     if folder.is_file() and folder.name == STATE_FILE:
         folder = folder.parent
@@ -57,7 +121,34 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], str]:
     for path in (state_path, config_path):
         if not path.is_file():
             raise FileNotFoundError(f"not a CascadeVAE checkpoint: {path} is missing")
-    payload = torch.load(state_path, map_location="cpu", weights_only=False)
+    meta = read_meta(folder)
+    data = state_path.read_bytes()
+    if meta is not None:
+        if len(data) != meta["bytes"]:
+            raise CorruptCheckpointError(
+                state_path, f"{len(data)} bytes, {META_FILE} records {meta['bytes']} (truncated?)"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta["sha256"]:
+            raise CorruptCheckpointError(
+                state_path, f"sha256 {digest} differs from {meta['sha256']} in {META_FILE}"
+            )
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except (
+        EOFError,
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+    ) as err:
+        raise CorruptCheckpointError(state_path, f"{type(err).__name__}: {err}") from err
+    if not isinstance(payload, dict) or "model" not in payload or "next_step" not in payload:
+        raise CorruptCheckpointError(state_path, "not a CascadeVAE training state")
     return payload, config_path.read_text()
 
 

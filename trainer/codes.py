@@ -29,6 +29,23 @@ class CodeExchangeError(RuntimeError):
     """A rank could not obtain its codes (a peer missing, the solver unreachable)."""
 
 
+class NonFiniteUnaryError(FloatingPointError):
+    """The unary matrix of a step holds NaN or inf (the model diverged or its input is bad);
+    the solver is not called. Every rank raises it for the same step."""
+
+    def __init__(self, step: int | None, unary_NK: np.ndarray, rows_per_rank: int):
+        bad_NK = ~np.isfinite(unary_NK)
+        self.step = step
+        self.ranks = sorted({int(i) // rows_per_rank for i in np.flatnonzero(bad_NK.any(axis=1))})
+        num_nan, num_inf = int(np.isnan(unary_NK).sum()), int(np.isinf(unary_NK).sum())
+        super().__init__(
+            f"step {step}: the unary matrix {unary_NK.shape} holds NaN/inf ({num_nan} NaN, "
+            f"{num_inf} inf entries, in the shard(s) of rank(s) {self.ranks}); the model's "
+            "outputs are not finite (diverged weights or non-finite input images), so no codes "
+            "can be chosen"
+        )
+
+
 @dataclass
 class CodeTimings:
     """Per-call timings of the last log interval, in milliseconds.
@@ -89,11 +106,13 @@ class GlobalCodeClient:
         unary_BK = unary_BK.detach().contiguous()
         try:
             if self.world_size == 1:
-                labels_N = np.array(self._solve_on_rank0(unary_BK.cpu().numpy()))  # writable
+                unary_NK = unary_BK.cpu().numpy()
+                self._check_finite(unary_NK, batch)
+                labels_N = np.array(self._solve_on_rank0(unary_NK))  # writable
                 codes_B = torch.from_numpy(labels_N).to(unary_BK.device)
             else:
                 codes_B = self._exchange(unary_BK)
-        except CodeExchangeError:
+        except (CodeExchangeError, NonFiniteUnaryError):
             raise
         except Exception as err:  # gloo/NCCL timeouts and dead peers surface as RuntimeError
             raise CodeExchangeError(
@@ -109,6 +128,10 @@ class GlobalCodeClient:
         assert codes_B.shape == (batch,)
         return codes_B
 
+    def _check_finite(self, unary_NK: np.ndarray, rows_per_rank: int) -> None:
+        if not np.isfinite(unary_NK).all():
+            raise NonFiniteUnaryError(self.step, unary_NK, rows_per_rank)
+
     def _solve_on_rank0(self, unary_NK: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         labels_N, solve_ms = self.solve(unary_NK.astype(np.float64, copy=False))
@@ -123,9 +146,11 @@ class GlobalCodeClient:
         started = time.perf_counter()
         dist.all_gather(shards, unary_BK)
         self.timings.gather_ms.append((time.perf_counter() - started) * 1000.0)
+        # Every rank holds every shard, so all ranks see the same NaN and stop together.
+        unary_NK = torch.cat(shards).cpu().numpy()
+        self._check_finite(unary_NK, batch)
         labels_N = torch.empty(batch * self.world_size, dtype=torch.int64, device=unary_BK.device)
         if self.rank == 0:
-            unary_NK = torch.cat(shards).cpu().numpy()
             labels_N.copy_(torch.as_tensor(np.array(self._solve_on_rank0(unary_NK))))
         dist.broadcast(labels_N, src=0)
         return labels_N[self.rank * batch : (self.rank + 1) * batch].clone()

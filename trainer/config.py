@@ -20,6 +20,7 @@ is listed in ONE `ConfigError`, so a bad config never starts a run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -94,6 +95,23 @@ class DataConfig:
                 f"64x64 frame, got {self.num_positions}"
             )
         return out
+
+    def file_problems(self) -> list[str]:
+        """Problems found by reading the .npz (keys, dtypes, shapes, metadata, a zero-byte or
+        non-zip file: trainer.data_npz.inspect_npz). Not part of `problems`, which runs in
+        every worker and must stay cheap; a missing file is already one of `problems`."""
+        if self.source != "npz" or not self.npz_path:
+            return []
+        if not Path(self.npz_path).expanduser().is_file():
+            return []
+        from trainer.data_cache import DatasetError
+        from trainer.data_npz import inspect_npz
+
+        try:
+            inspect_npz(self.npz_path)
+        except DatasetError as err:
+            return [f"data.npz_path: {err}"]
+        return []
 
 
 @dataclass
@@ -180,10 +198,9 @@ class CascadeConfig:
             out.append(
                 f"cascade.discrete_start_stage: must be >= 0, got {self.discrete_start_stage}"
             )
-        if self.beta_high < 0 or self.beta_low < 0:
-            out.append(
-                f"cascade.beta_high/beta_low: must be >= 0, got {self.beta_high}/{self.beta_low}"
-            )
+        for name in ("beta_high", "beta_low"):
+            if getattr(self, name) < 0:
+                out.append(f"cascade.{name}: must be >= 0, got {getattr(self, name)}")
         return out
 
 
@@ -350,7 +367,7 @@ class Config:
         if not self.name or "/" in self.name:
             out.append(f"name: must be a non-empty plain name, got {self.name!r}")
         for section in SECTIONS:
-            out.extend(getattr(self, section).problems())
+            out.extend(_section_problems(section, getattr(self, section)))
         # Cross-field rules.
         cascade, train = self.cascade, self.train
         if self.model.variant in CASCADE_SCHEDULE_VARIANTS and cascade.stage_length >= 1:
@@ -377,6 +394,14 @@ class Config:
 
     def validate(self, source: str = "config") -> Config:
         problems = self.problems()
+        if problems:
+            raise ConfigError(problems, source)
+        return self
+
+    def check_files(self, source: str = "config") -> Config:
+        """Read the files the config names and raise ConfigError listing what is wrong with
+        them; the launch commands call it once before Ray starts (see DataConfig.file_problems)."""
+        problems = self.data.file_problems()
         if problems:
             raise ConfigError(problems, source)
         return self
@@ -414,6 +439,23 @@ class Config:
 
 
 SECTIONS = ("data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae")
+
+
+def _section_problems(section: str, values: Any) -> list[str]:
+    """A section's problems: each NaN or infinite float field once as such, then the section's
+    own checks of its other fields (range checks are false or misleading for NaN and inf)."""
+    non_finite = [
+        f.name
+        for f in dataclasses.fields(values)
+        if isinstance(getattr(values, f.name), float) and not math.isfinite(getattr(values, f.name))
+    ]
+    out = [
+        f"{section}.{name}: must be a finite number, got {getattr(values, name)}"
+        for name in non_finite
+    ]
+    skip = tuple(f"{section}.{name}:" for name in non_finite)
+    out.extend(p for p in values.problems() if not (skip and p.startswith(skip)))
+    return out
 
 
 def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
@@ -520,7 +562,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+    """Read a non-empty YAML mapping, with errors that name the file.
+
+    An empty file (or one of comments only) and an empty mapping are refused: a run built from
+    nothing but the defaults is the paper-scale run, never what an empty file meant.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"file not found: {path}"], source=str(path))
@@ -529,9 +575,14 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError([f"not valid YAML: {err}"], source=str(path)) from err
     if raw is None:
-        raw = {}
+        raise ConfigError([f"{path} is empty; expected a mapping of settings"], str(path))
     if not isinstance(raw, dict):
-        raise ConfigError([f"expected a mapping at the top level, got {raw!r}"], str(path))
+        raise ConfigError(
+            [f"{path}: expected a mapping at the top level, got {type(raw).__name__} {raw!r}"],
+            str(path),
+        )
+    if not raw:
+        raise ConfigError([f"{path} is an empty mapping; expected settings"], str(path))
     return raw
 
 

@@ -10,6 +10,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,27 @@ from trainer.model import CascadeVAE, JointVAE
 from trainer.schedule import CascadeSchedule
 
 NUM_SHAPES = 3  # dSprites: square, ellipse, heart
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a step is NaN or inf. Raised before the backward pass, so the weights are
+    still those of the previous step and no checkpoint of a NaN model can follow."""
+
+    def __init__(self, step: int, metrics: dict[str, float]):
+        self.step = step
+        self.metrics = dict(metrics)
+        self.non_finite = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        terms = ", ".join(f"{k}={v}" for k, v in self.non_finite.items())
+        super().__init__(
+            f"iteration {step}: the loss is not finite ({terms}); training stopped before the "
+            "weights were updated"
+        )
+
+
+def check_finite_loss(step: int, metrics: dict[str, float]) -> None:
+    """Raise NonFiniteLossError when `metrics["loss/total"]` is NaN or inf."""
+    if not math.isfinite(metrics["loss/total"]):
+        raise NonFiniteLossError(step, metrics)
 
 
 def sample_eps(
@@ -66,6 +88,9 @@ def train_step(
     then only checks the latent size). shapes_B (optional, the true shape of each image) adds
     the (code, shape) contingency counts `codes/joint_k{k}_s{s}` of this step's codes
     (trainer.agreement).
+
+    A NaN or infinite loss raises NonFiniteLossError (naming the iteration and the non-finite
+    terms) before the backward pass, leaving model and optimizer untouched.
     """
     vae = unwrap(model)
     if weight_penalty_coef < 0:
@@ -94,6 +119,7 @@ def train_step(
     out = model(images_B1HW, eps_BM, choose_codes if discrete else None)
     penalty = weight_penalty_coef * vae.weight_penalty() if weight_penalty_coef > 0 else None
     loss, metrics = cascade_loss(out, images_B1HW, betas_M, penalty, vae.num_categories)
+    check_finite_loss(iteration, metrics)  # metrics hold the loss as a float: no extra sync
 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -154,6 +180,7 @@ def _jointvae_step(
         capacity_steps=capacities.steps,
         weight_penalty=penalty,
     )
+    check_finite_loss(iteration, metrics)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

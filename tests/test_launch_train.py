@@ -1,0 +1,84 @@
+"""launch.train's Ctrl-C path: the resume hint (a pure function of the run folder and argv) and
+exit status 130. Ray is never started: connect and fit are replaced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from launch.train import main, resume_hint
+from trainer.checkpoint import META_FILE, TrainState, save_checkpoint
+from trainer.schedule import make_optimizer
+
+ARGV = ["--config", "configs/debug.yaml", "--set", "train.run_name=my run"]
+COMMAND = "python -m launch.train --config configs/debug.yaml --set 'train.run_name=my run'"
+
+
+def _checkpoint(run_dir, name: str, step: int):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = make_optimizer(model)
+    return save_checkpoint(
+        run_dir / name, TrainState(model, optimizer, scheduler, step), "name: x\n"
+    )
+
+
+def test_the_hint_names_the_newest_checkpoint_and_the_same_command(tmp_path):
+    _checkpoint(tmp_path, "checkpoint_2026-01-01_10-00-00.000001", 200)
+    newest = _checkpoint(tmp_path, "checkpoint_2026-01-01_10-05-00.000001", 400)
+    (tmp_path / "checkpoint_2026-01-01_10-09-00.000001").mkdir()  # being written: no state.pt
+    assert resume_hint(tmp_path, ARGV) == (
+        f"interrupted: last checkpoint: step 400 ({newest}); the same command resumes from it\n"
+        f"  {COMMAND}"
+    )
+
+
+def test_the_hint_reads_the_step_of_a_checkpoint_without_state_json(tmp_path):
+    folder = _checkpoint(tmp_path, "checkpoint_2026-01-01_10-00-00.000001", 120)
+    (folder / META_FILE).unlink()
+    assert "last checkpoint: step 120 (" in resume_hint(tmp_path, ARGV)
+
+
+def test_the_hint_without_a_checkpoint(tmp_path):
+    assert resume_hint(tmp_path / "run", ARGV) == (
+        f"interrupted: no checkpoint in {tmp_path / 'run'} yet; the same command starts the run "
+        f"from step 0\n  {COMMAND}"
+    )
+
+
+def test_the_hint_says_when_the_newest_checkpoint_is_unreadable(tmp_path):
+    folder = _checkpoint(tmp_path, "checkpoint_2026-01-01_10-00-00.000001", 40)
+    (folder / META_FILE).write_text("{not json")
+    hint = resume_hint(tmp_path, ARGV)
+    corrupt = f"corrupt checkpoint {folder / META_FILE}: unreadable"
+    assert hint.startswith(f"interrupted: the newest checkpoint cannot be read ({corrupt}")
+    assert hint.endswith(f"\n  {COMMAND}")
+
+
+def test_ctrl_c_during_the_fit_exits_130_with_the_hint(tmp_path, monkeypatch, capsys):
+    import launch.cluster
+    import trainer.worker
+
+    def interrupted_fit(config, storage_path):
+        _checkpoint(tmp_path / config.run_name, "checkpoint_2026-01-01_10-00-00.000001", 8)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch.cluster, "connect", lambda **_: "local (test)")
+    monkeypatch.setattr(launch.cluster, "check_resources", lambda *a: None)
+    monkeypatch.setattr(trainer.worker, "fit", interrupted_fit)
+    argv = ["--config", "configs/debug.yaml", "--set", f"train.storage_path={tmp_path}"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    folder = tmp_path / "debug" / "checkpoint_2026-01-01_10-00-00.000001"
+    assert f"interrupted: last checkpoint: step 8 ({folder})" in err
+    assert err.rstrip().endswith(
+        f"python -m launch.train --config configs/debug.yaml --set train.storage_path={tmp_path}"
+    )
+
+
+@pytest.mark.parametrize("argv", [[], ["--config", "a b.yaml"]])
+def test_the_command_is_quoted_for_a_shell(tmp_path, argv):
+    import shlex
+
+    command = resume_hint(tmp_path, argv).splitlines()[-1].strip()
+    assert shlex.split(command) == ["python", "-m", "launch.train", *argv]
