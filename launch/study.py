@@ -208,12 +208,18 @@ def collect_runs(study: StudyConfig) -> tuple[list[RunRecord], list[str]]:
         record = read_run(model, seed, params_path.parent / "train" / "metrics.parquet")
         if record is None:
             continue
+        num_steps = study.trial_config({RUN_DIMENSION: name}).train.num_steps
+        if record.last_step < num_steps:  # still running or interrupted: not in the table
+            lines.append(f"`{name}`: unfinished at step {record.last_step} of {num_steps}")
+            continue
         records.append(record)
         minutes = _wall_minutes(params_path.parent)
         lines.append(
             f"`{name}`: {record.last_step} steps"
             + (f", {minutes:.1f} min wall time" if minutes is not None else "")
         )
+    missing = sorted(set(study.runs) - {line.split("`")[1] for line in lines})
+    lines += [f"`{name}`: not started" for name in missing]
     return records, lines
 
 

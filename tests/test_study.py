@@ -136,11 +136,19 @@ def test_report_from_run_folders(tmp_path):
         pq.write_table(
             pa.table({k: [r.get(k) for r in rows] for k in keys}), trial / "train/metrics.parquet"
         )
+    unfinished = tmp_path / "runs" / "tiny" / "t2_run=beta_vae-s0"
+    (unfinished / "train").mkdir(parents=True)
+    (unfinished / "params.json").write_text('{"run": "beta_vae-s0"}')
+    pq.write_table(
+        pa.table({"step": [20.0], "eval/authors_factorvae": [0.99]}),
+        unfinished / "train/metrics.parquet",
+    )
     assert main(["--config", str(_study(tmp_path)), "--report"]) == 0
     results = Path(study.results_dir)
     text = (results / "results.md").read_text()
     assert "| cascade | last | 0.700 ± 0.141 (n=2) | 0.800 ± 0.141 (n=2) |" in text
     assert "best-by-metric (the authors' protocol" in text
+    assert "`beta_vae-s0`: unfinished at step 20 of 40" in text and "| beta_vae |" not in text
     summary = pq.read_table(results / "results.parquet").to_pylist()
     assert {r["model"] for r in summary} == {"cascade"}
     for png in ("curves.png", "bars.png"):
