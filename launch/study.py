@@ -219,7 +219,7 @@ def collect_runs(study: StudyConfig) -> tuple[list[RunRecord], list[str]]:
             + (f", {minutes:.1f} min wall time" if minutes is not None else "")
         )
     missing = sorted(set(study.runs) - {line.split("`")[1] for line in lines})
-    lines += [f"`{name}`: not started" for name in missing]
+    lines += [f"`{name}`: no results yet" for name in missing]
     return records, lines
 
 
