@@ -23,8 +23,8 @@ from unittest import mock
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from trainer import data_render
-from trainer.data_render import SHAPE_NAMES, render_mask
+from trainer.data import render as data_render
+from trainer.data.render import SHAPE_NAMES, render_mask
 
 SCALES = np.linspace(0.5, 1.0, 6)
 NUM_CATEGORIES = 3

@@ -46,7 +46,7 @@ def grid_kwargs(args: argparse.Namespace) -> dict:
 
 
 def phase_build(args: argparse.Namespace) -> dict:
-    from trainer.data import open_dsprites
+    from trainer.data.dsprites import open_dsprites
 
     t0 = time.perf_counter()
     ds = open_dsprites(**grid_kwargs(args), progress=True)
@@ -65,7 +65,7 @@ def phase_build(args: argparse.Namespace) -> dict:
 def phase_train(args: argparse.Namespace) -> dict:
     import torch
 
-    from trainer.data import batch_indices_for_step, open_dsprites
+    from trainer.data.dsprites import batch_indices_for_step, open_dsprites
 
     torch.set_num_threads(1)
     base = proc_status_mb()

@@ -1,7 +1,7 @@
 """Overhead of the distributed system over a plain single-process loop, discrete stage on.
 
 Same model, global batch, data and steps for:
-  (a) a plain loop: trainer.step.train_step with the solver called in-process;
+  (a) a plain loop: trainer.core.step.train_step with the solver called in-process;
   (b) this system (Ray Train + solver actor) with 1 worker;
   (c) this system with 2 workers (the global batch split between them).
 Step times are medians of per-interval means (`log_every` steps per interval, the first interval
@@ -27,17 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.codes import GlobalCodeClient  # noqa: E402
+from trainer.build import build_model, build_optimizer, build_schedule, open_data  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.data import batch_indices_for_step  # noqa: E402
-from trainer.worker import (  # noqa: E402
-    build_model,
-    build_optimizer,
-    build_schedule,
-    load_batch,
-    open_data,
-    step_seed,
-)
+from trainer.data.dsprites import batch_indices_for_step  # noqa: E402
+from trainer.distributed.codes import GlobalCodeClient  # noqa: E402
+from trainer.loop import load_batch, step_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +63,7 @@ def make_config(args, workers: int, storage: str):
 def plain_loop(config, threads: int) -> tuple[float, float, float, float]:
     """(interval step ms, code wait share, 0, train_step ms), medians, of a plain loop."""
     from solver import assign
-    from trainer.step import train_step
+    from trainer.core.step import train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -127,7 +121,7 @@ def system_run(config) -> tuple[float, float, float, float]:
     """(interval step ms, code wait share, shard-sync share, train_step ms), medians, of a run."""
     import pyarrow.parquet as pq
 
-    from trainer.worker import fit
+    from trainer.distributed.worker import fit
 
     result = fit(config)
     if result.error is not None:
@@ -150,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from launch.cluster import connect
-    from trainer.runtime import keep_freed_memory
+    from trainer.distributed.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the Train workers do, so (a) and (b) allocate alike
 

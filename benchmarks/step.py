@@ -28,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.model import CascadeVAE  # noqa: E402
-from trainer.runtime import keep_freed_memory  # noqa: E402
-from trainer.schedule import CascadeSchedule, make_optimizer  # noqa: E402
-from trainer.step import train_step  # noqa: E402
-from trainer.unary import unary_matrix, unary_matrix_k_passes  # noqa: E402
+from trainer.core.model import CascadeVAE  # noqa: E402
+from trainer.core.schedule import CascadeSchedule, make_optimizer  # noqa: E402
+from trainer.core.step import train_step  # noqa: E402
+from trainer.core.unary import unary_matrix, unary_matrix_k_passes  # noqa: E402
+from trainer.distributed.runtime import keep_freed_memory  # noqa: E402
 
 
 def squares(count: int, seed: int) -> torch.Tensor:
@@ -131,8 +131,8 @@ def bench_metrics(args: argparse.Namespace) -> dict[str, float]:
     grid with an untrained model; skipped when trainer/metrics.py is absent or incomplete (it
     is written in parallel)."""
     try:
-        from trainer.data import open_dsprites
-        from trainer.metrics import evaluate_model
+        from trainer.data.dsprites import open_dsprites
+        from trainer.eval.metrics import evaluate_model
     except (ImportError, AttributeError) as error:
         print(f"metrics skipped: {error}")
         return {}

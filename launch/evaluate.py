@@ -6,7 +6,7 @@
 
 The checkpoint folder carries the config that made it, so no other input is needed; `--set`
 changes fields of that config (e.g. evaluate on another dSprites grid) and `--metric-option`
-passes metric settings (trainer.metrics.OVERRIDES). Images go to `--out` (default:
+passes metric settings (trainer.eval.metrics.OVERRIDES). Images go to `--out` (default:
 `<checkpoint>/eval`): reconstructions.png and traversal_category<k>.png, beside metrics.json.
 No Ray is started.
 """
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="metric setting, e.g. factorvae_num_train=1000 (see trainer.metrics.OVERRIDES)",
+        help="metric setting, e.g. factorvae_num_train=1000 (see trainer.eval.metrics.OVERRIDES)",
     )
     return parser.parse_args(argv)
 
@@ -62,12 +62,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
+    from trainer.build import build_model, evaluation_kwargs, open_data
     from trainer.checkpoint import CONFIG_FILE, CorruptCheckpointError, read_checkpoint
     from trainer.config import EVAL_PROTOCOLS, Config, ConfigError, apply_overrides
-    from trainer.metrics import evaluate_model, parse_overrides
-    from trainer.runtime import keep_freed_memory
-    from trainer.visualize import reconstructions, traversals
-    from trainer.worker import build_model, evaluation_kwargs, load_batch, open_data
+    from trainer.distributed.runtime import keep_freed_memory
+    from trainer.eval.metrics import evaluate_model, parse_overrides
+    from trainer.loop import load_batch
+    from trainer.observe.images import reconstructions, traversals
 
     keep_freed_memory()
 

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from launch.cluster import check_resources, connect
-    from trainer.worker import fit
+    from trainer.distributed.worker import fit
 
     started = time.time()
     train = config.train

@@ -43,7 +43,7 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainer.worker import fit
+    from trainer.distributed.worker import fit
 
     config = sweep.trial_config(params)
     trial_dir = Path(ray.tune.get_context().get_trial_dir())

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.agreement import agreement_metrics, best_match_accuracy, joint_counts
+from trainer.core.agreement import agreement_metrics, best_match_accuracy, joint_counts
 
 
 def test_permuted_codes_agree_fully_and_the_table_is_consumed():

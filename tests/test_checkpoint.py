@@ -18,7 +18,7 @@ from trainer.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from trainer.schedule import make_optimizer
+from trainer.core.schedule import make_optimizer
 
 
 def _state(next_step: int = 40) -> TrainState:

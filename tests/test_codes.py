@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainer.codes import CodeExchangeError, GlobalCodeClient, NonFiniteUnaryError
+from trainer.distributed.codes import CodeExchangeError, GlobalCodeClient, NonFiniteUnaryError
 
 B, K = 4, 3
 

@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from trainer import data, data_cache
-from trainer.data import (
+from trainer.data import cache as data_cache
+from trainer.data import dsprites as data
+from trainer.data.dsprites import (
     LATENT_NAMES,
     SHAPE_NAMES,
     DatasetError,
@@ -34,7 +35,7 @@ from trainer.data import (
     sample_random_indices,
     shard_indices,
 )
-from trainer.data_render import (
+from trainer.data.render import (
     MASK_RADIUS,
     GridSpec,
     classes_of,

@@ -7,7 +7,7 @@ import torch
 
 from launch.evaluate import main
 from trainer.checkpoint import CONFIG_FILE, STATE_FILE, TrainState, save_checkpoint
-from trainer.schedule import make_optimizer
+from trainer.core.schedule import make_optimizer
 
 
 def _error(argv: list[str], capsys, one_line: bool = True) -> str:

@@ -8,7 +8,7 @@ import torch
 
 from launch.train import main, resume_hint
 from trainer.checkpoint import META_FILE, TrainState, save_checkpoint
-from trainer.schedule import make_optimizer
+from trainer.core.schedule import make_optimizer
 
 ARGV = ["--config", "configs/debug.yaml", "--set", "train.run_name=my run"]
 COMMAND = "python -m launch.train --config configs/debug.yaml --set 'train.run_name=my run'"
@@ -57,7 +57,7 @@ def test_the_hint_says_when_the_newest_checkpoint_is_unreadable(tmp_path):
 
 def test_ctrl_c_during_the_fit_exits_130_with_the_hint(tmp_path, monkeypatch, capsys):
     import launch.cluster
-    import trainer.worker
+    import trainer.distributed.worker
 
     def interrupted_fit(config, storage_path):
         _checkpoint(tmp_path / config.run_name, "checkpoint_2026-01-01_10-00-00.000001", 8)
@@ -65,7 +65,7 @@ def test_ctrl_c_during_the_fit_exits_130_with_the_hint(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(launch.cluster, "connect", lambda **_: "local (test)")
     monkeypatch.setattr(launch.cluster, "check_resources", lambda *a: None)
-    monkeypatch.setattr(trainer.worker, "fit", interrupted_fit)
+    monkeypatch.setattr(trainer.distributed.worker, "fit", interrupted_fit)
     argv = ["--config", "configs/debug.yaml", "--set", f"train.storage_path={tmp_path}"]
     assert main(argv) == 130
     err = capsys.readouterr().err

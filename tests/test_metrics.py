@@ -1,4 +1,4 @@
-"""Known-answer tests of trainer.metrics: the true factors as a representation score (near) 1,
+"""Known-answer tests of trainer.eval.metrics: the true factors as a representation score (near) 1,
 an independent random one near chance, hand-computed small cases, and the model adapter.
 
 A fake dataset with the data layer's interface (small grid, no rendering) keeps this fast.
@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import metrics
-from trainer.data import mixed_radix_bases
-from trainer.metrics import (
+from trainer.core.model import CascadeVAE
+from trainer.core.unary import unary_matrix
+from trainer.data.dsprites import mixed_radix_bases
+from trainer.eval import metrics
+from trainer.eval.metrics import (
     FactorRepresenter,
     ModelRepresenter,
     Representation,
@@ -35,8 +37,6 @@ from trainer.metrics import (
     majority_vote_accuracy,
     parse_overrides,
 )
-from trainer.model import CascadeVAE
-from trainer.unary import unary_matrix
 
 SMALL_SIZES = (1, 3, 6, 10, 8, 8)  # color, shape, scale, orientation, posX, posY
 ALL_FACTORS = ("shape", "scale", "orientation", "posX", "posY")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.model import CascadeVAE
-from trainer.unary import unary_matrix
+from trainer.core.model import CascadeVAE
+from trainer.core.unary import unary_matrix
 
 
 def _images(batch: int, seed: int = 0) -> torch.Tensor:
@@ -196,7 +196,7 @@ def test_cascade_c_has_no_codes():
 
 
 def test_jointvae_decodes_a_relaxed_one_hot_and_infers_argmax_codes():
-    from trainer.model import JointVAE
+    from trainer.core.model import JointVAE
 
     torch.manual_seed(0)
     model = JointVAE(num_continuous=6, num_categories=3, temperature=0.67)

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from solver.solve import assign
-from trainer.codes import GlobalCodeClient
-from trainer.data import open_dsprites
-from trainer.losses import reconstruction_per_sample
-from trainer.metrics import SHAPE_FACTOR
-from trainer.model import CascadeVAE
-from trainer.unary import unary_matrix
-from trainer.worker import load_batch
+from trainer.core.losses import reconstruction_per_sample
+from trainer.core.model import CascadeVAE
+from trainer.core.unary import unary_matrix
+from trainer.data.dsprites import open_dsprites
+from trainer.distributed.codes import GlobalCodeClient
+from trainer.eval.metrics import SHAPE_FACTOR
+from trainer.loop import load_batch
 
 PAPER_LAMBDA = 0.001
 STEPS, FINE_STEPS, BATCH, HELD_OUT_BATCH = 1200, 300, 32, 64

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.schedule import CascadeSchedule, make_optimizer
+from trainer.core.schedule import CascadeSchedule, make_optimizer
 
 # The authors' run: 300,000 iterations, P = 20,000, T = 4, m = 6 -> stages 0..14.
 # Written out by hand from the spec (cascade: s < 4 -> r = s + 1, no code; s >= 4 -> r = min(s, 6),

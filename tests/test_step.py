@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.codes import GlobalCodeClient, NonFiniteUnaryError
-from trainer.losses import cascade_loss
-from trainer.model import CascadeVAE, JointVAE
-from trainer.schedule import CascadeSchedule, make_optimizer
-from trainer.step import CapacitySchedule, NonFiniteLossError, sample_eps, train_step
+from trainer.core.losses import cascade_loss
+from trainer.core.model import CascadeVAE, JointVAE
+from trainer.core.schedule import CascadeSchedule, make_optimizer
+from trainer.core.step import CapacitySchedule, NonFiniteLossError, sample_eps, train_step
+from trainer.distributed.codes import GlobalCodeClient, NonFiniteUnaryError
 
 AUTHORS = CascadeSchedule()  # discrete from iteration 80,000
 
@@ -251,7 +251,7 @@ def _variant_config(variant: str, **model):
 
 
 def test_beta_vae_weighs_every_dim_with_beta_from_the_first_step():
-    from trainer.worker import build_model, build_schedule
+    from trainer.build import build_model, build_schedule
 
     config = _variant_config("beta_vae", beta=6.0)
     model, schedule = build_model(config), build_schedule(config)
@@ -264,7 +264,8 @@ def test_beta_vae_weighs_every_dim_with_beta_from_the_first_step():
 def test_oracle_decodes_with_the_true_shapes():
     import numpy as np
 
-    from trainer.worker import build_model, build_schedule, true_shape_codes
+    from trainer.build import build_model, build_schedule
+    from trainer.loop import true_shape_codes
 
     config = _variant_config("oracle")
     torch.manual_seed(0)
@@ -282,8 +283,8 @@ def test_oracle_decodes_with_the_true_shapes():
 
 
 def test_jointvae_step_follows_the_capacity_ramp_and_lowers_its_loss():
-    from trainer.model import JointVAE
-    from trainer.worker import build_capacities, build_model, build_schedule
+    from trainer.build import build_capacities, build_model, build_schedule
+    from trainer.core.model import JointVAE
 
     config = _variant_config("jointvae")
     torch.manual_seed(0)

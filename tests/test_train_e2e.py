@@ -24,7 +24,7 @@ DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
 
 
 def _fit(tmp_root: Path, name: str, overrides: list[str]):
-    from trainer.worker import fit
+    from trainer.distributed.worker import fit
 
     config = load_config(DEBUG, [f"train.run_name={name}", *overrides])
     result = fit(config, storage_path=str(tmp_root))

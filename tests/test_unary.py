@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.losses import reconstruction_per_sample
-from trainer.model import CascadeVAE
-from trainer.unary import unary_matrix, unary_matrix_k_passes
+from trainer.core.losses import reconstruction_per_sample
+from trainer.core.model import CascadeVAE
+from trainer.core.unary import unary_matrix, unary_matrix_k_passes
 
 
 def _inputs(batch: int, num_continuous: int, dtype: torch.dtype, seed: int = 0):

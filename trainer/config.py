@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from trainer.data_render import MAX_POSITIONS  # distinct pixel positions in the frame
+from trainer.data.render import MAX_POSITIONS  # distinct pixel positions in the frame
 
 VARIANTS = ("cascade", "cascade_c", "beta_vae", "jointvae", "oracle")
 DISCRETE_VARIANTS = ("cascade", "jointvae", "oracle")  # variants with a discrete code
@@ -98,14 +98,14 @@ class DataConfig:
 
     def file_problems(self) -> list[str]:
         """Problems found by reading the .npz (keys, dtypes, shapes, metadata, a zero-byte or
-        non-zip file: trainer.data_npz.inspect_npz). Not part of `problems`, which runs in
+        non-zip file: trainer.data.npz.inspect_npz). Not part of `problems`, which runs in
         every worker and must stay cheap; a missing file is already one of `problems`."""
         if self.source != "npz" or not self.npz_path:
             return []
         if not Path(self.npz_path).expanduser().is_file():
             return []
-        from trainer.data_cache import DatasetError
-        from trainer.data_npz import inspect_npz
+        from trainer.data.cache import DatasetError
+        from trainer.data.npz import inspect_npz
 
         try:
             inspect_npz(self.npz_path)
@@ -326,7 +326,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["authors_factorvae", "discrete_accuracy"])
-    """Metrics computed every `train.eval_every` steps and at the end (see trainer.metrics)."""
+    """Metrics computed every `train.eval_every` steps and at the end (see trainer.eval.metrics)."""
     num_global: int = 10_000
     """Images sampled for global statistics (variances, KL activity, discrete accuracy)."""
     num_votes: int = 800

@@ -4,8 +4,8 @@ This is the only Ray-Train-aware module of `trainer/`. Every step of every worke
   1. read this rank's disjoint shard of global batch t (a pure function of seed, t, rank);
   2. encode, draw z with this step's noise, compute the unary shard (B, K) without gradients;
   3. rank 0 gathers all shards, the central solver actor solves ONE assignment over the global
-     batch, every rank receives its slice of codes (trainer.codes);
-  4. decode with those codes and take the DDP gradient step (trainer.step).
+     batch, every rank receives its slice of codes (trainer.distributed.codes);
+  4. decode with those codes and take the DDP gradient step (trainer.core.step).
 Before the discrete stage the codes are all zeros and the solver is not called.
 
 Rank 0 alone writes TensorBoard, the metrics table and checkpoints; every rank calls
@@ -16,29 +16,35 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from trainer.agreement import JOINT_PREFIX, agreement_metrics
+from trainer.build import (
+    build_capacities,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    evaluation_kwargs,
+    open_data,
+)
 from trainer.checkpoint import TrainState, read_checkpoint, restore_state, save_checkpoint
-from trainer.codes import GlobalCodeClient
 from trainer.config import Config
-from trainer.data import DSprites, batch_indices_for_step, open_dsprites
-from trainer.metrics import SHAPE_FACTOR, evaluate_model
-from trainer.model import CascadeVAE, JointVAE
-from trainer.run_log import NullRunLog, RunLog
-from trainer.runtime import keep_freed_memory
-from trainer.schedule import CascadeSchedule, make_optimizer
-from trainer.step import CapacitySchedule, train_step
-from trainer.visualize import category_means, reconstructions, traversals
+from trainer.core.agreement import JOINT_PREFIX, agreement_metrics
+from trainer.core.model import CascadeVAE
+from trainer.core.step import train_step
+from trainer.data.dsprites import DSprites, batch_indices_for_step
+from trainer.distributed.codes import GlobalCodeClient
+from trainer.distributed.runtime import keep_freed_memory
+from trainer.eval.metrics import SHAPE_FACTOR, evaluate_model
+from trainer.loop import load_batch, spread_indices, step_seed, true_shape_codes
+from trainer.observe.images import category_means, reconstructions, traversals
+from trainer.observe.progress import IntervalMeter, codes_text, eval_text, format_eta, say
+from trainer.observe.run_log import NullRunLog, RunLog
 
 SOLVER_NAMESPACE = "cascadevae"
 FAILED_ONCE_MARKER = ".failed_once_at_step"
@@ -47,118 +53,6 @@ CHECKPOINT_SCORE = "checkpoint/score"
 
 
 # --------------------------------------------------------------------------- pure helpers
-def open_data(config: Config, progress: bool = False) -> DSprites:
-    data = config.data
-    return open_dsprites(
-        source=data.source,
-        npz_path=data.npz_path,
-        num_scales=data.num_scales,
-        num_orientations=data.num_orientations,
-        num_positions=data.num_positions,
-        cache_dir=data.cache_dir,
-        progress=progress,
-    )
-
-
-def build_model(config: Config) -> CascadeVAE:
-    m = config.model
-    if m.variant == "jointvae":
-        return JointVAE(m.num_continuous, m.num_categories, config.jointvae.temperature)
-    return CascadeVAE(num_continuous=m.num_continuous, num_categories=m.effective_categories)
-
-
-def build_schedule(config: Config) -> CascadeSchedule:
-    """The KL weights over training. beta-VAE is the continuous-only schedule with one beta on
-    every dim; JointVAE's objective has no betas (its schedule only fixes the latent size)."""
-    c, m = config.cascade, config.model
-    if m.variant in ("cascade", "oracle"):
-        variant, beta_high, beta_low = "cascade", c.beta_high, c.beta_low
-    elif m.variant == "beta_vae":
-        variant, beta_high, beta_low = "cascade_c", m.beta, m.beta
-    else:
-        variant, beta_high, beta_low = "cascade_c", c.beta_high, c.beta_low
-    return CascadeSchedule(
-        num_continuous=m.num_continuous,
-        stage_length=c.stage_length,
-        discrete_start_stage=c.discrete_start_stage,
-        beta_high=beta_high,
-        beta_low=beta_low,
-        variant=variant,
-    )
-
-
-def build_capacities(config: Config) -> CapacitySchedule | None:
-    """JointVAE's capacity ramp (None for the other variants)."""
-    if config.model.variant != "jointvae":
-        return None
-    j = config.jointvae
-    return CapacitySchedule(
-        gamma=j.gamma,
-        continuous=j.continuous_capacity,
-        discrete=j.discrete_capacity,
-        steps=j.capacity_steps or config.train.num_steps,
-    )
-
-
-def true_shape_codes(shapes_B: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The oracle's chooser: ignores the unary matrix and returns the true shapes."""
-    codes_B = torch.as_tensor(np.asarray(shapes_B, dtype=np.int64))
-    return lambda unary_BK: codes_B.to(unary_BK.device)
-
-
-def build_optimizer(config: Config, model: torch.nn.Module):
-    o = config.optim
-    return make_optimizer(
-        model,
-        lr=o.lr,
-        adam_betas=(o.adam_beta1, o.adam_beta2),
-        decay_every=o.decay_every,
-        decay_rate=o.decay_rate,
-    )
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """Seed of the noise eps of (step, rank): resumed runs redraw exactly the same noise."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def load_batch(dataset: DSprites, indices: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(B,) indices -> float32 images (B, 1, 64, 64) in {0, 1} on `device`."""
-    images_BHW = dataset.images(indices)
-    return torch.from_numpy(images_BHW).to(device=device, dtype=torch.float32).unsqueeze(1)
-
-
-def evaluation_kwargs(config: Config) -> dict[str, Any]:
-    e = config.eval
-    return dict(
-        seed=config.seed,
-        protocols=tuple(e.protocols),
-        batch_size=e.batch_size,
-        num_global=e.num_global,
-        num_votes=e.num_votes,
-        vote_size=e.vote_size,
-    )
-
-
-class IntervalMeter:
-    """Means of step metrics over one log interval, plus throughput."""
-
-    def __init__(self, started: float | None = None):
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-        self.steps = 0
-        # Each interval starts where the previous one ended, so the time spent reporting,
-        # checkpointing and evaluating is charged to the step time rather than hidden.
-        self.started = time.perf_counter() if started is None else started
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.sums[key] += float(value)
-            self.counts[key] += 1
-        self.steps += 1
-
-    def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}
 
 
 def average_across_ranks(metrics: dict[str, float], world_size: int) -> dict[str, float]:
@@ -178,12 +72,6 @@ def average_across_ranks(metrics: dict[str, float], world_size: int) -> dict[str
         k: float(v) if k.startswith(("codes/count_", JOINT_PREFIX)) else float(v) / world_size
         for k, v in zip(keys, values.tolist(), strict=True)
     }
-
-
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 # --------------------------------------------------------------------------- the worker loop
@@ -247,9 +135,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     log = RunLog(run_dir, config.to_yaml(), resume_step=start_step) if rank == 0 else NullRunLog()
     # Evenly spaced over the grid, so every shape and scale is in the preview.
     preview_x = load_batch(dataset, np.linspace(0, len(dataset) - 1, 8).astype(np.int64), device)
-    preview_x = torch.cat([preview_x, load_batch(dataset, _spread_indices(len(dataset)), device)])
+    preview_x = torch.cat([preview_x, load_batch(dataset, spread_indices(len(dataset)), device)])
     if rank == 0:
-        _say(
+        say(
             f"[cascadevae] rank 0 of {world_size} on {device}: steps {start_step}->"
             f"{train.num_steps}, global batch {train.global_batch}, {len(dataset)} images, "
             f"run dir {run_dir}"
@@ -334,14 +222,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 _log_images(log, done, model, preview_x)
             log.scalars(done, interval)
             rate = steps_this_attempt / (time.perf_counter() - run_started)
-            _say(
+            say(
                 f"[cascadevae] step {done}/{train.num_steps} | "
                 f"{interval['perf/images_per_s']:.0f} img/s | "
                 f"ETA {format_eta((train.num_steps - done) / max(rate, 1e-9))} | "
                 f"loss {interval['loss/total']:.2f} (recon {interval['loss/recon']:.2f})"
-                + (f" | {_codes_text(interval)}" if "codes/shape_agreement" in interval else "")
+                + (f" | {codes_text(interval)}" if "codes/shape_agreement" in interval else "")
                 + (
-                    f" | {_eval_text(interval)}"
+                    f" | {eval_text(interval)}"
                     if any(k.startswith("eval/") for k in interval)
                     else ""
                 )
@@ -373,16 +261,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         log.close()
 
 
-def _say(line: str) -> None:
-    """One progress line on the worker's stdout, which Ray forwards to the driver.
-
-    Not `print`: Train V2 patches it in workers to log at INFO as well as write to the redirected
-    stdout, so every printed line reached the driver twice.
-    """
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def _quiet_report_echo() -> None:
     """Silence Train V2's INFO echo of every report ("Reporting training result N: ...").
 
@@ -398,27 +276,8 @@ def _quiet_report_echo() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
-def _spread_indices(num_images: int, count: int = 240) -> np.ndarray:
-    """`count` image indices spread over the whole grid with a stride coprime to the factor
-    sizes' products, so they mix shapes, scales, orientations and positions."""
-    return (np.arange(count, dtype=np.int64) * 7_919 + 13) % num_images
-
-
 def _due(done: int, every: int, last: bool) -> bool:
     return last or (every > 0 and done % every == 0)
-
-
-def _codes_text(metrics: dict[str, float]) -> str:
-    shares = "/".join(
-        f"{metrics[f'codes/share_{k}']:.2f}"
-        for k in range(len(metrics))
-        if f"codes/share_{k}" in metrics
-    )
-    return f"shape agreement {metrics['codes/shape_agreement']:.3f} (shares {shares})"
-
-
-def _eval_text(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if k.startswith("eval/"))
 
 
 def _evaluate(config: Config, model: CascadeVAE, dataset: DSprites, device) -> dict[str, float]:

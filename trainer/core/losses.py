@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:  # model imports unary imports losses: avoid the cycle at run time
-    from trainer.model import JointVAEOutput, VAEOutput
+    from trainer.core.model import JointVAEOutput, VAEOutput
 
 # Inside the log of the KL term, as the authors (keeps log finite if sigma underflows to 0).
 KL_LOG_EPS = 1e-8

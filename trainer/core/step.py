@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainer.agreement import joint_counts
-from trainer.losses import cascade_loss, jointvae_loss
-from trainer.model import CascadeVAE, JointVAE
-from trainer.schedule import CascadeSchedule
+from trainer.core.agreement import joint_counts
+from trainer.core.losses import cascade_loss, jointvae_loss
+from trainer.core.model import CascadeVAE, JointVAE
+from trainer.core.schedule import CascadeSchedule
 
 NUM_SHAPES = 3  # dSprites: square, ellipse, heart
 
@@ -87,7 +87,7 @@ def train_step(
     off. A JointVAE model trains its own objective instead (`capacities` needed; the schedule
     then only checks the latent size). shapes_B (optional, the true shape of each image) adds
     the (code, shape) contingency counts `codes/joint_k{k}_s{s}` of this step's codes
-    (trainer.agreement).
+    (trainer.core.agreement).
 
     A NaN or infinite loss raises NonFiniteLossError (naming the iteration and the non-finite
     terms) before the backward pass, leaving model and optimizer untouched.

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data_cache import NUM_FACTORS, DatasetError
-from trainer.data_render import IMAGE_SIZE, LATENT_NAMES, Chunk, classes_of
+from trainer.data.cache import NUM_FACTORS, DatasetError
+from trainer.data.render import IMAGE_SIZE, LATENT_NAMES, Chunk, classes_of
 
 OFFICIAL_NAME = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 REQUIRED_KEYS = ("imgs", "latents_values", "latents_classes", "metadata")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.unary import unary_matrix
+from trainer.core.unary import unary_matrix
 
 IMAGE_SIZE = 64
 # 4x4 kernels with stride 2 and padding 1 halve (conv) or double (transposed conv) the side,

@@ -41,11 +41,15 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from trainer.data import LATENT_NAMES, sample_indices_with_fixed_factor, sample_random_indices
+from trainer.data.dsprites import (
+    LATENT_NAMES,
+    sample_indices_with_fixed_factor,
+    sample_random_indices,
+)
 
 if TYPE_CHECKING:
-    from trainer.data import DSprites
-    from trainer.model import CascadeVAE
+    from trainer.core.model import CascadeVAE
+    from trainer.data.dsprites import DSprites
 
 SHAPE_FACTOR = LATENT_NAMES.index("shape")
 

@@ -1,8 +1,8 @@
 """dSprites data layer: open (render or load, then cache) the dataset, and sample indices.
 
-Pipeline: `open_dsprites` either renders the official factor grid (`trainer.data_render`) or
-reads the official .npz file (`trainer.data_npz`), writes it once into a validated Arrow IPC cache
-(`trainer.data_cache`) and returns a `DSprites` whose images are read from a memory map.
+Pipeline: `open_dsprites` either renders the official factor grid (`trainer.data.render`) or
+reads the official .npz file (`trainer.data.npz`), writes it once into a validated Arrow IPC cache
+(`trainer.data.cache`) and returns a `DSprites` whose images are read from a memory map.
 
 Indexing is the official file's: image index = dot(latent_classes, bases), where bases are the
 mixed-radix place values of latent_sizes (1, 3, 6, 40, 32, 32), posY fastest.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data_cache import (
+from trainer.data.cache import (
     FORMAT_VERSION,
     CacheInvalid,
     DatasetError,
@@ -40,8 +40,8 @@ from trainer.data_cache import (
     map_cache,
     verify_cache,
 )
-from trainer.data_npz import inspect_npz, npz_chunks
-from trainer.data_render import (
+from trainer.data.npz import inspect_npz, npz_chunks
+from trainer.data.render import (
     LATENT_NAMES,
     RENDER_VERSION,
     SHAPE_NAMES,

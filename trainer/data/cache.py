@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from trainer.data_render import PACKED_BYTES, Chunk
+from trainer.data.render import PACKED_BYTES, Chunk
 
 FORMAT_VERSION = 1
 META_KEY = b"cascadevae.dsprites"

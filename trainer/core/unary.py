@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from trainer.losses import reconstruction_per_sample
+from trainer.core.losses import reconstruction_per_sample
 
 if TYPE_CHECKING:  # model imports this module
-    from trainer.model import CascadeVAE
+    from trainer.core.model import CascadeVAE
 
 
 def _num_categories(model: CascadeVAE) -> int:

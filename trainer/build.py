@@ -1,0 +1,92 @@
+"""Config -> the parts of a run: dataset, model, optimizer, KL schedule, capacities, evaluation
+options. Pure builders with no Ray, shared by the Train worker, the evaluate CLI and the
+benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from trainer.config import Config
+from trainer.core.model import CascadeVAE, JointVAE
+from trainer.core.schedule import CascadeSchedule, make_optimizer
+from trainer.core.step import CapacitySchedule
+from trainer.data.dsprites import DSprites, open_dsprites
+
+
+def open_data(config: Config, progress: bool = False) -> DSprites:
+    data = config.data
+    return open_dsprites(
+        source=data.source,
+        npz_path=data.npz_path,
+        num_scales=data.num_scales,
+        num_orientations=data.num_orientations,
+        num_positions=data.num_positions,
+        cache_dir=data.cache_dir,
+        progress=progress,
+    )
+
+
+def build_model(config: Config) -> CascadeVAE:
+    m = config.model
+    if m.variant == "jointvae":
+        return JointVAE(m.num_continuous, m.num_categories, config.jointvae.temperature)
+    return CascadeVAE(num_continuous=m.num_continuous, num_categories=m.effective_categories)
+
+
+def build_schedule(config: Config) -> CascadeSchedule:
+    """The KL weights over training. beta-VAE is the continuous-only schedule with one beta on
+    every dim; JointVAE's objective has no betas (its schedule only fixes the latent size)."""
+    c, m = config.cascade, config.model
+    if m.variant in ("cascade", "oracle"):
+        variant, beta_high, beta_low = "cascade", c.beta_high, c.beta_low
+    elif m.variant == "beta_vae":
+        variant, beta_high, beta_low = "cascade_c", m.beta, m.beta
+    else:
+        variant, beta_high, beta_low = "cascade_c", c.beta_high, c.beta_low
+    return CascadeSchedule(
+        num_continuous=m.num_continuous,
+        stage_length=c.stage_length,
+        discrete_start_stage=c.discrete_start_stage,
+        beta_high=beta_high,
+        beta_low=beta_low,
+        variant=variant,
+    )
+
+
+def build_capacities(config: Config) -> CapacitySchedule | None:
+    """JointVAE's capacity ramp (None for the other variants)."""
+    if config.model.variant != "jointvae":
+        return None
+    j = config.jointvae
+    return CapacitySchedule(
+        gamma=j.gamma,
+        continuous=j.continuous_capacity,
+        discrete=j.discrete_capacity,
+        steps=j.capacity_steps or config.train.num_steps,
+    )
+
+
+def build_optimizer(config: Config, model: torch.nn.Module):
+    o = config.optim
+    return make_optimizer(
+        model,
+        lr=o.lr,
+        adam_betas=(o.adam_beta1, o.adam_beta2),
+        decay_every=o.decay_every,
+        decay_rate=o.decay_rate,
+    )
+
+
+def evaluation_kwargs(config: Config) -> dict[str, Any]:
+    e = config.eval
+    return dict(
+        seed=config.seed,
+        protocols=tuple(e.protocols),
+        batch_size=e.batch_size,
+        num_global=e.num_global,
+        num_votes=e.num_votes,
+        vote_size=e.vote_size,
+    )
