@@ -132,7 +132,7 @@ def bench_metrics(args: argparse.Namespace) -> dict[str, float]:
     is written in parallel)."""
     try:
         from trainer.data.dsprites import open_dsprites
-        from trainer.eval.metrics import evaluate_model
+        from trainer.eval import evaluate_model
     except (ImportError, AttributeError) as error:
         print(f"metrics skipped: {error}")
         return {}

@@ -5,10 +5,11 @@
                               [--metric-option factorvae_num_train=1000]
 
 The checkpoint folder carries the config that made it, so no other input is needed; `--set`
-changes fields of that config (e.g. evaluate on another dSprites grid) and `--metric-option`
-passes metric settings (trainer.eval.metrics.OVERRIDES). Images go to `--out` (default:
-`<checkpoint>/eval`): reconstructions.png and traversal_category<k>.png, beside metrics.json.
-No Ray is started.
+changes fields of that config (e.g. evaluate on another dSprites grid) and
+`--metric-option KEY=VALUE` sets a metric option: the same as `--set eval.KEY=VALUE`, for the
+options the registry declares (trainer.eval.registry.option_names; `num_global=null` represents
+every image). Images go to `--out` (default: `<checkpoint>/eval`): reconstructions.png and
+traversal_category<k>.png, beside metrics.json. No Ray is started.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="metric setting, e.g. factorvae_num_train=1000 (see trainer.eval.metrics.OVERRIDES)",
+        help="metric option, e.g. factorvae_num_train=1000 (trainer.eval.options.EvalConfig)",
     )
     return parser.parse_args(argv)
 
@@ -64,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.build import build_model, evaluation_kwargs, open_data
     from trainer.checkpoint import CONFIG_FILE, CorruptCheckpointError, read_checkpoint
-    from trainer.config import EVAL_PROTOCOLS, Config, ConfigError, apply_overrides
+    from trainer.config import Config, ConfigError, apply_overrides
     from trainer.distributed.runtime import keep_freed_memory
-    from trainer.eval.metrics import evaluate_model, parse_overrides
+    from trainer.eval import evaluate_model, metric_option_overrides
+    from trainer.eval.registry import METRICS
     from trainer.loop import load_batch
     from trainer.observe.images import reconstructions, traversals
 
@@ -94,18 +96,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 [f"expected a mapping, got {raw!r}"], f"{args.checkpoint}/config.yaml"
             )
-        raw = apply_overrides(raw, args.set)
+        raw = apply_overrides(raw, [*args.set, *metric_option_overrides(args.metric_option)])
         config = Config.from_dict(raw, source=f"{args.checkpoint}/config.yaml")
-        kwargs = {**evaluation_kwargs(config), **parse_overrides(args.metric_option)}
-    except (ConfigError, ValueError) as err:
+        kwargs = evaluation_kwargs(config)
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.protocols:
         protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
-        unknown = [p for p in protocols if p not in EVAL_PROTOCOLS]
+        unknown = [p for p in protocols if p not in METRICS]
         if unknown:
             print(
-                f"error: --protocols: unknown {unknown}; choose from {list(EVAL_PROTOCOLS)}",
+                f"error: --protocols: unknown {unknown}; choose from {list(METRICS)}",
                 file=sys.stderr,
             )
             return 2

@@ -21,7 +21,7 @@ A study file::
 
 Each (model, seed) is one Tune trial (a grid over run names), each trial a Ray Train run; the
 same command resumes an interrupted study (finished runs are kept, unfinished ones restart from
-their last checkpoint). Everything is validated before Ray starts.
+their last checkpoint). Everything is validated before Ray starts (the `StudyFile` schema).
 """
 
 from __future__ import annotations
@@ -32,26 +32,23 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from launch.study_report import RunRecord, read_run, write_report
-from launch.sweep import Dimension, SweepConfig, _unknown_keys, _yaml_scalar, trial_config
-from trainer.config import Config, ConfigError, apply_overrides, eval_keys, read_yaml
+from launch.sweep import Dimension, SweepConfig, resolve_base, trial_config
+from trainer.config import Config, ConfigError, read_yaml
+from trainer.eval.registry import output_keys
+from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
 
-STUDY_KEYS = {
-    "name",
-    "base",
-    "description",
-    "set",
-    "models",
-    "selection_metric",
-    "metrics",
-    "curve_metrics",
-    "max_concurrent_trials",
-    "storage_path",
-    "results_dir",
-}
-MODEL_KEYS = {"seeds", "set"}
 RUN_DIMENSION = "run"
 
 
@@ -81,113 +78,109 @@ def run_name(model: str, seed: int) -> str:
     return f"{model}-s{seed}"
 
 
+class ModelRuns(Schema):
+    """One model of a study: its seeds and its overrides of the base config."""
+
+    seeds: list[int]
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"a non-empty list of distinct integers >= 0, got {seeds!r}")
+        return seeds
+
+
+class StudyFile(Schema):
+    """A study file. Validating it (context `folder`: where `base` is relative to) also builds
+    and checks every run's config."""
+
+    name: Annotated[str, AfterValidator(plain_name)] | None = None
+    """Default: the file's stem."""
+    base: str
+    """The training config, relative to the study file."""
+    description: str = ""
+    set: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, ModelRuns] = Field(min_length=1)
+    """Model name (letters, digits and _) -> its seeds and overrides."""
+    selection_metric: str = "eval/authors_factorvae"
+    metrics: list[str] | None = Field(None, min_length=1)
+    """Default: [selection_metric]."""
+    curve_metrics: list[str] | None = Field(None, min_length=1)
+    """Default: metrics."""
+    max_concurrent_trials: int = Field(1, ge=1)
+    storage_path: str = Field("runs/studies", min_length=1)
+    results_dir: str | None = Field(None, min_length=1)
+    """Default: results/<name>."""
+
+    _base_raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _runs: dict[str, tuple[str, int, dict[str, Any]]] = PrivateAttr(default_factory=dict)
+    _configs: list[Config] = PrivateAttr(default_factory=list)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: dict[str, ModelRuns]) -> dict[str, ModelRuns]:
+        bad = [m for m in models if not m.replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"model names are letters, digits and _, got {bad}")
+        return models
+
+    @model_validator(mode="after")
+    def _runs_are_valid(self, info: ValidationInfo) -> StudyFile:
+        if not rules_apply(info, self, "base", "set", "models", "selection_metric", "metrics"):
+            return self
+        problems: list[str] = []
+        folder = Path((info.context or {}).get("folder", "."))
+        # The runs' configs are checked one by one below, the base config alone is not.
+        self._base_raw, _ = resolve_base(folder / self.base, self.set, problems, check=False)
+        for model, spec in self.models.items():
+            where = f"models.{model}"
+            for seed in spec.seeds:
+                overrides = {**spec.set, "seed": seed}
+                try:
+                    self._configs.append(trial_config(self._base_raw, overrides, source=where))
+                except ConfigError as err:
+                    problems.extend(f"{where} seed {seed}: {p}" for p in err.problems)
+                    break
+                self._runs[run_name(model, seed)] = (model, seed, overrides)
+        evaluated = {key for c in self._configs for key in output_keys(c.eval.protocols)}
+        if self._configs:
+            for metric in [self.selection_metric, *(self.metrics or [])]:
+                if metric not in evaluated:
+                    known = sorted(evaluated)
+                    problems.append(
+                        f"metrics: {metric!r} is evaluated by no run; evaluated: {known}"
+                    )
+        if problems:
+            raise RuleError(problems)
+        return self
+
+
 def load_study(path: str | Path) -> StudyConfig:
     """Read and check a study file and every run config it makes; ConfigError lists all."""
     path = Path(path)
-    raw = read_yaml(path)
-    problems = _unknown_keys("", raw, STUDY_KEYS)
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        problems.append(f"name: must be a plain non-empty name, got {name!r}")
-    base_raw: dict[str, Any] = {}
-    if not isinstance(raw.get("base"), str):
-        problems.append("base: required, the path of a training config (relative to the study)")
-    else:
-        try:
-            base_raw = read_yaml((path.parent / raw["base"]).resolve())
-        except ConfigError as err:
-            problems.extend(f"base: {p}" for p in err.problems)
-    fixed = raw.get("set") or {}
-    if not isinstance(fixed, dict):
-        problems.append(f"set: expected a mapping of field: value, got {fixed!r}")
-        fixed = {}
-    try:
-        base_raw = apply_overrides(base_raw, [f"{k}={_yaml_scalar(v)}" for k, v in fixed.items()])
-    except ConfigError as err:
-        problems.extend(f"set: {p}" for p in err.problems)
-
-    runs: dict[str, tuple[str, int, dict[str, Any]]] = {}
-    models = raw.get("models")
-    if not isinstance(models, dict) or not models:
-        problems.append("models: required mapping of model name -> {seeds: [...], set: {...}}")
-        models = {}
-    configs: list[Config] = []
-    for model, spec in models.items():
-        where = f"models.{model}"
-        if not isinstance(model, str) or not model.replace("_", "").isalnum():
-            problems.append(f"{where}: model names are letters, digits and _, got {model!r}")
-            continue
-        if not isinstance(spec, dict):
-            problems.append(f"{where}: expected {{seeds: [...], set: {{...}}}}, got {spec!r}")
-            continue
-        problems += _unknown_keys(f"{where}.", spec, MODEL_KEYS)
-        seeds = spec.get("seeds")
-        if (
-            not isinstance(seeds, list)
-            or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-            or len(set(seeds)) != len(seeds)
-        ):
-            problems.append(
-                f"{where}.seeds: a non-empty list of distinct integers >= 0, got {seeds!r}"
-            )
-            continue
-        overrides = spec.get("set") or {}
-        if not isinstance(overrides, dict):
-            problems.append(f"{where}.set: expected a mapping of field: value, got {overrides!r}")
-            continue
-        for seed in seeds:
-            run_overrides = {**overrides, "seed": seed}
-            try:
-                configs.append(trial_config(base_raw, run_overrides, source=where))
-            except ConfigError as err:
-                problems.extend(f"{where} seed {seed}: {p}" for p in err.problems)
-                break
-            runs[run_name(model, seed)] = (model, seed, run_overrides)
-
-    selection = raw.get("selection_metric", "eval/authors_factorvae")
-    metrics = raw.get("metrics", [selection])
-    curve_metrics = raw.get("curve_metrics", metrics)
-    reported: set[str] = set()
-    for config in configs:
-        reported |= eval_keys(config.eval.protocols)
-    for key, value in (("metrics", metrics), ("curve_metrics", curve_metrics)):
-        if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
-            problems.append(f"{key}: a non-empty list of metric names, got {value!r}")
-    if configs and isinstance(metrics, list):
-        for metric in [selection, *metrics]:
-            if metric not in reported:
-                problems.append(
-                    f"metrics: {metric!r} is evaluated by no run; evaluated: {sorted(reported)}"
-                )
-    concurrent = raw.get("max_concurrent_trials", 1)
-    if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
-        problems.append(f"max_concurrent_trials: must be an integer >= 1, got {concurrent!r}")
-    for key in ("storage_path", "results_dir"):
-        if key in raw and (not isinstance(raw[key], str) or not raw[key]):
-            problems.append(f"{key}: must be a non-empty path, got {raw[key]!r}")
-    if problems:
-        raise ConfigError(problems, str(path))
-
-    base = configs[0]
+    spec: StudyFile = validate(StudyFile, read_yaml(path), str(path), {"folder": path.parent})
+    name = spec.name or path.stem
+    metrics = spec.metrics or [spec.selection_metric]
     return StudyConfig(
         name=name,
-        base_raw=base_raw,
-        base=base,
-        dimensions=[Dimension(RUN_DIMENSION, RUN_DIMENSION, "grid", list(runs))],
+        base_raw=spec._base_raw,
+        base=spec._configs[0],
+        dimensions=[Dimension(RUN_DIMENSION, RUN_DIMENSION, "grid", list(spec._runs))],
         algorithm="grid",
-        max_concurrent_trials=concurrent,
-        metric=selection,
+        max_concurrent_trials=spec.max_concurrent_trials,
+        metric=spec.selection_metric,
         mode="max",
         scheduler="none",
-        storage_path=raw.get("storage_path", "runs/studies"),
+        storage_path=spec.storage_path,
         source=str(path),
-        runs=runs,
-        models=list(models),
-        description=str(raw.get("description", "")),
+        runs=spec._runs,
+        models=list(spec.models),
+        description=spec.description,
         metrics=list(metrics),
-        curve_metrics=list(curve_metrics),
-        results_dir=raw.get("results_dir", f"results/{name}"),
+        curve_metrics=list(spec.curve_metrics or metrics),
+        results_dir=spec.results_dir or f"results/{name}",
     )
 
 

@@ -16,9 +16,10 @@
     scheduler: {type: asha, grace_period: 20, reduction_factor: 2}
     storage_path: runs/sweeps
 
-Everything is checked before any trial starts (`load_sweep`): an empty or malformed space, an
-unknown parameter, a metric training never reports, and every trial config the space can produce
-at its extreme values. No Ray here except building Tune's search-space objects on request.
+Everything is checked before any trial starts (`load_sweep`, through the `SweepFile` schema):
+unknown keys, an empty or malformed space, an unknown parameter, a metric training never reports,
+and every trial config the space can produce at its extreme values. No Ray here except building
+Tune's search-space objects on request.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from trainer.config import Config, ConfigError, apply_overrides, eval_keys, read_yaml
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, model_validator
+
+from trainer.config import Config, ConfigError, apply_overrides, read_yaml
+from trainer.eval.registry import output_keys
+from trainer.schema import Float, RuleError, Schema, plain_name, rules_apply, validate
 
 PARAMETERS = {
     "beta_h": "cascade.beta_high",
@@ -43,21 +48,6 @@ PARAMETERS = {
 """Searchable names -> config fields (the dotted field names are accepted too)."""
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
-ALGORITHMS = ("grid", "random", "optuna")
-SCHEDULERS = ("asha", "none")
-SWEEP_KEYS = {
-    "name",
-    "base",
-    "set",
-    "search",
-    "metric",
-    "mode",
-    "scheduler",
-    "storage_path",
-    "max_trial_failures",
-}
-SEARCH_KEYS = {"algorithm", "num_samples", "max_concurrent_trials", "space"}
-SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor"}
 
 
 @dataclass
@@ -156,76 +146,113 @@ def reported_metrics(config: Config) -> set[str]:
         names |= {"solver/wait_ms"}
     if config.model.variant == "jointvae":
         names |= {"capacity/z", "capacity/c", "kl/c"}
-    names |= eval_keys(config.eval.protocols)
+    names |= set(output_keys(config.eval.protocols))
     return names
 
 
-def _unknown_keys(prefix: str, section: dict, known: set[str]) -> list[str]:
-    """One problem per key of `section` not in `known`, named `<prefix><key>`."""
-    listed = ", ".join(sorted(known))
-    return [f"{prefix}{key}: unknown key (known: {listed})" for key in section if key not in known]
+class SearchSpec(Schema):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    """grid | random | optuna (model-based, needs `optuna`)."""
+    num_samples: int = Field(1, ge=1)
+    """Repeats of the grid (random: grid dims are crossed and the others sampled anew)."""
+    max_concurrent_trials: int = Field(1, ge=1)
+    space: dict[str, Any] = Field(default_factory=dict)
+    """Parameter (a name of PARAMETERS or its dotted field) -> {domain: values}."""
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
-    """Read and check a sweep file; raises ConfigError listing every problem."""
-    path = Path(path)
-    raw = read_yaml(path)
-    problems: list[str] = []
-    problems += _unknown_keys("", raw, SWEEP_KEYS)
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        problems.append(f"name: must be a plain non-empty name, got {name!r}")
+class SchedulerSpec(Schema):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int | None = Field(None, ge=1)
+    """Steps before ASHA may stop a trial; default train.log_every of the base config."""
+    reduction_factor: Float = Field(2.0, gt=1)
 
-    # The base training config, with the sweep's fixed overrides.
+
+class SweepFile(Schema):
+    """A sweep file. Validating it (context `folder`: where `base` is relative to) also reads
+    the base config and checks everything that depends on it."""
+
+    name: Annotated[str, AfterValidator(plain_name)] | None = None
+    """Default: the file's stem."""
+    base: str
+    """The training config, relative to the sweep file."""
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Fixed overrides of the base (`field: value`), applied to every trial."""
+    search: SearchSpec
+    metric: str = "loss/recon"
+    """Any scalar training reports (see `reported_metrics`)."""
+    mode: Literal["min", "max"] = "min"
+    scheduler: SchedulerSpec | None = Field(default_factory=SchedulerSpec)
+    """Empty: no scheduler (type none)."""
+    storage_path: str = Field("runs/sweeps", min_length=1)
+    max_trial_failures: int = Field(0, ge=0)
+
+    _base_raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _base: Config | None = PrivateAttr(default=None)
+    _dimensions: list[Dimension] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _with_base(self, info: ValidationInfo) -> SweepFile:
+        if not rules_apply(info, self, "base", "set", "search", "metric", "scheduler"):
+            return self
+        problems: list[str] = []
+        folder = Path((info.context or {}).get("folder", "."))
+        self._base_raw, self._base = resolve_base(folder / self.base, self.set, problems)
+        self._dimensions = _dimensions(self.search, problems)
+        base = self._base
+        if base is not None and self.metric not in reported_metrics(base):
+            known = ", ".join(sorted(reported_metrics(base)))
+            problems.append(
+                f"metric: {self.metric!r} is never reported by training with this config; "
+                f"reported: {known}"
+            )
+        scheduler = self.scheduler or SchedulerSpec(type="none")
+        grace = scheduler.grace_period
+        if base is not None and grace is not None and grace > base.train.num_steps:
+            problems.append(
+                f"scheduler.grace_period: {grace} is beyond train.num_steps {base.train.num_steps}"
+            )
+        # Every trial config the space can produce at its extremes must be valid.
+        if base is not None and self._dimensions and not problems:
+            problems += _extreme_trial_problems(self._base_raw, self._dimensions)
+        if problems:
+            raise RuleError(problems)
+        return self
+
+
+def resolve_base(
+    path: Path, fixed: dict[str, Any], problems: list[str], check: bool = True
+) -> tuple[dict[str, Any], Config | None]:
+    """The base training config at `path` with the `fixed` overrides: its raw mapping and, when
+    `check`, its validated Config (None when invalid or not checked); problems are appended,
+    prefixed `base:`, `set:` or `base config:`."""
     base_raw: dict[str, Any] = {}
-    base_value = raw.get("base")
-    if not isinstance(base_value, str):
-        problems.append("base: required, the path of a training config (relative to the sweep)")
-    else:
-        base_path = (path.parent / base_value).resolve()
-        try:
-            base_raw = read_yaml(base_path)
-        except ConfigError as err:
-            problems.extend(f"base: {p}" for p in err.problems)
-    fixed = raw.get("set", {}) or {}
-    if not isinstance(fixed, dict):
-        problems.append(f"set: expected a mapping of field: value, got {fixed!r}")
-        fixed = {}
+    try:
+        base_raw = read_yaml(path.resolve())
+    except ConfigError as err:
+        problems.extend(f"base: {p}" for p in err.problems)
     try:
         base_raw = apply_overrides(base_raw, [f"{k}={_yaml_scalar(v)}" for k, v in fixed.items()])
     except ConfigError as err:
         problems.extend(f"set: {p}" for p in err.problems)
-    base: Config | None = None
-    if base_raw:
-        try:
-            base = trial_config(base_raw, {}, source="base")
-        except ConfigError as err:
-            problems.extend(f"base config: {p}" for p in err.problems)
+    if not base_raw or not check:
+        return base_raw, None
+    try:
+        return base_raw, trial_config(base_raw, {}, source="base")
+    except ConfigError as err:
+        problems.extend(f"base config: {p}" for p in err.problems)
+        return base_raw, None
 
-    search = raw.get("search")
-    dimensions: list[Dimension] = []
-    algorithm, num_samples, max_concurrent = "grid", 1, 1
-    if not isinstance(search, dict):
-        problems.append("search: required mapping with algorithm, num_samples, space")
-        search = {}
-    problems += _unknown_keys("search.", search, SEARCH_KEYS)
-    algorithm = search.get("algorithm", "grid")
-    if algorithm not in ALGORITHMS:
-        problems.append(f"search.algorithm: {algorithm!r} is not one of {list(ALGORITHMS)}")
-    num_samples = search.get("num_samples", 1)
-    max_concurrent = search.get("max_concurrent_trials", 1)
-    for key, value in (("num_samples", num_samples), ("max_concurrent_trials", max_concurrent)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"search.{key}: must be an integer >= 1, got {value!r}")
-    space = search.get("space")
-    if not isinstance(space, dict) or not space:
+
+def _dimensions(search: SearchSpec, problems: list[str]) -> list[Dimension]:
+    """The search space as dimensions, with the searcher's rules over them."""
+    if not search.space:
         problems.append(
             "search.space: empty or missing; give at least one parameter, e.g. "
             "beta_h: {grid: [4, 10]}"
         )
-        space = {}
     short_of = {v: k for k, v in PARAMETERS.items()}
-    for key, spec in space.items():
+    dimensions = []
+    for key, spec in search.space.items():
         if key in PARAMETERS:
             short, field_name = key, PARAMETERS[key]
         elif key in short_of:
@@ -239,82 +266,53 @@ def load_sweep(path: str | Path) -> SweepConfig:
         if dim is not None:
             dimensions.append(dim)
     kinds = {d.kind for d in dimensions}
-    if algorithm == "grid" and kinds - {"grid"}:
+    if search.algorithm == "grid" and kinds - {"grid"}:
         problems.append(
             f"search.algorithm: grid needs every dimension as grid, got {sorted(kinds)}"
         )
-    if algorithm == "optuna" and "grid" in kinds:
+    if search.algorithm == "optuna" and "grid" in kinds:
         problems.append("search.algorithm: optuna samples every dimension; use choice, not grid")
-    if algorithm == "optuna":
+    if search.algorithm == "optuna":
         try:
             import optuna  # noqa: F401
         except ImportError:
             problems.append("search.algorithm: optuna is not installed (pip install optuna)")
+    return dimensions
 
-    metric = raw.get("metric", "loss/recon")
-    mode = raw.get("mode", "min")
-    if mode not in ("min", "max"):
-        problems.append(f"mode: must be min or max, got {mode!r}")
-    if base is not None and metric not in reported_metrics(base):
-        known = ", ".join(sorted(reported_metrics(base)))
-        problems.append(
-            f"metric: {metric!r} is never reported by training with this config; reported: {known}"
-        )
 
-    scheduler = raw.get("scheduler", {"type": "asha"}) or {"type": "none"}
-    if not isinstance(scheduler, dict):
-        problems.append(f"scheduler: expected a mapping, got {scheduler!r}")
-        scheduler = {}
-    problems += _unknown_keys("scheduler.", scheduler, SCHEDULER_KEYS)
-    scheduler_type = scheduler.get("type", "asha")
-    if scheduler_type not in SCHEDULERS:
-        problems.append(f"scheduler.type: {scheduler_type!r} is not one of {list(SCHEDULERS)}")
-    grace = scheduler.get("grace_period", base.train.log_every if base else 1)
-    reduction = scheduler.get("reduction_factor", 2)
-    if not isinstance(grace, int) or grace < 1:
-        problems.append(f"scheduler.grace_period: must be an integer >= 1 (steps), got {grace!r}")
-    elif base is not None and grace > base.train.num_steps:
-        problems.append(
-            f"scheduler.grace_period: {grace} is beyond train.num_steps {base.train.num_steps}"
-        )
-    if not isinstance(reduction, (int, float)) or reduction <= 1:
-        problems.append(f"scheduler.reduction_factor: must be > 1, got {reduction!r}")
-    max_failures = raw.get("max_trial_failures", 0)
-    if not isinstance(max_failures, int) or max_failures < 0:
-        problems.append(f"max_trial_failures: must be an integer >= 0, got {max_failures!r}")
-    storage = raw.get("storage_path", "runs/sweeps")
-    if not isinstance(storage, str) or not storage:
-        problems.append(f"storage_path: must be a non-empty path, got {storage!r}")
+def _extreme_trial_problems(base_raw: dict[str, Any], dimensions: list[Dimension]) -> list[str]:
+    """The problems of the first invalid trial config among the space's extreme values."""
+    for combo in itertools.product(*[d.extremes() for d in dimensions]):
+        overrides = {d.field: v for d, v in zip(dimensions, combo, strict=True)}
+        try:
+            trial_config(base_raw, overrides, source="trial")
+        except ConfigError as err:
+            shown = {d.name: v for d, v in zip(dimensions, combo, strict=True)}
+            return [f"trial {shown}: {p}" for p in err.problems]
+    return []
 
-    # Every trial config the space can produce at its extremes must be valid.
-    if base is not None and dimensions and not problems:
-        for combo in itertools.product(*[d.extremes() for d in dimensions]):
-            overrides = {d.field: v for d, v in zip(dimensions, combo, strict=True)}
-            try:
-                trial_config(base_raw, overrides, source="trial")
-            except ConfigError as err:
-                shown = {d.name: v for d, v in zip(dimensions, combo, strict=True)}
-                problems.extend(f"trial {shown}: {p}" for p in err.problems)
-                break
 
-    if problems:
-        raise ConfigError(problems, source=str(path))
-    assert base is not None
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read and check a sweep file; raises ConfigError listing every problem."""
+    path = Path(path)
+    spec: SweepFile = validate(SweepFile, read_yaml(path), str(path), {"folder": path.parent})
+    assert spec._base is not None
+    scheduler = spec.scheduler or SchedulerSpec(type="none")
     return SweepConfig(
-        name=name,
-        base_raw=base_raw,
-        base=base,
-        dimensions=dimensions,
-        algorithm=algorithm,
-        num_samples=num_samples,
-        max_concurrent_trials=max_concurrent,
-        metric=metric,
-        mode=mode,
-        scheduler=scheduler_type,
-        grace_period=grace,
-        reduction_factor=float(reduction),
-        storage_path=storage,
-        max_trial_failures=max_failures,
+        name=spec.name or path.stem,
+        base_raw=spec._base_raw,
+        base=spec._base,
+        dimensions=spec._dimensions,
+        algorithm=spec.search.algorithm,
+        num_samples=spec.search.num_samples,
+        max_concurrent_trials=spec.search.max_concurrent_trials,
+        metric=spec.metric,
+        mode=spec.mode,
+        scheduler=scheduler.type,
+        grace_period=scheduler.grace_period or spec._base.train.log_every,
+        reduction_factor=scheduler.reduction_factor,
+        storage_path=spec.storage_path,
+        max_trial_failures=spec.max_trial_failures,
         source=str(path),
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,9 @@ def test_every_problem_is_listed_in_one_error():
             "train": {"num_steps": "many", "global_batch": 10, "num_workers": 3, "bogus": 1},
             "model": {"variant": "gan"},
             "cascadee": {},
+            "eval": {"protocols": ["mig"]},
+            "data": {"source": "npz"},
+            "optim": {"decay_every": 0},
         }
     )
     text = "\n".join(problems)
@@ -53,10 +56,68 @@ def test_every_problem_is_listed_in_one_error():
     assert "train.bogus: unknown key" in text
     assert "cascadee: unknown key" in text
     assert "model.variant: 'gan' is not one of" in text
+    assert "optim.decay_every: must be >= 1, got 0" in text
+    # Rules over several fields still run when other fields are invalid.
     assert "train.global_batch: 10 is not divisible by train.num_workers=3" in text
-    # The default protocols include discrete_accuracy, which an unknown variant cannot serve.
-    assert "eval.protocols: discrete_accuracy needs a discrete code (variant gan has none)" in text
-    assert len(problems) == 6
+    assert "data.npz_path: required when data.source is 'npz'" in text
+    assert len(problems) == 7, problems
+
+
+def test_a_rule_over_an_invalid_field_is_not_checked():
+    # The variant is unknown, so whether it has a discrete code for discrete_accuracy is not
+    # asked (its value in the model would be the default, not what was written).
+    problems = _problems(
+        {"model": {"variant": "gan"}, "eval": {"protocols": ["discrete_accuracy"]}}
+    )
+    assert problems == [
+        "model.variant: 'gan' is not one of 'cascade', 'cascade_c', 'beta_vae', 'jointvae' or "
+        "'oracle'"
+    ]
+    problems = _problems({"model": {"variant": "beta_vae"}, "eval": {"protocols": ["mig", "x"]}})
+    assert problems == [
+        "eval.protocols: unknown ['x']; choose from "
+        "['authors_factorvae', 'factorvae', 'discrete_accuracy', 'mig']"
+    ]
+
+
+def test_cross_section_rules_are_listed_together():
+    problems = _problems(
+        {
+            "model": {"variant": "beta_vae"},
+            "train": {"num_steps": 100, "keep_best_by": "eval/active_dims"},
+            "cascade": {"stage_length": 10, "discrete_start_stage": 20},
+        }
+    )
+    assert problems == [
+        "train.keep_best_by: 'eval/active_dims' is not a score of eval.protocols "
+        "['authors_factorvae', 'discrete_accuracy']; choose from "
+        "['eval/authors_factorvae', 'eval/discrete_accuracy']",
+        "eval.protocols: discrete_accuracy needs a discrete code (variant beta_vae has none)",
+    ]
+
+
+def test_unknown_protocol_is_refused_listing_the_registry():
+    from trainer.eval.registry import METRICS
+
+    problems = _problems({"eval": {"protocols": ["authors_factorvae", "fid"]}})
+    assert problems == [f"eval.protocols: unknown ['fid']; choose from {list(METRICS)}"]
+    for name in METRICS:  # every registered protocol is accepted (with a discrete code)
+        assert Config.from_dict({"eval": {"protocols": [name]}}).eval.protocols == [name]
+
+
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        ({"solver": {"typo": 1}}, "solver.typo: unknown key (known: actor_name, lam, timeout_s)"),
+        ({"train": {"lr": 1e-3}}, "train.lr: unknown key (known: checkpoint_every, "),
+        ({"eval": {"num_vote": 3}}, "eval.num_vote: unknown key (known: batch_size, "),
+        ({"jointvae": {"gamma": 1.0, "beta": 2}}, "jointvae.beta: unknown key (known: "),
+        ({"colour": "red"}, "colour: unknown key (known: cascade, data, eval, jointvae, model, "),
+    ],
+)
+def test_extra_keys_are_refused_with_their_dotted_path(raw, problem):
+    (only,) = _problems(raw)
+    assert only.startswith(problem)
 
 
 def test_discrete_start_after_the_last_stage_is_refused():
@@ -140,11 +201,18 @@ def test_nan_and_inf_are_refused_in_every_float_field_and_listed_together():
 
 
 def test_every_float_field_is_checked_for_finiteness():
+    checked = []
     for section in SECTIONS:
-        for f in dataclasses.fields(getattr(Config(), section)):
-            if isinstance(getattr(getattr(Config(), section), f.name), float):
-                raw = {section: {f.name: float("nan")}}
-                assert f"{section}.{f.name}: must be a finite number, got nan" in _problems(raw)
+        values = getattr(Config(), section)
+        for name in type(values).model_fields:
+            if isinstance(getattr(values, name), float):
+                for bad in (math.nan, math.inf, -math.inf):
+                    problem = f"{section}.{name}: must be a finite number, got {bad}"
+                    assert problem in _problems({section: {name: bad}})
+                checked.append(f"{section}.{name}")
+    # At least one float field of every section that has one, the eval options included.
+    assert {"model.beta", "cascade.beta_low", "eval.kl_threshold", "jointvae.gamma"} <= set(checked)
+    assert "eval.factorvae_std_threshold" in checked and "train.cpus_per_worker" in checked
 
 
 @pytest.mark.parametrize("text", [".nan", "nan", ".inf", "-.inf", "inf"])

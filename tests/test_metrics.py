@@ -1,4 +1,4 @@
-"""Known-answer tests of trainer.eval.metrics: the true factors as a representation score (near) 1,
+"""Known-answer tests of trainer.eval: the true factors as a representation score (near) 1,
 an independent random one near chance, hand-computed small cases, and the model adapter.
 
 A fake dataset with the data layer's interface (small grid, no rendering) keeps this fast.
@@ -18,12 +18,13 @@ import torch
 from trainer.core.model import CascadeVAE
 from trainer.core.unary import unary_matrix
 from trainer.data.dsprites import mixed_radix_bases
-from trainer.eval import metrics
-from trainer.eval.metrics import (
+from trainer.eval import (
+    METRICS,
     FactorRepresenter,
     ModelRepresenter,
     Representation,
     Representer,
+    authors_factorvae,
     compute_authors_factorvae,
     compute_discrete_accuracy,
     compute_factorvae,
@@ -35,8 +36,9 @@ from trainer.eval.metrics import (
     gini_variance,
     histogram_discretize,
     majority_vote_accuracy,
-    parse_overrides,
+    mig,
 )
+from trainer.eval.discrete_accuracy import _discrete_accuracy_core as accuracy_core
 
 SMALL_SIZES = (1, 3, 6, 10, 8, 8)  # color, shape, scale, orientation, posX, posY
 ALL_FACTORS = ("shape", "scale", "orientation", "posX", "posY")
@@ -122,7 +124,7 @@ def test_majority_vote_accuracy_hand_computed():
 def test_discrete_accuracy_of_a_permuted_labelling_is_one():
     shapes_N = np.random.default_rng(0).integers(0, 3, size=500)
     codes_N = np.array([2, 0, 1])[shapes_N]  # a relabelling of the shapes
-    result = metrics._discrete_accuracy_core(codes_N, shapes_N)
+    result = accuracy_core(codes_N, shapes_N)
     assert result.score == 1.0
     assert result.details["category_to_shape"] == {0: 1, 1: 2, 2: 0}
 
@@ -133,7 +135,7 @@ def test_discrete_accuracy_of_a_known_confusion_matrix():
     confusion = np.array([[10, 2, 0], [1, 3, 8], [4, 5, 1]])
     codes, shapes = np.nonzero(confusion)
     reps = confusion[codes, shapes]
-    result = metrics._discrete_accuracy_core(np.repeat(codes, reps), np.repeat(shapes, reps))
+    result = accuracy_core(np.repeat(codes, reps), np.repeat(shapes, reps))
     np.testing.assert_array_equal(result.details["confusion_KS"], confusion)
     assert result.score == pytest.approx(23 / 34)
 
@@ -142,10 +144,10 @@ def test_discrete_accuracy_with_more_or_fewer_categories_than_shapes():
     shapes_N = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
     # K = 4: shape 2 split over categories 2 and 3; only one of them can be matched (3 of 5).
     codes_N = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
-    assert metrics._discrete_accuracy_core(codes_N, shapes_N).score == pytest.approx(8 / 10)
+    assert accuracy_core(codes_N, shapes_N).score == pytest.approx(8 / 10)
     # K = 2: shapes 0 and 1 merged in category 0; best: cat0->shape0 (3), cat1->shape2 (5).
     codes_N = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
-    assert metrics._discrete_accuracy_core(codes_N, shapes_N).score == pytest.approx(8 / 10)
+    assert accuracy_core(codes_N, shapes_N).score == pytest.approx(8 / 10)
 
 
 def test_mutual_information_of_identical_variables_is_their_entropy():
@@ -189,7 +191,7 @@ def test_mig_core_hand_built():
     a_N, b_N = rng.integers(0, 4, size=4000), rng.integers(0, 2, size=4000)
     masked_N = b_N * rng.integers(0, 2, size=4000)
     mu_NM = np.stack([a_N, b_N, masked_N], axis=1).astype(float)
-    result = metrics._mig_core(mu_NM, None, np.stack([a_N, b_N], axis=1), num_bins=20)
+    result = mig._mig_core(mu_NM, None, np.stack([a_N, b_N], axis=1), num_bins=20)
     mi = discrete_mutual_information
     h_a, h_b = discrete_entropy(a_N), discrete_entropy(b_N)
     expected_a = (h_a - max(mi(b_N, a_N), mi(masked_N, a_N))) / h_a  # plug-in bias only
@@ -201,28 +203,33 @@ def test_mig_core_hand_built():
     np.testing.assert_allclose(result.details["gap_F"], [expected_a, expected_b], rtol=1e-12)
     assert result.score == pytest.approx((expected_a + expected_b) / 2)
     # The discrete code is one more column, used as is: a copy of b makes gap_b = (H - H) = 0.
-    with_code = metrics._mig_core(mu_NM, b_N, np.stack([a_N, b_N], axis=1), num_bins=20)
+    with_code = mig._mig_core(mu_NM, b_N, np.stack([a_N, b_N], axis=1), num_bins=20)
     assert with_code.details["mi_CF"].shape == (4, 2)
     assert with_code.details["gap_F"][1] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_parse_overrides():
-    parsed = parse_overrides(
-        ["factorvae_num_train=100", "num_global=none", "kl_threshold=0.2", "mig_num_bins=10"]
-    )
-    assert parsed == {
-        "factorvae_num_train": 100,
-        "num_global": None,
-        "kl_threshold": 0.2,
-        "mig_num_bins": 10,
-    }
-    assert parse_overrides(["factorvae_include_discrete=true"]) == {
-        "factorvae_include_discrete": True
-    }
-    with pytest.raises(ValueError, match="bad override"):
-        parse_overrides(["num_votes"])
-    with pytest.raises(ValueError, match="bad override"):
-        parse_overrides(["no_such_key=1"])
+def test_metric_options_are_config_overrides_of_the_eval_section():
+    from trainer.config import Config, apply_overrides
+    from trainer.eval import metric_option_overrides
+    from trainer.schema import ConfigError
+
+    items = ["factorvae_num_train=100", "num_global=null", "kl_threshold=0.2", "mig_num_bins=10"]
+    overrides = metric_option_overrides([*items, "factorvae_include_discrete=true"])
+    assert overrides == [f"eval.{item}" for item in [*items, "factorvae_include_discrete=true"]]
+    settings = Config.from_dict(apply_overrides({}, overrides)).eval
+    assert (settings.factorvae_num_train, settings.num_global) == (100, None)
+    assert (settings.kl_threshold, settings.mig_num_bins) == (0.2, 10)
+    assert settings.factorvae_include_discrete is True
+    with pytest.raises(ConfigError, match="expected key=value"):
+        metric_option_overrides(["num_votes"])
+    with pytest.raises(ConfigError) as info:
+        metric_option_overrides(["no_such_key=1", "num_votes=5"])
+    (problem,) = info.value.problems
+    assert problem.startswith("--metric-option 'no_such_key=1': unknown option 'no_such_key'; ")
+    assert "valid: num_global, batch_size, num_votes, vote_size, kl_threshold, " in problem
+    # A declared option with a bad value is refused by the schema, naming the field and value.
+    with pytest.raises(ConfigError, match=r"eval\.mig_num_bins: must be >= 1, got 0"):
+        Config.from_dict(apply_overrides({}, metric_option_overrides(["mig_num_bins=0"])))
 
 
 # --- the true factors as the representation -----------------------------------------------------
@@ -387,7 +394,7 @@ def test_fewest_unequal_pairs_is_the_minimum_over_all_completions():
     codes_VP[rng.random(codes_VP.shape) < 0.5] = -1
     codes_VP[0] = -1  # nothing known: bound 0
     codes_VP[1] = [0, 1, 2, 0, 1, 2]  # everything known: exact 36 - 12 = 24
-    bound_V = metrics._fewest_unequal_pairs(codes_VP)
+    bound_V = authors_factorvae._fewest_unequal_pairs(codes_VP)
     for codes_P, bound in zip(codes_VP, bound_V, strict=True):
         unknown = np.flatnonzero(codes_P < 0)
         fewest = 36
@@ -405,7 +412,7 @@ def test_core_refuses_votes_missing_needed_codes(data):
     sample = draw_global_sample(represent, data, rng, 1000)
     vote_mu_VPM = rng.normal(size=(10, 100, 6))
     with pytest.raises(ValueError, match="missing"):
-        metrics._authors_factorvae_core(
+        authors_factorvae._authors_factorvae_core(
             sample.rep, vote_mu_VPM, np.full((10, 100), -1), np.zeros(10, dtype=int), 5
         )
 
@@ -469,15 +476,31 @@ def test_evaluate_model_keys_and_determinism(data, tiny_model):
     assert alone == {k: out[k] for k in ("eval/authors_factorvae", "eval/active_dims")}
     with pytest.raises(TypeError, match="unknown overrides"):
         evaluate_model(tiny_model, data, num_vote=3)
-    with pytest.raises(ValueError, match="unknown protocols"):
+    with pytest.raises(ValueError, match=r"protocols: unknown \['beta_vae'\]; choose from"):
         evaluate_model(tiny_model, data, protocols=("beta_vae",))
+    with pytest.raises(ValueError, match="vote_size: must be >= 2, got 1"):
+        evaluate_model(tiny_model, data, vote_size=1)
     no_code = CascadeVAE(num_continuous=3, num_categories=0)
     with pytest.raises(ValueError, match="discrete code"):
         evaluate_model(no_code, data, protocols=("discrete_accuracy",))
 
 
 def test_protocols_describe_every_metric():
-    assert set(metrics.PROTOCOLS) == {"authors_factorvae", "factorvae", "discrete_accuracy", "mig"}
-    assert "800 votes" in metrics.PROTOCOLS["authors_factorvae"]
-    assert "0.05" in metrics.PROTOCOLS["factorvae"]
-    assert "20 equal-width bins" in metrics.PROTOCOLS["mig"]
+    assert list(METRICS) == ["authors_factorvae", "factorvae", "discrete_accuracy", "mig"]
+    assert "800 votes" in METRICS["authors_factorvae"].description
+    assert "0.05" in METRICS["factorvae"].description
+    assert "20 equal-width bins" in METRICS["mig"].description
+
+
+def test_the_registry_declares_exactly_the_eval_settings():
+    from trainer.eval import EvalConfig
+    from trainer.eval.registry import option_names
+
+    assert sorted(option_names()) == sorted(set(EvalConfig.model_fields) - {"protocols"})
+    assert [m.keys for m in METRICS.values()] == [
+        ("eval/authors_factorvae", "eval/active_dims"),
+        ("eval/factorvae", "eval/factorvae_train"),
+        ("eval/discrete_accuracy",),
+        ("eval/mig",),
+    ]
+    assert [m.higher_is_better for m in METRICS.values()] == [True] * 4

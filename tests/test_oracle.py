@@ -21,7 +21,7 @@ from trainer.core.model import CascadeVAE
 from trainer.core.unary import unary_matrix
 from trainer.data.dsprites import open_dsprites
 from trainer.distributed.codes import GlobalCodeClient
-from trainer.eval.metrics import SHAPE_FACTOR
+from trainer.eval import SHAPE_FACTOR
 from trainer.loop import load_batch
 
 PAPER_LAMBDA = 0.001

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainer.config import CascadeConfig, ModelConfig, OptimConfig
 from trainer.core.schedule import CascadeSchedule, make_optimizer
 
 # The authors' run: 300,000 iterations, P = 20,000, T = 4, m = 6 -> stages 0..14.
@@ -59,30 +60,39 @@ def test_discrete_stage_starts_at_iteration_80000():
 
 
 def test_custom_settings():
-    schedule = CascadeSchedule(
-        num_continuous=3, stage_length=10, discrete_start_stage=1, beta_high=5.0, beta_low=0.5
-    )
+    cascade = CascadeConfig(stage_length=10, discrete_start_stage=1, beta_high=5.0, beta_low=0.5)
+    schedule = CascadeSchedule(cascade, num_continuous=3)
     # stage 0: r = 1; stage 1 (discrete): r = 1; stage 2: r = 2; stage 3: 3; stage 9: 3.
     assert [schedule.num_relieved(it) for it in (0, 9, 10, 19, 20, 30, 99)] == [1, 1, 1, 1, 2, 3, 3]
     assert schedule.betas(25).tolist() == [0.5, 0.5, 5.0]
     # T = 0: the code is learned from the first iteration, with r = min(s, M) = 0 at stage 0.
-    early = CascadeSchedule(discrete_start_stage=0, stage_length=5)
+    early = CascadeSchedule(CascadeConfig(discrete_start_stage=0, stage_length=5))
     assert early.discrete_active(0) and early.betas(4).tolist() == [10.0] * 6
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "build, match",
     [
-        ({"num_continuous": 0}, "num_continuous"),
-        ({"stage_length": 0}, "stage_length"),
-        ({"discrete_start_stage": -1}, "discrete_start_stage"),
-        ({"beta_low": -0.1}, "beta_low"),
-        ({"variant": "joint"}, "variant"),
+        (lambda: ModelConfig(num_continuous=0), "num_continuous"),
+        (lambda: CascadeConfig(stage_length=0), "stage_length"),
+        (lambda: CascadeConfig(discrete_start_stage=-1), "discrete_start_stage"),
+        (lambda: CascadeConfig(beta_low=-0.1), "beta_low"),
+        (lambda: CascadeSchedule(variant="joint"), "variant"),
     ],
 )
-def test_schedule_validation(kwargs, match):
+def test_schedule_settings_are_validated_by_their_config_section(build, match):
     with pytest.raises(ValueError, match=match):
-        CascadeSchedule(**kwargs)
+        build()
+
+
+def test_schedule_reads_its_config_section():
+    cascade = CascadeConfig(stage_length=7, discrete_start_stage=2, beta_high=3.0, beta_low=0.2)
+    schedule = CascadeSchedule(cascade, num_continuous=2)
+    assert (schedule.stage_length, schedule.discrete_start_stage) == (7, 2)
+    assert (schedule.beta_high, schedule.beta_low) == (3.0, 0.2)
+    assert schedule.betas(0).tolist() == [0.2, 3.0]  # stage 0: r = 1
+    assert schedule.betas(14).tolist() == [0.2, 0.2]  # stage 2, discrete: r = min(2, M) = 2
+    assert not schedule.discrete_active(13) and schedule.discrete_active(14)
 
 
 def test_negative_iteration_rejected():
@@ -109,7 +119,7 @@ def test_lr_staircase_decays_by_point_three_every_50000():
 
 def test_scheduler_steps_and_state_dict_round_trip():
     layer = nn.Linear(2, 2)
-    optimizer, scheduler = make_optimizer(layer, decay_every=3)
+    optimizer, scheduler = make_optimizer(layer, OptimConfig(decay_every=3))
     lrs = []
     for _ in range(7):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -120,7 +130,7 @@ def test_scheduler_steps_and_state_dict_round_trip():
 
     state = scheduler.state_dict()
     assert state["lr_lambdas"][0] == {"decay_every": 3, "decay_rate": 0.3}
-    optimizer2, scheduler2 = make_optimizer(layer, decay_every=3)
+    optimizer2, scheduler2 = make_optimizer(layer, OptimConfig(decay_every=3))
     optimizer2.load_state_dict(optimizer.state_dict())
     scheduler2.load_state_dict(state)
     assert scheduler2.last_epoch == 7
@@ -131,8 +141,8 @@ def test_scheduler_steps_and_state_dict_round_trip():
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(2.7e-6, rel=1e-12)  # iteration 9
 
 
-def test_optimizer_validation():
+def test_optimizer_settings_are_validated_by_their_config_section():
     with pytest.raises(ValueError, match="decay_every"):
-        make_optimizer(nn.Linear(2, 2), decay_every=0)
+        OptimConfig(decay_every=0)
     with pytest.raises(ValueError, match="decay_rate"):
-        make_optimizer(nn.Linear(2, 2), decay_rate=0.0)
+        OptimConfig(decay_rate=0.0)

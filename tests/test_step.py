@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from trainer.config import CascadeConfig, OptimConfig
 from trainer.core.losses import cascade_loss
 from trainer.core.model import CascadeVAE, JointVAE
 from trainer.core.schedule import CascadeSchedule, make_optimizer
@@ -41,7 +42,7 @@ def _argmin(unary_BK: torch.Tensor) -> torch.Tensor:
 def _setup(num_categories: int = 3, seed: int = 0, **opt_kwargs):
     torch.manual_seed(seed)
     model = CascadeVAE(num_continuous=6, num_categories=num_categories)
-    optimizer, scheduler = make_optimizer(model, **opt_kwargs)
+    optimizer, scheduler = make_optimizer(model, OptimConfig(**opt_kwargs))
     return model, optimizer, scheduler
 
 
@@ -215,7 +216,8 @@ def test_a_few_hundred_steps_lower_the_loss():
     """Both phases of a compressed cascade on 64 images of squares: the loss must fall well."""
     images = _squares(64, seed=7)
     model, optimizer, scheduler = _setup(seed=0, lr=1e-3)
-    schedule = CascadeSchedule(stage_length=60, discrete_start_stage=2)  # codes from step 120
+    cascade = CascadeConfig(stage_length=60, discrete_start_stage=2)  # codes from step 120
+    schedule = CascadeSchedule(cascade)
     gen = torch.Generator().manual_seed(0)
     batch_gen = torch.Generator().manual_seed(1)
     losses, active = [], []
@@ -292,7 +294,7 @@ def test_jointvae_step_follows_the_capacity_ramp_and_lowers_its_loss():
     assert isinstance(model, JointVAE)
     capacities = build_capacities(config)
     assert capacities.steps == 50 and capacities.gamma == 150.0
-    optimizer, scheduler = make_optimizer(model, lr=1e-3)
+    optimizer, scheduler = make_optimizer(model, OptimConfig(lr=1e-3))
     x = (torch.rand(8, 1, 64, 64) > 0.9).float()
     generator = torch.Generator().manual_seed(0)
     losses = []
@@ -329,7 +331,8 @@ def _assert_untouched(model, optimizer, scheduler, before) -> None:
 def test_an_infinite_kl_weight_stops_the_step_before_any_update():
     model, optimizer, scheduler = _setup()
     before = copy.deepcopy(model)
-    schedule = CascadeSchedule(beta_high=float("inf"))
+    cascade = CascadeConfig.model_construct(beta_high=float("inf"))  # past the schema's checks
+    schedule = CascadeSchedule(cascade)
     with pytest.raises(NonFiniteLossError) as info:
         train_step(
             model,

@@ -41,19 +41,10 @@ def build_schedule(config: Config) -> CascadeSchedule:
     every dim; JointVAE's objective has no betas (its schedule only fixes the latent size)."""
     c, m = config.cascade, config.model
     if m.variant in ("cascade", "oracle"):
-        variant, beta_high, beta_low = "cascade", c.beta_high, c.beta_low
-    elif m.variant == "beta_vae":
-        variant, beta_high, beta_low = "cascade_c", m.beta, m.beta
-    else:
-        variant, beta_high, beta_low = "cascade_c", c.beta_high, c.beta_low
-    return CascadeSchedule(
-        num_continuous=m.num_continuous,
-        stage_length=c.stage_length,
-        discrete_start_stage=c.discrete_start_stage,
-        beta_high=beta_high,
-        beta_low=beta_low,
-        variant=variant,
-    )
+        return CascadeSchedule(c, m.num_continuous, "cascade")
+    if m.variant == "beta_vae":
+        c = c.model_copy(update={"beta_high": m.beta, "beta_low": m.beta})
+    return CascadeSchedule(c, m.num_continuous, "cascade_c")
 
 
 def build_capacities(config: Config) -> CapacitySchedule | None:
@@ -70,23 +61,9 @@ def build_capacities(config: Config) -> CapacitySchedule | None:
 
 
 def build_optimizer(config: Config, model: torch.nn.Module):
-    o = config.optim
-    return make_optimizer(
-        model,
-        lr=o.lr,
-        adam_betas=(o.adam_beta1, o.adam_beta2),
-        decay_every=o.decay_every,
-        decay_rate=o.decay_rate,
-    )
+    return make_optimizer(model, config.optim)
 
 
 def evaluation_kwargs(config: Config) -> dict[str, Any]:
-    e = config.eval
-    return dict(
-        seed=config.seed,
-        protocols=tuple(e.protocols),
-        batch_size=e.batch_size,
-        num_global=e.num_global,
-        num_votes=e.num_votes,
-        vote_size=e.vote_size,
-    )
+    """Keywords of trainer.eval.evaluate_model: the run's seed and every eval setting."""
+    return {"seed": config.seed, **config.eval.model_dump()}

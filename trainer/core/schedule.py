@@ -1,4 +1,5 @@
-"""The cascade (information-flow) schedule and the authors' optimiser.
+"""The cascade (information-flow) schedule and the authors' optimiser, built from their config
+sections (trainer.config: CascadeConfig, OptimConfig), which are validated there.
 
 Shape legend:
     M  continuous latent dims
@@ -6,11 +7,14 @@ Shape legend:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+from trainer.config import CascadeConfig, OptimConfig
 
 VARIANTS = ("cascade", "cascade_c")  # CascadeVAE (with a discrete code), CascadeVAE-C (without)
 
@@ -24,34 +28,36 @@ class CascadeSchedule:
     cascade:   s < T: r = min(s + 1, M), discrete code held at zeros;
                s >= T: r = min(s, M), discrete code chosen by the solver.
     cascade_c: r = min(s + 1, M), never a discrete code.
+
+    Its settings are a validated `CascadeConfig` (P, T, beta_high, beta_low) and the model's
+    M; they are not checked again here.
     """
 
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
     num_continuous: int = 6
-    """M, the number of continuous latent dims."""
-    stage_length: int = 20_000
-    """P, iterations per stage."""
-    discrete_start_stage: int = 4
-    """T, the first stage in which the discrete code is learned (cascade only)."""
-    beta_high: float = 10.0
-    """KL weight of a dim not yet relieved."""
-    beta_low: float = 0.1
-    """KL weight of a relieved dim."""
-    variant: str = "cascade"
-    """One of VARIANTS."""
+    """M, the number of continuous latent dims (model.num_continuous)."""
+    variant: Literal["cascade", "cascade_c"] = "cascade"
+    """One of VARIANTS: whether the schedule has a discrete stage."""
 
     def __post_init__(self) -> None:
-        if self.num_continuous < 1:
-            raise ValueError(f"num_continuous must be >= 1, got {self.num_continuous}")
-        if self.stage_length < 1:
-            raise ValueError(f"stage_length must be >= 1, got {self.stage_length}")
-        if self.discrete_start_stage < 0:
-            raise ValueError(f"discrete_start_stage must be >= 0, got {self.discrete_start_stage}")
-        if self.beta_high < 0 or self.beta_low < 0:
-            raise ValueError(
-                f"beta_high and beta_low must be >= 0, got {self.beta_high}, {self.beta_low}"
-            )
-        if self.variant not in VARIANTS:
+        if self.variant not in VARIANTS:  # derived by trainer.build, not a config field
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+
+    @property
+    def stage_length(self) -> int:
+        return self.cascade.stage_length
+
+    @property
+    def discrete_start_stage(self) -> int:
+        return self.cascade.discrete_start_stage
+
+    @property
+    def beta_high(self) -> float:
+        return self.cascade.beta_high
+
+    @property
+    def beta_low(self) -> float:
+        return self.cascade.beta_low
 
     def stage(self, iteration: int) -> int:
         if iteration < 0:
@@ -77,13 +83,9 @@ class CascadeSchedule:
 
 class StaircaseDecay:
     """LR multiplier decay_rate ** (iteration // decay_every). A callable object rather than a
-    lambda so that LambdaLR's state dict records its parameters."""
+    lambda so that LambdaLR's state dict records its parameters (validated by OptimConfig)."""
 
     def __init__(self, decay_every: int, decay_rate: float) -> None:
-        if decay_every < 1:
-            raise ValueError(f"decay_every must be >= 1, got {decay_every}")
-        if not 0.0 < decay_rate <= 1.0:
-            raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate}")
         self.decay_every = decay_every
         self.decay_rate = decay_rate
 
@@ -92,22 +94,17 @@ class StaircaseDecay:
 
 
 def make_optimizer(
-    model: nn.Module,
-    *,
-    lr: float = 1e-4,
-    adam_betas: tuple[float, float] = (0.9, 0.999),
-    decay_every: int = 50_000,
-    decay_rate: float = 0.3,
+    model: nn.Module, optim: OptimConfig | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam with the authors' staircase decay (lr x0.3 every 50,000 iterations).
+    """Adam with the authors' staircase decay (lr x0.3 every 50,000 iterations with the
+    OptimConfig defaults).
 
     Step the scheduler once per iteration, after optimizer.step(): the lr of iteration t is
     then lr * decay_rate ** (t // decay_every), and it resumes from the scheduler state dict.
     """
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=adam_betas)
+    o = optim or OptimConfig()
+    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, StaircaseDecay(decay_every, decay_rate)
+        optimizer, StaircaseDecay(o.decay_every, o.decay_rate)
     )
     return optimizer, scheduler

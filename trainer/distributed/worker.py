@@ -40,7 +40,7 @@ from trainer.core.step import train_step
 from trainer.data.dsprites import DSprites, batch_indices_for_step
 from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.runtime import keep_freed_memory
-from trainer.eval.metrics import SHAPE_FACTOR, evaluate_model
+from trainer.eval import SHAPE_FACTOR, evaluate_model
 from trainer.loop import load_batch, spread_indices, step_seed, true_shape_codes
 from trainer.observe.images import category_means, reconstructions, traversals
 from trainer.observe.progress import IntervalMeter, codes_text, eval_text, format_eta, say
