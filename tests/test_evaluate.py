@@ -64,3 +64,18 @@ def test_an_unparsable_config_is_named(tmp_path, capsys):
     (folder / CONFIG_FILE).write_text("name: [unclosed\n")
     err = _error(["--checkpoint", str(folder)], capsys, one_line=False)  # YAML's own lines
     assert err.startswith(f"error: cannot read checkpoint {folder / CONFIG_FILE}: ")
+
+
+def test_an_unknown_metric_option_is_refused_naming_it(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = make_optimizer(model)
+    folder = save_checkpoint(
+        tmp_path / "checkpoint_o", TrainState(model, optimizer, scheduler, 5), "name: o\n"
+    )
+    err = _error(["--checkpoint", str(folder), "--metric-option", "num_vote=3"], capsys, False)
+    assert "--metric-option 'num_vote=3': unknown option 'num_vote'; valid: num_global, " in err
+    assert "mig_num_bins" in err
+    # A declared option with a bad value: the schema names the eval field and the value.
+    err = _error(["--checkpoint", str(folder), "--metric-option", "vote_size=1"], capsys, False)
+    assert "eval.vote_size: must be >= 2, got 1" in err

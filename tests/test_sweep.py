@@ -117,3 +117,36 @@ def test_a_bad_npz_of_the_base_config_stops_launch_tune_with_status_2(tmp_path, 
     err = capsys.readouterr().err
     assert f"{path} (base config): 1 problem(s)" in err
     assert f"data.npz_path: {npz}: not a valid .npz archive" in err
+
+
+def test_every_registry_output_of_the_protocols_is_an_accepted_metric(tmp_path):
+    from trainer.eval.registry import METRICS
+
+    path = _sweep(tmp_path, {"beta_h": {"grid": [4, 10]}})
+    raw = yaml.safe_load(path.read_text())
+    for name, metric in METRICS.items():
+        for key in metric.keys:
+            # discrete_accuracy needs the debug config's discrete code, which every run has.
+            raw |= {"metric": key, "mode": "max", "set": {"eval.protocols": [name]}}
+            path.write_text(yaml.safe_dump(raw))
+            assert load_sweep(path).metric == key
+    # A key of a protocol that is not configured is never reported.
+    raw |= {"metric": "eval/mig", "set": {"eval.protocols": ["authors_factorvae"]}}
+    path.write_text(yaml.safe_dump(raw))
+    (problem,) = _problems(path)
+    assert problem.startswith("metric: 'eval/mig' is never reported by training with this config")
+
+
+def test_unknown_keys_and_non_finite_floats_are_named_with_their_dotted_path(tmp_path):
+    path = _sweep(tmp_path, {"beta_h": {"grid": [4, 10]}})
+    raw = yaml.safe_load(path.read_text())
+    raw["search"]["seed"] = 3
+    raw["scheduler"] = {"type": "asha", "reduction_factor": float("nan")}
+    path.write_text(yaml.safe_dump(raw))
+    assert _problems(path) == [
+        "search.seed: unknown key (known: algorithm, max_concurrent_trials, num_samples, space)",
+        "scheduler.reduction_factor: must be a finite number, got nan",
+    ]
+    raw["scheduler"] = {"type": "asha", "reduction_factor": 1}
+    path.write_text(yaml.safe_dump(raw))
+    assert "scheduler.reduction_factor: must be > 1.0, got 1" in _problems(path)
