@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from trainer.checkpoint import read_checkpoint
 from trainer.config import load_config
+from trainer.observe.run_log import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def runs(ray_session, tmp_path_factory):
 
 
 def _table(run_dir: Path) -> list[dict]:
-    return pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    return read_metrics(run_dir).to_pylist()
 
 
 @pytest.mark.parametrize("name", ["one_worker", "two_workers"])
