@@ -10,8 +10,8 @@ row index and a CRC-32 of its three columns in its custom metadata.
 Integrity: a file is written under a temporary name in the same folder and atomically renamed,
 so the final name only ever holds a complete file. On open, the footer, schema, metadata, row
 counts and every batch's CRC are checked; any mismatch makes the file "invalid", and the
-caller rebuilds it. Builds of one key are serialised across processes by an fcntl lock on a
-small `.<name>.lock` file next to the cache (it is left in place: deleting a lock file races).
+caller rebuilds it. Builds of one key are serialised across processes by a `filelock.FileLock`
+on a small `.<name>.lock` file next to the cache (it stays in place after release).
 
 Serving: the images are never copied into memory. The open file is memory-mapped once, the
 byte offset of every batch's image buffer inside the file is recorded, and a batch of images is
@@ -24,19 +24,18 @@ Shape-suffix legend: N rows, B batch, K packed bytes (512), F factors (6), C rec
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock
 
 from trainer.data.render import PACKED_BYTES, Chunk
 
@@ -289,17 +288,6 @@ def map_cache(path: Path, checked: VerifiedCache) -> MappedCache:
     )
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (fcntl.flock) on `path`, created if missing; blocks."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
 def build_and_open(
     path: Path,
     source_id: str,
@@ -314,7 +302,7 @@ def build_and_open(
     `make_chunks` is called only when this process builds.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(f".{path.name}.lock")):
+    with FileLock(path.with_name(f".{path.name}.lock")):
         try:
             checked = verify_cache(path, source_id)  # someone may have built it while we waited
         except CacheInvalid as exc:
