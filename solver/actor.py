@@ -11,10 +11,11 @@ solvers (one per shape, built on the first call of that shape) and timing counte
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ class SolverActor:
 
     def __init__(self, delay_s: float = 0.0):
         self._delay_s = float(delay_s)
-        self._solvers: OrderedDict[tuple[int, int], AssignmentSolver] = OrderedDict()
+        self._solver_for = functools.lru_cache(maxsize=_MAX_SHAPES)(self._build_solver)
         self._build_ms: dict[tuple[int, int], float] = {}
         self._solve_ms: deque[float] = deque(maxlen=_MAX_TIMINGS)
         self._calls = 0
@@ -74,15 +75,10 @@ class SolverActor:
     def ping(self) -> bool:
         return True
 
-    def _solver_for(self, shape: tuple[int, int]) -> AssignmentSolver:
-        solver = self._solvers.pop(shape, None)
-        if solver is None:
-            started = time.perf_counter()
-            solver = AssignmentSolver(*shape)
-            self._build_ms[shape] = 1e3 * (time.perf_counter() - started)
-        self._solvers[shape] = solver
-        while len(self._solvers) > _MAX_SHAPES:
-            self._solvers.popitem(last=False)
+    def _build_solver(self, shape: tuple[int, int]) -> AssignmentSolver:
+        started = time.perf_counter()
+        solver = AssignmentSolver(*shape)
+        self._build_ms[shape] = 1e3 * (time.perf_counter() - started)
         return solver
 
 

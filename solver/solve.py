@@ -32,9 +32,9 @@ so lam = 0 returns exactly that (ties -> lowest index).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import highspy
@@ -329,21 +329,13 @@ class AssignmentSolver:
         return bool((item_move_KK & reach[:k, :k].T).any())
 
 
-_CACHE_SIZE = 4
-_solvers: OrderedDict[tuple[int, int], AssignmentSolver] = OrderedDict()
-_solvers_lock = threading.Lock()
+_solve_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=4)
 def get_solver(n: int, k: int) -> AssignmentSolver:
-    """The shared reusable solver for shape (N, K) (the last few shapes are kept)."""
-    with _solvers_lock:
-        solver = _solvers.pop((n, k), None)
-        if solver is None:
-            solver = AssignmentSolver(n, k)
-        _solvers[(n, k)] = solver
-        while len(_solvers) > _CACHE_SIZE:
-            _solvers.popitem(last=False)
-        return solver
+    """The shared reusable solver for shape (N, K) (the 4 most recently used shapes are kept)."""
+    return AssignmentSolver(n, k)
 
 
 def assign(unary: np.ndarray, lam: float) -> np.ndarray:
@@ -354,6 +346,5 @@ def assign(unary: np.ndarray, lam: float) -> np.ndarray:
     input and SolverError if HiGHS does not prove an integral optimum.
     """
     unary_NK, lam = validate_problem(unary, lam)
-    solver = get_solver(*unary_NK.shape)
-    with _solvers_lock:  # one solve at a time per process: the solvers are stateful
-        return solver.solve(unary_NK, lam)
+    with _solve_lock:  # one build or solve at a time per process: the solvers are stateful
+        return get_solver(*unary_NK.shape).solve(unary_NK, lam)
