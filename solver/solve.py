@@ -40,10 +40,8 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 from pyomo.contrib.solver.common.factory import SolverFactory
-from pyomo.core.base.constraint import ConstraintData
-from pyomo.core.base.var import VarData
 
-from solver.model import build_model, objective_cost_map, set_costs
+from solver.model import build_model, objective_cost_map
 from solver.network import FlowNetwork, assignment_cost, validate_problem
 
 _HIGHS_OPTIONS: dict[str, object] = {
@@ -188,29 +186,6 @@ class AssignmentSolver:
             tie_fallback=tie_fallback,
         )
         return run.labels_N
-
-    def column_of(self, var: VarData) -> int:
-        """The HiGHS column of a Pyomo variable of `self.model`."""
-        return self._var_map[id(var)]
-
-    def row_of(self, con: ConstraintData) -> int:
-        """The HiGHS row of a Pyomo constraint of `self.model`."""
-        return self._con_map[con]
-
-    def highs_lp(self) -> highspy.HighsLp:
-        """The LP as HiGHS holds it (for checks against the Pyomo model)."""
-        return self._highs.getLp()
-
-    def load_into_model(self, unary_NK: np.ndarray, lam: float) -> None:
-        """Write the costs and HiGHS's last solution into the Pyomo model (slow; for checks)."""
-        set_costs(self.model, unary_NK, lam)
-        col_value = np.asarray(self._highs.getSolution().col_value)
-        for i in range(self.n):
-            for c in range(self.k):
-                self.model.x[i, c].set_value(float(col_value[self.x_col_NK[i, c]]))
-        for c in range(self.k):
-            for t in range(self.num_slots):
-                self.model.slot[c, t].set_value(float(col_value[self.slot_col_KT[c, t]]))
 
     # -- steps ------------------------------------------------------------------------------
 
