@@ -99,10 +99,13 @@ def _highs_handles(opt: object) -> tuple[highspy.Highs, dict, dict]:
     var_map = getattr(opt, "_pyomo_var_to_solver_var_map", None)
     con_map = getattr(opt, "_pyomo_con_to_solver_con_map", None)
     if not isinstance(highs, highspy.Highs) or var_map is None or con_map is None:
+        import pyomo.version
+
         raise RuntimeError(
-            "Pyomo's persistent HiGHS interface (pyomo.contrib.solver 'highs') no longer exposes "
-            "_solver_model / _pyomo_var_to_solver_var_map / _pyomo_con_to_solver_con_map; "
-            "this code was written against pyomo 6.10"
+            f"Pyomo {pyomo.version.version}'s persistent HiGHS interface (pyomo.contrib.solver "
+            "'highs') does not expose _solver_model / _pyomo_var_to_solver_var_map / "
+            "_pyomo_con_to_solver_con_map, which solver/solve.py reads; it is tested with "
+            "pyomo 6.10 (the range pinned in pyproject.toml)"
         )
     return highs, var_map, con_map
 

@@ -324,3 +324,10 @@ def test_non_integral_solution_raises() -> None:
     solver._highs = _FractionalHighs(solver._highs)
     with pytest.raises(SolverError, match="not one category per item"):
         solver.solve(np.random.default_rng(1).normal(size=(6, 2)), 0.3)
+
+
+def test_a_pyomo_without_the_highs_attributes_is_named_in_the_error() -> None:
+    from solver.solve import _highs_handles
+
+    with pytest.raises(RuntimeError, match=r"does not expose _solver_model .* pyomo 6\.10"):
+        _highs_handles(object())

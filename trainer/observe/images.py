@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def make_grid(images_RC1HW: torch.Tensor, pad: int = 2) -> torch.Tensor:
@@ -16,16 +17,12 @@ def make_grid(images_RC1HW: torch.Tensor, pad: int = 2) -> torch.Tensor:
     The padding is mid-grey so that black and white images stay distinguishable from it.
     """
     rows, cols, channels, height, width = images_RC1HW.shape
-    grid = torch.full(
-        (channels, rows * (height + pad) + pad, cols * (width + pad) + pad),
-        0.5,
-        dtype=images_RC1HW.dtype,
+    # Pad every tile below and to the right, lay the tiles out row-major, then pad top and left.
+    tiles_RC1HW = F.pad(images_RC1HW, (0, pad, 0, pad), value=0.5)
+    grid_1HW = tiles_RC1HW.permute(2, 0, 3, 1, 4).reshape(
+        channels, rows * (height + pad), cols * (width + pad)
     )
-    for r in range(rows):
-        for c in range(cols):
-            top, left = pad + r * (height + pad), pad + c * (width + pad)
-            grid[:, top : top + height, left : left + width] = images_RC1HW[r, c]
-    return grid
+    return F.pad(grid_1HW, (pad, 0, pad, 0), value=0.5)
 
 
 def _one_hot(codes_B: torch.Tensor, num_categories: int) -> torch.Tensor | None:
