@@ -91,8 +91,7 @@ def test_job_submit_trains_the_debug_config(local_head, tmp_path):
     assert done.returncode == 0, output[-4000:]
     assert "succeeded" in output, output[-4000:]
     assert "=== CascadeVAE run 'debug' finished" in output
-    # Rank 0's progress lines reach the job's output, each once (Train V2's patched `print`
-    # used to deliver every line twice).
+    # Rank 0's progress lines reach the job's output, each exactly once.
     steps = re.findall(r"\[cascadevae\] step (\d+)/", output)
     assert steps, output[-4000:]
     assert len(steps) == len(set(steps)), steps
