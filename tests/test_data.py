@@ -4,7 +4,7 @@ Small grids and tmp_path caches only. Known answers: hand-computed mixed-radix b
 indices, exact centre pixels of symmetric shapes, images compared with masks rendered directly,
 arrays written into an official-format .npz and read back.
 
-Shape-suffix legend: N images, B batch, F factors (6), M mask side.
+Shape suffixes (CONTRIBUTING.md): N images, B batch, F factors (6), Q mask side.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def test_images_match_directly_rendered_masks(small):
     values = GridSpec(**SMALL).possible_values()
     for image_HW, classes in zip(images_BHW, small.latent_classes[idx_B], strict=True):
         _, shape, scale, orient, px, py = classes
-        mask_MM = render_mask(int(shape), float(values[2][scale]), float(values[3][orient]))
-        expected = place_all_positions(mask_MM, 8)[px, py]
+        mask_QQ = render_mask(int(shape), float(values[2][scale]), float(values[3][orient]))
+        expected = place_all_positions(mask_QQ, 8)[px, py]
         assert np.array_equal(image_HW, expected)
 
 
@@ -127,15 +127,15 @@ def test_every_official_mask_fits_and_area_grows_with_scale():
         areas = np.zeros((6, 40))
         for s, scale in enumerate(values[2]):
             for o, theta in enumerate(values[3]):
-                mask_MM = render_mask(shape, float(scale), float(theta))
+                mask_QQ = render_mask(shape, float(scale), float(theta))
                 ring = (
-                    mask_MM[0].sum()
-                    + mask_MM[-1].sum()
-                    + mask_MM[:, 0].sum()
-                    + mask_MM[:, -1].sum()
+                    mask_QQ[0].sum()
+                    + mask_QQ[-1].sum()
+                    + mask_QQ[:, 0].sum()
+                    + mask_QQ[:, -1].sum()
                 )
                 assert ring == 0  # the mask's outer ring is empty: the shape is never cut
-                areas[s, o] = mask_MM.sum()
+                areas[s, o] = mask_QQ.sum()
         # Strictly larger at every orientation of the next scale than at any of this one.
         assert (areas[1:].min(axis=1) > areas[:-1].max(axis=1)).all(), SHAPE_NAMES[shape]
         # Area ~ scale^2: scale 1 vs 0.5 is about 4x.
@@ -273,7 +273,7 @@ def _damage(kind: str, ds: data.DSprites) -> None:
         with open(path, "r+b") as f:
             f.truncate(size // 2)
     elif kind == "corrupt":
-        offset = int(ds._cache.image_offsets_C[3]) + 1000  # inside batch 3's image bytes
+        offset = int(ds._cache.image_offsets_E[3]) + 1000  # inside batch 3's image bytes
         with open(path, "r+b") as f:
             f.seek(offset)
             byte = f.read(1)

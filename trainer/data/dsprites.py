@@ -9,13 +9,14 @@ mixed-radix place values of latent_sizes (1, 3, 6, 40, 32, 32), posY fastest.
 
 Data order for training (`batch_indices_for_step`): epoch e has one global
 permutation `perm` of all N indices, a pure function of (seed, e) and independent of the number
-of ranks. Global batch b of the epoch is perm[b*G:(b+1)*G]; rank r of W takes the r-th contiguous
-slice of length G/W of it. The incomplete last batch (N mod G items) is dropped, and step t
-reads global batch t mod (N // G) of epoch t // (N // G). Any (seed, step, rank, world_size,
-global_batch) therefore names the same indices in a fresh or a resumed run.
+of ranks. Global batch b of the epoch is perm[b*G:(b+1)*G]; rank r of `world_size` ranks takes
+the r-th contiguous slice of length B = G / world_size of it. The incomplete last batch (N mod G
+items) is dropped, and step t reads global batch t mod (N // G) of epoch t // (N // G). Any
+(seed, step, rank, world_size, global_batch) therefore names the same indices in a fresh or a
+resumed run.
 
-Shape-suffix legend: N images, B batch, F factors (6), H/W image rows/columns (64),
-G global batch, W world size (ranks), L per-rank batch (G / W).
+Shape suffixes (the project legend is in CONTRIBUTING.md): N images, B one rank's batch,
+G global batch (B * world_size), F factors (6), H/W image rows/columns (64).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def _with_progress(
     t0, next_mark = time.perf_counter(), 0.1
     for chunk in chunks:
         yield chunk
-        done = (chunk.start + chunk.packed_BK.shape[0]) / total
+        done = (chunk.start + chunk.packed_BY.shape[0]) / total
         if done >= next_mark or done >= 1.0:
             log(f"  {done:6.1%} of {total} images, {time.perf_counter() - t0:.1f} s")
             next_mark = done + 0.1
@@ -271,7 +272,10 @@ def epoch_permutation(num_items: int, *, seed: int, epoch: int) -> np.ndarray:
 def batch_indices_for_step(
     num_items: int, *, seed: int, step: int, rank: int, world_size: int, global_batch: int
 ) -> np.ndarray:
-    """This rank's indices (G / W,) int64 of global batch `step` (epochs follow each other)."""
+    """This rank's indices (B,) int64, B = G / world_size, of global batch `step`.
+
+    Epochs follow each other: step t is batch t mod (N // G) of epoch t // (N // G).
+    """
     n = _check_int("num_items", num_items, 1)
     w = _check_int("world_size", world_size, 1)
     r = _check_int("rank", rank, 0, w)

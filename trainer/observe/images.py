@@ -1,6 +1,7 @@
 """Pictures of a model: reconstructions and latent traversals, as image tensors in [0, 1].
 
-Legend: B = images, M = continuous dims, K = categories, V = traversal values, H = W = 64.
+Shape suffixes (the project legend is in CONTRIBUTING.md): B images, M continuous dims,
+K categories, V traversal values, R/C rows/columns of an image grid, H = W = 64.
 No Ray and no TensorBoard here: the run logger and `launch.evaluate` decide where images go.
 """
 
