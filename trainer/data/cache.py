@@ -109,9 +109,9 @@ class DatasetMeta:
 
 def _chunk_crc(packed_BY: np.ndarray, classes_BF: np.ndarray, values_BF: np.ndarray) -> int:
     """CRC-32 of one batch's three columns, in a fixed byte order (little-endian, C order)."""
-    crc = zlib.crc32(np.ascontiguousarray(packed_BY, dtype=np.uint8))
-    crc = zlib.crc32(np.ascontiguousarray(classes_BF, dtype="<i8"), crc)
-    return zlib.crc32(np.ascontiguousarray(values_BF, dtype="<f8"), crc)
+    crc = zlib.crc32(np.ascontiguousarray(packed_BY, dtype=np.uint8).data)
+    crc = zlib.crc32(np.ascontiguousarray(classes_BF, dtype="<i8").data, crc)
+    return zlib.crc32(np.ascontiguousarray(values_BF, dtype="<f8").data, crc)
 
 
 def _to_record_batch(chunk: Chunk) -> pa.RecordBatch:
