@@ -10,14 +10,12 @@ Shape legend:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:  # model imports unary imports losses: avoid the cycle at run time
-    from trainer.core.model import JointVAEOutput, VAEOutput
+from trainer.core.types import JointVAEOutput, VAEOutput
 
 # Inside the log of the KL term, as the authors (keeps log finite if sigma underflows to 0).
 KL_LOG_EPS = 1e-8

@@ -10,25 +10,21 @@ Shape legend:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from trainer.core.losses import reconstruction_per_sample
-
-if TYPE_CHECKING:  # model imports this module
-    from trainer.core.model import CascadeVAE
+from trainer.core.types import Decoder
 
 
-def _num_categories(model: CascadeVAE) -> int:
+def _num_categories(model: Decoder) -> int:
     if model.num_categories < 1:
         raise ValueError("the unary matrix needs a model with num_categories >= 1")
     return model.num_categories
 
 
 @torch.no_grad()
-def unary_matrix(model: CascadeVAE, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
+def unary_matrix(model: Decoder, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
     """(B, K) float, no grad. One decoder pass over B * K rows: every z paired with every
     one-hot code. z_BM must be the same sample the gradient step decodes."""
     num_cat = _num_categories(model)
@@ -41,7 +37,7 @@ def unary_matrix(model: CascadeVAE, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def unary_matrix_k_passes(model: CascadeVAE, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
+def unary_matrix_k_passes(model: Decoder, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
     """(B, K) reference: K decoder passes over B rows, one per category (the authors' way)."""
     num_cat = _num_categories(model)
     columns = []
