@@ -24,9 +24,11 @@ import torch
 
 from trainer.build import build_capacities, build_schedule
 from trainer.config import Config
-from trainer.core.agreement import agreement_metrics
-from trainer.core.step import train_step
+from trainer.core.agreement import agreement_keys, agreement_metrics
+from trainer.core.losses import loss_keys
+from trainer.core.step import STEP_KEYS, train_step
 from trainer.data.dsprites import LATENT_NAMES, DSprites, batch_indices_for_step
+from trainer.distributed.codes import CodeTimings
 from trainer.observe.progress import IntervalMeter
 
 SHAPE_FACTOR = LATENT_NAMES.index("shape")
@@ -34,8 +36,7 @@ Chooser = Callable[[torch.Tensor], torch.Tensor]
 """unary_BK -> codes_B (int64)."""
 
 PERF_KEYS = ("perf/data_ms", "perf/train_step_ms", "perf/images_per_s", "perf/step_ms")
-"""Timing keys every interval reports (plus perf/code_wait_share with a solver, perf/eval_s
-with an evaluation)."""
+"""Timing keys of every interval (plus perf/code_wait_share with a solver)."""
 
 
 def true_shape_codes(shapes_B: np.ndarray) -> Chooser:
@@ -127,6 +128,22 @@ class TrainLoop:
         metrics["perf/data_ms"] = 1000.0 * (data_done - started)
         metrics["perf/train_step_ms"] = 1000.0 * (time.perf_counter() - data_done)
         return metrics
+
+
+def interval_keys(config: Config) -> set[str]:
+    """Every key an interval of a run with `config` can hold: the step's metrics, the solver's
+    timings, the code agreement, the timings of `Hooks.summary`, and the evaluation's keys."""
+    from trainer.observe.hooks import evaluation_keys
+
+    model = config.model
+    categories = model.effective_categories
+    keys = loss_keys(model.num_continuous, categories, jointvae=model.variant == "jointvae")
+    keys |= set(STEP_KEYS) | set(PERF_KEYS)
+    if categories:
+        keys |= agreement_keys(categories)
+    if model.variant == "cascade":
+        keys |= set(CodeTimings.KEYS) | {"perf/code_wait_share"}
+    return keys | evaluation_keys(config)
 
 
 @dataclass(frozen=True)

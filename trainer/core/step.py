@@ -63,6 +63,10 @@ def sample_eps(
     return eps_BM.to(device)
 
 
+STEP_KEYS = ("lr", "discrete/active")
+"""Keys train_step adds to its loss's metrics (besides the codes/joint_* counts with shapes)."""
+
+
 def check_codes(codes_B: Tensor, x_B1HW: Tensor, num_categories: int) -> Tensor:
     """A chooser's answer validated and moved to x's device as int64: shape (B,), integer, in
     [0, K)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -56,6 +57,14 @@ class CodeTimings:
         solver (solve, actor round trip, broadcast);
     solve_ms / round_trip_ms: rank 0 only, the solve inside the actor and the whole actor call.
     """
+
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "solver/solve_ms",
+        "solver/round_trip_ms",
+        "solver/gather_ms",
+        "solver/wait_ms",
+    )
+    """Keys `summary` can return."""
 
     solve_ms: list[float] = field(default_factory=list)
     round_trip_ms: list[float] = field(default_factory=list)

@@ -32,7 +32,15 @@ from trainer.core.agreement import JOINT_PREFIX
 from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.drills import CodeRecorder, FaultDrill
 from trainer.distributed.runtime import keep_freed_memory
-from trainer.loop import Cadence, Hook, Hooks, TrainLoop, load_batch, spread_indices
+from trainer.loop import (
+    Cadence,
+    Hook,
+    Hooks,
+    TrainLoop,
+    interval_keys,
+    load_batch,
+    spread_indices,
+)
 from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog
@@ -43,6 +51,10 @@ CHECKPOINT_SCORE = "checkpoint/score"
 
 
 # --------------------------------------------------------------------------- pure helpers
+def reported_keys(config: Config) -> set[str]:
+    """Every scalar name a training run with `config` reports to Ray (and so to Tune)."""
+    keys = interval_keys(config) | {"step"}
+    return keys | {CHECKPOINT_SCORE} if config.train.keep_best_by else keys
 
 
 def average_across_ranks(metrics: dict[str, float], world_size: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ import time
 import torch
 
 from trainer.build import evaluation_kwargs
-from trainer.config import Config
+from trainer.config import Config, eval_keys
 from trainer.core.model import CascadeVAE
 from trainer.data.dsprites import DSprites
 from trainer.eval.metrics import evaluate_model
@@ -17,6 +17,11 @@ from trainer.loop import Cadence
 from trainer.observe.images import category_means, reconstructions, traversals
 from trainer.observe.progress import codes_text, eval_text, format_eta, say
 from trainer.observe.run_log import NullRunLog
+
+
+def evaluation_keys(config: Config) -> set[str]:
+    """The keys EvaluationHook adds."""
+    return eval_keys(config.eval.protocols) | {"perf/eval_s"}
 
 
 class EvaluationHook:
