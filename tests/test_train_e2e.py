@@ -196,3 +196,16 @@ def test_keep_best_by_keeps_the_best_evaluated_model_and_the_latest(runs):
     kept = {read_checkpoint(p)[0]["next_step"] for p in folders}
     assert kept == {best_step, 40}
     assert max(scores[s] for s in kept) == max(scores.values())
+
+
+@pytest.mark.parametrize("name", ["one_worker", "two_workers"])
+def test_every_reported_key_is_declared_by_the_code_that_reports_it(runs, name):
+    from trainer.distributed.worker import reported_keys
+
+    config, result, run_dir = runs[name]
+    declared = reported_keys(config)
+    seen = set(result.metrics) | {key for row in _table(run_dir) for key in row}
+    seen = {key for key in seen if isinstance(result.metrics.get(key, 0.0), int | float)}
+    assert seen - declared == set()
+    # And every declared key was reported (the all-gather happens with two ranks only).
+    assert declared - seen == ({"solver/gather_ms"} if name == "one_worker" else set())
