@@ -1,7 +1,7 @@
 """Overhead of the distributed system over a plain single-process loop, discrete stage on.
 
 Same model, global batch, data and steps for:
-  (a) a plain loop: trainer.core.step.train_step with the solver called in-process;
+  (a) a plain loop: the worker's step pipeline (trainer.loop.TrainLoop), solver in-process;
   (b) this system (Ray Train + solver actor) with 1 worker;
   (c) this system with 2 workers (the global batch split between them).
 Step times are medians of per-interval means (`log_every` steps per interval, the first interval
@@ -27,11 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.build import build_model, build_optimizer, build_schedule, open_data  # noqa: E402
+from trainer.build import build_model, build_optimizer, open_data  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.data.dsprites import batch_indices_for_step  # noqa: E402
 from trainer.distributed.codes import GlobalCodeClient  # noqa: E402
-from trainer.loop import load_batch, step_seed  # noqa: E402
+from trainer.loop import TrainLoop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,45 +60,25 @@ def make_config(args, workers: int, storage: str):
 
 
 def plain_loop(config, threads: int) -> tuple[float, float, float, float]:
-    """(interval step ms, code wait share, 0, train_step ms), medians, of a plain loop."""
+    """(interval step ms, code wait share, 0, train_step ms), medians, of the worker's own step
+    pipeline (trainer.loop.TrainLoop) in this process, with the solver called in-process."""
     from solver import assign
-    from trainer.core.step import train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     dataset = open_data(config)
     model = build_model(config)
     optimizer, scheduler = build_optimizer(config, model)
-    schedule = build_schedule(config)
     lam = config.solver.lam
     client = GlobalCodeClient(lambda u: (assign(u, lam), 0.0))
+    loop = TrainLoop(
+        config, dataset, model, optimizer, scheduler, device=torch.device("cpu"), chooser=client
+    )
     train = config.train
     interval_ms, wait_share, step_fn_ms = [], [], []
-    started, waited = time.perf_counter(), 0.0
+    started = time.perf_counter()
     for step in range(train.num_steps):
-        indices = batch_indices_for_step(
-            len(dataset),
-            seed=config.seed,
-            step=step,
-            rank=0,
-            world_size=1,
-            global_batch=train.global_batch,
-        )
-        x = load_batch(dataset, indices, torch.device("cpu"))
-        generator = torch.Generator().manual_seed(step_seed(config.seed, step, 0))
-        step_started = time.perf_counter()
-        train_step(
-            model,
-            optimizer,
-            scheduler,
-            x,
-            iteration=step,
-            schedule=schedule,
-            eps_generator=generator,
-            choose_codes=client,
-            weight_penalty_coef=config.model.weight_penalty,
-        )
-        step_fn_ms.append(1000.0 * (time.perf_counter() - step_started))
+        step_fn_ms.append(loop.step(step)["perf/train_step_ms"])
         if (step + 1) % train.log_every == 0:
             now = time.perf_counter()
             waited = sum(client.timings.wait_ms)
@@ -119,14 +98,13 @@ def plain_loop(config, threads: int) -> tuple[float, float, float, float]:
 
 def system_run(config) -> tuple[float, float, float, float]:
     """(interval step ms, code wait share, shard-sync share, train_step ms), medians, of a run."""
-    import pyarrow.parquet as pq
-
     from trainer.distributed.worker import fit
+    from trainer.observe.run_log import read_metrics
 
     result = fit(config)
     if result.error is not None:
         raise result.error
-    rows = pq.read_table(Path(config.train.storage_path) / config.run_name / "metrics.parquet")
+    rows = read_metrics(Path(config.train.storage_path) / config.run_name)
     rows = rows.to_pylist()[1:]
     return (
         statistics.median(r["perf/step_ms"] for r in rows),

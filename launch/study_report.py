@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainer.observe.run_log import read_metrics
+
 READINGS = ("best", "last")
 READING_TEXT = {
     "best": "best-by-metric (the authors' protocol; it selects on the test metric)",
@@ -51,9 +53,9 @@ class RunRecord:
 
 def read_run(model: str, seed: int, table_path: Path) -> RunRecord | None:
     """The run's metrics table, or None when it has none yet."""
-    if not table_path.is_file():
+    if not table_path.exists():
         return None
-    return RunRecord(model, seed, pq.read_table(table_path).to_pylist())
+    return RunRecord(model, seed, read_metrics(table_path.parent).to_pylist())
 
 
 def _finite(value) -> bool:

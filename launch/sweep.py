@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, model_validator
 
 from trainer.config import Config, ConfigError, apply_overrides, read_yaml
-from trainer.eval.registry import output_keys
+from trainer.distributed.worker import reported_keys
 from trainer.schema import Float, RuleError, Schema, plain_name, rules_apply, validate
 
 PARAMETERS = {
@@ -124,30 +124,9 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def reported_metrics(config: Config) -> set[str]:
-    """Every scalar name a training run with `config` reports to Ray (and so to Tune)."""
-    names = {
-        "step",
-        "loss/total",
-        "loss/recon",
-        "loss/kl",
-        "loss/weight_penalty",
-        "lr",
-        "perf/images_per_s",
-        "perf/step_ms",
-    }
-    names |= {f"kl/z{j}" for j in range(config.model.num_continuous)}
-    names |= {f"beta/z{j}" for j in range(config.model.num_continuous)}
-    categories = config.model.effective_categories
-    if categories:
-        names |= {"codes/shape_agreement", "discrete/active"}
-        names |= {f"codes/share_{k}" for k in range(categories)}
-        names |= {f"codes/count_{k}" for k in range(categories)}
-    if config.model.variant == "cascade":
-        names |= {"solver/wait_ms"}
-    if config.model.variant == "jointvae":
-        names |= {"capacity/z", "capacity/c", "kl/c"}
-    names |= set(output_keys(config.eval.protocols))
-    return names
+    """Every scalar name a training run with `config` reports to Ray (and so to Tune): the
+    list the reporting code declares (trainer.distributed.worker.reported_keys)."""
+    return reported_keys(config)
 
 
 class SearchSpec(Schema):

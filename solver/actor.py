@@ -11,10 +11,11 @@ solvers (one per shape, built on the first call of that shape) and timing counte
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -33,14 +34,10 @@ class SolverTimeoutError(TimeoutError):
 
 
 class SolverActor:
-    """Holds one `AssignmentSolver` per shape and answers `solve(unary_NK, lam)` calls.
+    """Holds one `AssignmentSolver` per shape and answers `solve(unary_NK, lam)` calls."""
 
-    `delay_s` is a test hook: sleep that long before every solve (to hold a call in flight).
-    """
-
-    def __init__(self, delay_s: float = 0.0):
-        self._delay_s = float(delay_s)
-        self._solvers: OrderedDict[tuple[int, int], AssignmentSolver] = OrderedDict()
+    def __init__(self) -> None:
+        self._solver_for = functools.lru_cache(maxsize=_MAX_SHAPES)(self._build_solver)
         self._build_ms: dict[tuple[int, int], float] = {}
         self._solve_ms: deque[float] = deque(maxlen=_MAX_TIMINGS)
         self._calls = 0
@@ -48,8 +45,6 @@ class SolverActor:
 
     def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         """(labels_N int64, solve_ms) of one global assignment; solve_ms excludes model builds."""
-        if self._delay_s > 0:
-            time.sleep(self._delay_s)
         unary_NK, lam = validate_problem(unary_NK, lam)
         solver = self._solver_for(unary_NK.shape)
         started = time.perf_counter()
@@ -74,27 +69,22 @@ class SolverActor:
     def ping(self) -> bool:
         return True
 
-    def _solver_for(self, shape: tuple[int, int]) -> AssignmentSolver:
-        solver = self._solvers.pop(shape, None)
-        if solver is None:
-            started = time.perf_counter()
-            solver = AssignmentSolver(*shape)
-            self._build_ms[shape] = 1e3 * (time.perf_counter() - started)
-        self._solvers[shape] = solver
-        while len(self._solvers) > _MAX_SHAPES:
-            self._solvers.popitem(last=False)
+    def _build_solver(self, shape: tuple[int, int]) -> AssignmentSolver:
+        started = time.perf_counter()
+        solver = AssignmentSolver(*shape)
+        self._build_ms[shape] = 1e3 * (time.perf_counter() - started)
         return solver
 
 
-_remote_class: Any = None
+_remote_classes: dict[type, Any] = {}
 
 
-def remote_solver_actor_class() -> Any:
-    """`ray.remote(SolverActor)` with the restart policy (created on first use)."""
-    global _remote_class
-    if _remote_class is None:
-        _remote_class = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(SolverActor)
-    return _remote_class
+def remote_solver_actor_class(actor_class: type = SolverActor) -> Any:
+    """`ray.remote(actor_class)` with the restart policy (created once per class)."""
+    if actor_class not in _remote_classes:
+        remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+        _remote_classes[actor_class] = remote(actor_class)
+    return _remote_classes[actor_class]
 
 
 def get_or_create_solver_actor(name: str, namespace: str | None = None) -> Any:

@@ -16,7 +16,7 @@ Objective: minimise sum_{i,k} unary[i, k] x[i, k] + sum_{k,t} lam * t * slot[k, 
 The solver (solver/solve.py) does not write the parameters on every solve: setting N*K Pyomo
 parameters costs far more than the solve. It derives, once, from this objective how every LP
 column's cost depends on (unary, lam) (`objective_cost_map`) and then writes whole cost vectors
-straight into HiGHS. `set_costs` writes the parameters for checks and debugging.
+straight into HiGHS.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pyomo.environ as pyo
 from pyomo.core.base.var import VarData
 from pyomo.repn import generate_standard_repn
 
-from solver.network import FlowNetwork, validate_problem
+from solver.network import FlowNetwork
 
 
 def build_model(n: int, k: int) -> pyo.ConcreteModel:
@@ -61,22 +61,6 @@ def build_model(n: int, k: int) -> pyo.ConcreteModel:
 def model_shape(model: pyo.ConcreteModel) -> tuple[int, int]:
     """(N, K) of a model from `build_model`."""
     return len(model.I), len(model.K)
-
-
-def set_costs(model: pyo.ConcreteModel, unary_NK: np.ndarray, lam: float) -> None:
-    """Write every cost parameter (slow: one Python call per entry; for checks only)."""
-    unary_NK, lam = validate_problem(unary_NK, lam)
-    if unary_NK.shape != model_shape(model):
-        raise ValueError(f"unary shape {unary_NK.shape} != model shape {model_shape(model)}")
-    model.unary.store_values({(i, c): float(unary_NK[i, c]) for i in model.I for c in model.K})
-    model.lam.set_value(lam)
-
-
-def labels_from_model(model: pyo.ConcreteModel) -> np.ndarray:
-    """Labels (N,) from the values loaded into x (argmax per item)."""
-    n, k = model_shape(model)
-    x_NK = np.array([[pyo.value(model.x[i, c]) for c in range(k)] for i in range(n)])
-    return x_NK.argmax(axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -66,11 +66,6 @@ def assignment_cost(unary_NK: np.ndarray, labels_N: np.ndarray, lam: float) -> f
     return unary_sum + lam * float((counts_K * (counts_K - 1.0) / 2.0).sum())
 
 
-def slot_costs(num_slots: int, lam: float) -> np.ndarray:
-    """Cost of slot arcs 0 .. num_slots-1 of one category: lam * t, shape (T,)."""
-    return lam * np.arange(num_slots, dtype=np.float64)
-
-
 @dataclass(frozen=True)
 class FlowNetwork:
     """Node and arc numbering of the network for N items and K categories.
@@ -112,16 +107,6 @@ class FlowNetwork:
         )
         head_A = np.concatenate([items_N, np.tile(cats_K, n), np.full(k * t, self.sink)])
         return tail_A, head_A, np.ones(len(tail_A), dtype=np.int64)
-
-    def arc_costs(self, unary_NK: np.ndarray, lam: float) -> np.ndarray:
-        """Float cost of every arc, shape (A,)."""
-        return np.concatenate(
-            [
-                np.zeros(self.n),
-                np.asarray(unary_NK, dtype=np.float64).reshape(-1),
-                np.tile(slot_costs(self.num_slots, lam), self.k),
-            ]
-        )
 
     def supplies(self) -> np.ndarray:
         """Node supplies, shape (V,): +N at the source, -N at the sink."""

@@ -32,21 +32,19 @@ so lam = 0 returns exactly that (ties -> lowest index).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import highspy
 import numpy as np
 from pyomo.contrib.solver.common.factory import SolverFactory
-from pyomo.core.base.constraint import ConstraintData
-from pyomo.core.base.var import VarData
 
-from solver.model import build_model, objective_cost_map, set_costs
+from solver.model import build_model, objective_cost_map
 from solver.network import FlowNetwork, assignment_cost, validate_problem
 
-_HIGHS_OPTIONS: dict[str, object] = {
+_HIGHS_OPTIONS: dict[str, bool | int | str] = {
     "output_flag": False,
     "presolve": "off",  # a full pass over the LP every solve, and nothing to remove here
     "solver": "simplex",
@@ -101,10 +99,13 @@ def _highs_handles(opt: object) -> tuple[highspy.Highs, dict, dict]:
     var_map = getattr(opt, "_pyomo_var_to_solver_var_map", None)
     con_map = getattr(opt, "_pyomo_con_to_solver_con_map", None)
     if not isinstance(highs, highspy.Highs) or var_map is None or con_map is None:
+        import pyomo.version
+
         raise RuntimeError(
-            "Pyomo's persistent HiGHS interface (pyomo.contrib.solver 'highs') no longer exposes "
-            "_solver_model / _pyomo_var_to_solver_var_map / _pyomo_con_to_solver_con_map; "
-            "this code was written against pyomo 6.10"
+            f"Pyomo {pyomo.version.version}'s persistent HiGHS interface (pyomo.contrib.solver "
+            "'highs') does not expose _solver_model / _pyomo_var_to_solver_var_map / "
+            "_pyomo_con_to_solver_con_map, which solver/solve.py reads; it is tested with "
+            "pyomo 6.10 (the range pinned in pyproject.toml)"
         )
     return highs, var_map, con_map
 
@@ -170,9 +171,10 @@ class AssignmentSolver:
                 f"unary shape {unary_NK.shape} does not match this solver's ({self.n}, {self.k})"
             )
         self._write_costs(unary_NK, lam)
-        warm = self.warm_start and self._prices_K is not None
-        if warm:
-            run = self._run(unary_NK, lam, self._prices_K, cold=False)
+        warm_prices_K = self._prices_K if self.warm_start else None
+        warm = warm_prices_K is not None
+        if warm_prices_K is not None:
+            run = self._run(unary_NK, lam, warm_prices_K, cold=False)
         else:
             run = self._run(unary_NK, lam, self._cold_prices(lam), cold=True)
         iterations, tie_fallback = run.iterations, False
@@ -188,29 +190,6 @@ class AssignmentSolver:
             tie_fallback=tie_fallback,
         )
         return run.labels_N
-
-    def column_of(self, var: VarData) -> int:
-        """The HiGHS column of a Pyomo variable of `self.model`."""
-        return self._var_map[id(var)]
-
-    def row_of(self, con: ConstraintData) -> int:
-        """The HiGHS row of a Pyomo constraint of `self.model`."""
-        return self._con_map[con]
-
-    def highs_lp(self) -> highspy.HighsLp:
-        """The LP as HiGHS holds it (for checks against the Pyomo model)."""
-        return self._highs.getLp()
-
-    def load_into_model(self, unary_NK: np.ndarray, lam: float) -> None:
-        """Write the costs and HiGHS's last solution into the Pyomo model (slow; for checks)."""
-        set_costs(self.model, unary_NK, lam)
-        col_value = np.asarray(self._highs.getSolution().col_value)
-        for i in range(self.n):
-            for c in range(self.k):
-                self.model.x[i, c].set_value(float(col_value[self.x_col_NK[i, c]]))
-        for c in range(self.k):
-            for t in range(self.num_slots):
-                self.model.slot[c, t].set_value(float(col_value[self.slot_col_KT[c, t]]))
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -329,21 +308,13 @@ class AssignmentSolver:
         return bool((item_move_KK & reach[:k, :k].T).any())
 
 
-_CACHE_SIZE = 4
-_solvers: OrderedDict[tuple[int, int], AssignmentSolver] = OrderedDict()
-_solvers_lock = threading.Lock()
+_solve_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=4)
 def get_solver(n: int, k: int) -> AssignmentSolver:
-    """The shared reusable solver for shape (N, K) (the last few shapes are kept)."""
-    with _solvers_lock:
-        solver = _solvers.pop((n, k), None)
-        if solver is None:
-            solver = AssignmentSolver(n, k)
-        _solvers[(n, k)] = solver
-        while len(_solvers) > _CACHE_SIZE:
-            _solvers.popitem(last=False)
-        return solver
+    """The shared reusable solver for shape (N, K) (the 4 most recently used shapes are kept)."""
+    return AssignmentSolver(n, k)
 
 
 def assign(unary: np.ndarray, lam: float) -> np.ndarray:
@@ -354,6 +325,5 @@ def assign(unary: np.ndarray, lam: float) -> np.ndarray:
     input and SolverError if HiGHS does not prove an integral optimum.
     """
     unary_NK, lam = validate_problem(unary, lam)
-    solver = get_solver(*unary_NK.shape)
-    with _solvers_lock:  # one solve at a time per process: the solvers are stateful
-        return solver.solve(unary_NK, lam)
+    with _solve_lock:  # one build or solve at a time per process: the solvers are stateful
+        return get_solver(*unary_NK.shape).solve(unary_NK, lam)

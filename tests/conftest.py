@@ -19,7 +19,8 @@ def ray_session():
 
     Four logical CPUs on a 2-core machine: Train workers, the solver actor and a Tune trial
     driver must all fit at once. The custom `trial_driver` resource lets Tune trial drivers
-    run without holding a CPU (see shared notes on Ray 2.60).
+    run without holding a CPU (launch/tune.py's TRIAL_DRIVER), so the Train workers of a
+    trial can use every CPU.
     """
     import ray
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ import torch.multiprocessing as mp
 from trainer.distributed.codes import CodeExchangeError, GlobalCodeClient, NonFiniteUnaryError
 
 B, K = 4, 3
+SOLVE_S = 0.2  # the fake solver's wall time
+LATE_S = 0.5  # how late the late rank joins the exchange
 
 
 def _free_port() -> int:
@@ -31,11 +34,18 @@ def _shard(rank: int) -> torch.Tensor:
 
 def _solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
     # Label of global row n is n % K: each rank must receive exactly its rows' labels.
+    time.sleep(SOLVE_S)
     return np.arange(unary_NK.shape[0]) % K, 1.5
 
 
 def _worker(
-    rank: int, world: int, port: int, out_dir: str, skip_rank: int | None, nan_rank: int | None
+    rank: int,
+    world: int,
+    port: int,
+    out_dir: str,
+    skip_rank: int | None,
+    nan_rank: int | None,
+    late_rank: int | None,
 ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # The timeout bounds both joining the group and every collective: long enough to join on a
@@ -53,6 +63,10 @@ def _worker(
     client = GlobalCodeClient(solve if rank == 0 else None, rank=rank, world_size=world)
     client.step = 7
     result: dict[str, object] = {}
+    if late_rank is not None:
+        dist.barrier()
+        if rank == late_rank:
+            time.sleep(LATE_S)
     if rank != skip_rank:
         shard = _shard(rank)
         if rank == nan_rank:
@@ -63,8 +77,6 @@ def _worker(
         except (CodeExchangeError, NonFiniteUnaryError) as err:
             result["error"] = f"{type(err).__name__}: {err}"
     else:
-        import time
-
         time.sleep(6)  # a hung peer: never joins the exchange
     result["seen"] = seen.get("unary")
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -74,11 +86,15 @@ def _worker(
 
 
 def _run(
-    world: int, tmp_path, skip_rank: int | None = None, nan_rank: int | None = None
+    world: int,
+    tmp_path,
+    skip_rank: int | None = None,
+    nan_rank: int | None = None,
+    late_rank: int | None = None,
 ) -> list[dict]:
     mp.start_processes(
         _worker,
-        args=(world, _free_port(), str(tmp_path), skip_rank, nan_rank),
+        args=(world, _free_port(), str(tmp_path), skip_rank, nan_rank, late_rank),
         nprocs=world,
         join=True,
         start_method="spawn",
@@ -87,17 +103,21 @@ def _run(
 
 
 def test_two_ranks_get_their_slices_of_one_assignment(tmp_path):
-    results = _run(2, tmp_path)
+    results = _run(2, tmp_path, late_rank=1)
     # Rank 0's solver saw the shards concatenated in rank order.
     np.testing.assert_array_equal(results[0]["seen"], torch.cat([_shard(0), _shard(1)]).numpy())
     labels = np.arange(2 * B) % K
     np.testing.assert_array_equal(results[0]["codes"], labels[:B])
     np.testing.assert_array_equal(results[1]["codes"], labels[B:])
-    assert results[0]["timings"]["solver/solve_ms"] == 1.5
-    assert results[0]["timings"]["solver/round_trip_ms"] >= 0
+    assert results[0]["timings"]["solver/solve_ms"] == 1.5  # what the solver reported
     assert "solver/solve_ms" not in results[1]["timings"]  # only rank 0 calls the solver
+    # Wall times have lower bounds set by the sleeps: the solve call takes SOLVE_S; every rank
+    # waits for it after the gather; rank 0 gathers until rank 1 joins, LATE_S after a barrier
+    # (half of it is the bound, leaving room for the ranks leaving the barrier apart).
+    assert results[0]["timings"]["solver/round_trip_ms"] >= 1000 * SOLVE_S
     for r in results:
-        assert r["timings"]["solver/gather_ms"] >= 0 and r["timings"]["solver/wait_ms"] >= 0
+        assert r["timings"]["solver/wait_ms"] >= 1000 * SOLVE_S
+    assert results[0]["timings"]["solver/gather_ms"] >= 1000 * LATE_S / 2
 
 
 def test_missing_rank_ends_in_a_clear_error_not_a_hang(tmp_path):

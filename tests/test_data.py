@@ -4,7 +4,7 @@ Small grids and tmp_path caches only. Known answers: hand-computed mixed-radix b
 indices, exact centre pixels of symmetric shapes, images compared with masks rendered directly,
 arrays written into an official-format .npz and read back.
 
-Shape-suffix legend: N images, B batch, F factors (6), M mask side.
+Shape suffixes (CONTRIBUTING.md): N images, B batch, F factors (6), Q mask side.
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from trainer.data.dsprites import (
     LATENT_NAMES,
     SHAPE_NAMES,
     DatasetError,
-    GlobalBatchSampler,
     batch_indices_for_step,
+    epoch_permutation,
     open_dsprites,
     sample_indices_with_fixed_factor,
     sample_random_indices,
-    shard_indices,
 )
 from trainer.data.render import (
     MASK_RADIUS,
@@ -86,12 +85,12 @@ def test_small_grid_indexing_and_values(small):
     assert small.latent_classes.dtype == np.int64 and small.latent_values.dtype == np.float64
     # Hand-computed: shape 2, scale 3, orientation 9, posX 7, posY 0
     # -> 2*3840 + 3*640 + 9*64 + 7*8 + 0 = 10232.
-    idx = small.index_of(np.array([[0, 2, 3, 9, 7, 0]]))
+    idx = np.array([[0, 2, 3, 9, 7, 0]]) @ small.bases
     assert idx.tolist() == [10232]
     assert small.latent_classes[10232].tolist() == [0, 2, 3, 9, 7, 0]
     np.testing.assert_allclose(small.latent_values[10232], [1.0, 3.0, 0.8, 2 * math.pi, 1.0, 0.0])
     # Every row i holds the classes of image i (official mixed-radix order, posY fastest).
-    assert np.array_equal(small.index_of(small.latent_classes), np.arange(len(small)))
+    assert np.array_equal(small.latent_classes @ small.bases, np.arange(len(small)))
     assert np.array_equal(small.latent_classes[:3, 5], [0, 1, 2])
     # Values are the official ranges spread linearly.
     np.testing.assert_allclose(small.possible_values[2], [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
@@ -109,16 +108,12 @@ def test_images_match_directly_rendered_masks(small):
     values = GridSpec(**SMALL).possible_values()
     for image_HW, classes in zip(images_BHW, small.latent_classes[idx_B], strict=True):
         _, shape, scale, orient, px, py = classes
-        mask_MM = render_mask(int(shape), float(values[2][scale]), float(values[3][orient]))
-        expected = place_all_positions(mask_MM, 8)[px, py]
+        mask_QQ = render_mask(int(shape), float(values[2][scale]), float(values[3][orient]))
+        expected = place_all_positions(mask_QQ, 8)[px, py]
         assert np.array_equal(image_HW, expected)
 
 
-def test_index_of_and_images_reject_bad_input(small):
-    with pytest.raises(ValueError, match="out of range"):
-        small.index_of(np.array([[0, 3, 0, 0, 0, 0]]))
-    with pytest.raises(ValueError, match=r"shape \(B, 6\)"):
-        small.index_of(np.zeros((2, 5), dtype=np.int64))
+def test_images_reject_bad_input(small):
     with pytest.raises(ValueError, match="indices must be in"):
         small.images(np.array([len(small)]))
 
@@ -132,15 +127,15 @@ def test_every_official_mask_fits_and_area_grows_with_scale():
         areas = np.zeros((6, 40))
         for s, scale in enumerate(values[2]):
             for o, theta in enumerate(values[3]):
-                mask_MM = render_mask(shape, float(scale), float(theta))
+                mask_QQ = render_mask(shape, float(scale), float(theta))
                 ring = (
-                    mask_MM[0].sum()
-                    + mask_MM[-1].sum()
-                    + mask_MM[:, 0].sum()
-                    + mask_MM[:, -1].sum()
+                    mask_QQ[0].sum()
+                    + mask_QQ[-1].sum()
+                    + mask_QQ[:, 0].sum()
+                    + mask_QQ[:, -1].sum()
                 )
                 assert ring == 0  # the mask's outer ring is empty: the shape is never cut
-                areas[s, o] = mask_MM.sum()
+                areas[s, o] = mask_QQ.sum()
         # Strictly larger at every orientation of the next scale than at any of this one.
         assert (areas[1:].min(axis=1) > areas[:-1].max(axis=1)).all(), SHAPE_NAMES[shape]
         # Area ~ scale^2: scale 1 vs 0.5 is about 4x.
@@ -167,7 +162,7 @@ def test_posx_moves_columns_posy_moves_rows(small):
     for axis, along in ((4, 1), (5, 0)):
         classes_BF = np.tile(base, (8, 1))
         classes_BF[:, axis] = np.arange(8)
-        cents = np.array([centroid(im) for im in small.images(small.index_of(classes_BF))])
+        cents = np.array([centroid(im) for im in small.images(classes_BF @ small.bases)])
         assert cents[:, along].tolist() == CENTRES_8  # moving coordinate, exact
         assert (cents[:, 1 - along] == 11).all()  # the other stays at its position-0 centre
     # Monotone for every shape, scale and orientation along both axes.
@@ -278,7 +273,7 @@ def _damage(kind: str, ds: data.DSprites) -> None:
         with open(path, "r+b") as f:
             f.truncate(size // 2)
     elif kind == "corrupt":
-        offset = int(ds._cache.image_offsets_C[3]) + 1000  # inside batch 3's image bytes
+        offset = int(ds._cache.image_offsets_E[3]) + 1000  # inside batch 3's image bytes
         with open(path, "r+b") as f:
             f.seek(offset)
             byte = f.read(1)
@@ -584,56 +579,23 @@ def test_npz_bad_files(tmp_path):
 # --- sampling -----------------------------------------------------------------------------------
 
 
-def test_shards_disjoint_cover_and_deterministic():
-    n, w = 103, 4
-    shards = [shard_indices(n, seed=3, epoch=0, rank=r, world_size=w) for r in range(w)]
-    joined = np.concatenate(shards)
-    assert sorted(joined.tolist()) == list(range(n))  # disjoint and covering
-    assert [len(s) for s in shards] == [26, 26, 26, 25]
-    # The global order does not depend on the number of ranks.
-    assert np.array_equal(joined, shard_indices(n, seed=3, epoch=0, rank=0, world_size=1))
-    again = shard_indices(n, seed=3, epoch=0, rank=2, world_size=w)
-    assert np.array_equal(again, shards[2])
-    other_epoch = shard_indices(n, seed=3, epoch=1, rank=2, world_size=w)
-    other_seed = shard_indices(n, seed=4, epoch=0, rank=2, world_size=w)
-    assert not np.array_equal(other_epoch, shards[2]) and not np.array_equal(other_seed, shards[2])
-
-
-def test_shards_with_batches_follow_the_documented_layout():
-    n, g, w = 100, 8, 4  # 12 full global batches, 4 items dropped
-    perm = shard_indices(n, seed=1, epoch=2, rank=0, world_size=1)
-    for r in range(w):
-        shard = shard_indices(n, seed=1, epoch=2, rank=r, world_size=w, batch_size=g)
-        expected = np.concatenate([perm[b * g + 2 * r : b * g + 2 * r + 2] for b in range(12)])
-        assert np.array_equal(shard, expected)
-    union = np.concatenate(
-        [shard_indices(n, seed=1, epoch=2, rank=r, world_size=w, batch_size=g) for r in range(w)]
-    )
-    assert len(set(union.tolist())) == 96 and set(union.tolist()) == set(perm[:96].tolist())
-
-
-def test_batch_indices_for_step_crosses_epochs_and_resumes():
+def test_batch_indices_for_step_crosses_epochs_and_follow_the_documented_layout():
     n, g, w = 50, 12, 3  # 4 batches per epoch, 2 items dropped per epoch
-    sampler = GlobalBatchSampler(n, seed=5, rank=1, world_size=w, global_batch=g)
-    assert sampler.batches_per_epoch == 4
     for step in (0, 3, 4, 9):
         epoch, b = divmod(step, 4)
-        perm = shard_indices(n, seed=5, epoch=epoch, rank=0, world_size=1)
+        perm = epoch_permutation(n, seed=5, epoch=epoch)
         parts = [
             batch_indices_for_step(n, seed=5, step=step, rank=r, world_size=w, global_batch=g)
             for r in range(w)
         ]
         assert np.array_equal(np.concatenate(parts), perm[b * g : (b + 1) * g])
-        assert np.array_equal(sampler(step), parts[1]) and parts[1].shape == (4,)
-    # Pure in the step: a "resumed" sampler from step 6 continues with identical batches.
-    fresh = [idx for _, idx in zip(range(10), sampler.iter_from(0), strict=False)]
-    resumed = [idx for _, idx in zip(range(4), sampler.iter_from(6), strict=False)]
-    for a, b in zip(fresh[6:], resumed, strict=True):
-        assert np.array_equal(a[1], b[1]) and a[0] == b[0]
-    # An epoch's steps on one rank equal the shard with batch_size.
-    epoch1 = np.concatenate([sampler(s) for s in range(4, 8)])
-    expected = shard_indices(n, seed=5, epoch=1, rank=1, world_size=w, batch_size=g)
-    assert np.array_equal(epoch1, expected)
+        assert parts[1].shape == (4,) and np.array_equal(parts[1], perm[b * g + 4 : b * g + 8])
+    # The permutation is a pure function of (seed, epoch): another epoch or seed reorders.
+    perm = epoch_permutation(n, seed=5, epoch=0)
+    assert sorted(perm.tolist()) == list(range(n))
+    assert not np.array_equal(perm, epoch_permutation(n, seed=5, epoch=1))
+    assert not np.array_equal(perm, epoch_permutation(n, seed=6, epoch=0))
+    assert np.array_equal(perm, epoch_permutation(n, seed=5, epoch=0))
 
 
 def test_sampler_argument_errors():
@@ -642,11 +604,9 @@ def test_sampler_argument_errors():
     with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
         batch_indices_for_step(100, seed=0, step=0, rank=2, world_size=2, global_batch=8)
     with pytest.raises(ValueError, match=r"rank must be in \[0, 4\), got -1"):
-        shard_indices(100, seed=0, epoch=0, rank=-1, world_size=4)
+        batch_indices_for_step(100, seed=0, step=0, rank=-1, world_size=4, global_batch=8)
     with pytest.raises(ValueError, match="world_size must be in"):
-        shard_indices(100, seed=0, epoch=0, rank=0, world_size=0)
-    with pytest.raises(ValueError, match="batch_size must be divisible by world_size 4, got 6"):
-        shard_indices(100, seed=0, epoch=0, rank=0, world_size=4, batch_size=6)
+        batch_indices_for_step(100, seed=0, step=0, rank=0, world_size=0, global_batch=8)
     with pytest.raises(ValueError, match=r"global_batch must be in \[1, 101\), got 200"):
         batch_indices_for_step(100, seed=0, step=0, rank=0, world_size=1, global_batch=200)
 

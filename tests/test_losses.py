@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trainer.core.losses import cascade_loss, kl_per_dim, reconstruction_per_sample
-from trainer.core.model import VAEOutput
+from trainer.core.types import VAEOutput
 
 LN3 = math.log(3.0)
 
@@ -144,7 +144,7 @@ def test_jointvae_loss_known_values():
     """Uniform q(c|x) has KL 0 to the uniform prior; a one-hot q has KL log K. The capacity
     terms are gamma * |KL - C(t)| with C rising linearly and C_c capped at log K."""
     from trainer.core.losses import capacity, categorical_kl_uniform, jointvae_loss
-    from trainer.core.model import JointVAEOutput
+    from trainer.core.types import JointVAEOutput
 
     assert categorical_kl_uniform(torch.zeros(4, 3)).item() == pytest.approx(0.0, abs=1e-7)
     confident = torch.tensor([[50.0, 0.0, 0.0]])

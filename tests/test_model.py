@@ -1,4 +1,5 @@
-"""Architecture, initialisation, weight penalty and the code-choosing forward of CascadeVAE.
+"""Architecture, initialisation, weight penalty, encoding and decoding of CascadeVAE and
+JointVAE (the code choice inside a step is tested in test_step).
 
 Shape legend: B batch, M continuous dims, K categories, H/W image sides.
 """
@@ -35,9 +36,9 @@ def test_output_shapes(num_continuous, num_categories):
     assert mu_BM.shape == sigma_BM.shape == (5, num_continuous)
     assert bool((sigma_BM > 0).all())
     assert vae.decode(mu_BM, None).shape == (5, 1, 64, 64)
-    out = vae(x_B1HW, torch.zeros(5, num_continuous))
-    assert out.logits_B1HW.shape == (5, 1, 64, 64)
-    assert out.codes_B is None and out.unary_BK is None
+    # forward is the decoding: the part of a step that runs inside DDP
+    d_BK = torch.zeros(5, num_categories)
+    torch.testing.assert_close(vae(mu_BM, d_BK), vae.decode(mu_BM, d_BK))
 
 
 def test_parameter_count_matches_the_architecture(model):
@@ -58,7 +59,8 @@ def test_spatial_sizes_halve_then_double(model):
         if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d)
     ]
     try:
-        model(_images(2), torch.zeros(2, 6))
+        _mu, _sigma, z_BM = model.encode_sample(_images(2), torch.zeros(2, 6))
+        model(z_BM, None)
     finally:
         for hook in hooks:
             hook.remove()
@@ -123,76 +125,37 @@ def test_weight_penalty_is_half_sum_of_squared_weights_without_biases(model):
     assert vae.weight_penalty().item() == pytest.approx(before - old_term + 256.0, rel=1e-5)
 
 
-def test_forward_without_chooser_decodes_with_zero_code(model):
+def test_encode_sample_is_mu_plus_sigma_eps_and_none_decodes_with_zero_code(model):
     x_B1HW = _images(4)
     eps_BM = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
-    out = model(x_B1HW, eps_BM)
-    mu_BM, sigma_BM = model.encode(x_B1HW)
-    torch.testing.assert_close(out.z_BM, mu_BM + sigma_BM * eps_BM)
-    torch.testing.assert_close(out.logits_B1HW, model.decode(out.z_BM, torch.zeros(4, 3)))
-    torch.testing.assert_close(out.logits_B1HW, model.decode(out.z_BM, None))
+    mu_BM, sigma_BM, z_BM = model.encode_sample(x_B1HW, eps_BM)
+    torch.testing.assert_close((mu_BM, sigma_BM), model.encode(x_B1HW))
+    torch.testing.assert_close(z_BM, mu_BM + sigma_BM * eps_BM)
+    torch.testing.assert_close(model(z_BM, None), model.decode(z_BM, torch.zeros(4, 3)))
 
 
-def test_chooser_codes_reach_the_decoder_as_one_hot(model):
-    x_B1HW = _images(4)
-    eps_BM = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
-    fixed_B = torch.tensor([2, 0, 1, 2])
-    seen_unary = []
-
-    def choose(unary_BK: torch.Tensor) -> torch.Tensor:
-        seen_unary.append(unary_BK)
-        return fixed_B.to(torch.int32)  # any integer dtype is accepted and made int64
-
-    decoder_inputs = []
-    hook = model.decoder[0].register_forward_hook(
-        lambda _m, inputs, _o: decoder_inputs.append(inputs[0].detach())
-    )
-    try:
-        out = model(x_B1HW, eps_BM, choose)
-    finally:
-        hook.remove()
-
-    assert out.codes_B.dtype == torch.int64 and out.codes_B.tolist() == [2, 0, 1, 2]
-    # Two decoder passes: the batched unary one (B * K rows), then the real one (B rows).
-    assert [inp.shape[0] for inp in decoder_inputs] == [12, 4]
-    expected_d_BK = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
-    torch.testing.assert_close(decoder_inputs[1][:, 6:], expected_d_BK)
-    torch.testing.assert_close(decoder_inputs[1][:, :6], out.z_BM.detach())
-    torch.testing.assert_close(out.logits_B1HW, model.decode(out.z_BM, expected_d_BK))
-    # The chooser saw the unary matrix of the same z, without gradient.
-    assert len(seen_unary) == 1 and not seen_unary[0].requires_grad
-    torch.testing.assert_close(seen_unary[0], unary_matrix(model, out.z_BM, x_B1HW))
-    assert out.unary_BK is seen_unary[0]
-
-
-def test_codes_from_argmin_chooser_pick_the_cheapest_category(model):
+def test_infer_codes_is_the_argmin_of_the_unary_matrix(model):
     x_B1HW = _images(6, seed=5)
-    out = model(x_B1HW, torch.zeros(6, 6), lambda unary_BK: unary_BK.argmin(dim=1))
-    rec_B = F.binary_cross_entropy_with_logits(out.logits_B1HW, x_B1HW, reduction="none").sum(
-        dim=(1, 2, 3)
-    )
-    torch.testing.assert_close(rec_B, out.unary_BK.min(dim=1).values)
+    z_BM = model.encode(x_B1HW)[0]
+    unary_BK = unary_matrix(model, z_BM, x_B1HW)
+    assert torch.equal(model.infer_codes(z_BM, x_B1HW), unary_BK.argmin(dim=1))
+    # The unary entry of the chosen code is that code's reconstruction loss.
+    codes_B = unary_BK.argmin(dim=1)
+    logits = model.decode(z_BM, F.one_hot(codes_B, 3).float())
+    rec_B = F.binary_cross_entropy_with_logits(logits, x_B1HW, reduction="none").sum(dim=(1, 2, 3))
+    torch.testing.assert_close(rec_B, unary_BK.min(dim=1).values)
 
 
-@pytest.mark.parametrize(
-    "codes_B, match",
-    [
-        (torch.tensor([0, 3, 1, 0]), r"\[0, 3\)"),
-        (torch.tensor([0, -1, 1, 0]), r"\[0, 3\)"),
-        (torch.tensor([0, 1, 1]), "shape"),
-        (torch.tensor([0.0, 1.0, 1.0, 0.0]), "integer"),
-    ],
-)
-def test_bad_codes_are_rejected(model, codes_B, match):
-    with pytest.raises(ValueError, match=match):
-        model(_images(4), torch.zeros(4, 6), lambda _u: codes_B)
+def test_decode_checks_the_code_shape(model):
+    with pytest.raises(ValueError, match="d_BK must have shape"):
+        model.decode(torch.zeros(2, 6), torch.zeros(2, 4))
 
 
 def test_cascade_c_has_no_codes():
     vae = CascadeVAE(num_continuous=6, num_categories=0)
     assert vae.decoder[0].in_features == 6
     with pytest.raises(ValueError, match="num_categories"):
-        vae(_images(2), torch.zeros(2, 6), lambda u: u.argmin(dim=1))
+        unary_matrix(vae, torch.zeros(2, 6), _images(2))
 
 
 def test_jointvae_decodes_a_relaxed_one_hot_and_infers_argmax_codes():
@@ -201,13 +164,14 @@ def test_jointvae_decodes_a_relaxed_one_hot_and_infers_argmax_codes():
     torch.manual_seed(0)
     model = JointVAE(num_continuous=6, num_categories=3, temperature=0.67)
     x = (torch.rand(5, 1, 64, 64) > 0.5).float()
-    out = model(x, torch.zeros(5, 6), torch.full((5, 3), 0.5))
-    assert out.c_BK.shape == (5, 3)
-    torch.testing.assert_close(out.c_BK.sum(dim=1), torch.ones(5))
-    # With equal Gumbel noise the relaxed sample ranks the categories as the logits do.
-    assert torch.equal(out.c_BK.argmax(dim=1), out.alpha_BK.argmax(dim=1))
-    assert torch.equal(model.infer_codes(out.mu_BM, x), out.alpha_BK.argmax(dim=1))
-    mu, sigma = model.encode(x)
-    torch.testing.assert_close(mu, out.mu_BM)
+    mu_BM, sigma_BM, alpha_BK = model.encode_all(x)
+    c_BK = model.relaxed_code(alpha_BK, torch.full((5, 3), 0.5))
+    assert c_BK.shape == (5, 3)
+    torch.testing.assert_close(c_BK.sum(dim=1), torch.ones(5))
+    # With equal Gumbel noise the relaxed sample is softmax(log q / temperature).
+    expected = torch.softmax(torch.log_softmax(alpha_BK, dim=1) / 0.67, dim=1)
+    torch.testing.assert_close(c_BK, expected)
+    assert torch.equal(model.infer_codes(mu_BM, x), alpha_BK.argmax(dim=1))
+    torch.testing.assert_close((mu_BM, sigma_BM), model.encode(x))
     with pytest.raises(ValueError, match="temperature"):
         JointVAE(temperature=0.0)

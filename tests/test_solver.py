@@ -14,7 +14,7 @@ import pyomo.environ as pyo
 import pytest
 
 from solver import AssignmentSolver, SolverError, assign, assignment_cost, get_solver
-from solver.model import build_model, labels_from_model, objective_cost_map
+from solver.model import build_model, objective_cost_map
 from solver.reference import expanded_assignment
 
 
@@ -126,7 +126,10 @@ def test_equals_authors_network_on_ortools_when_installed() -> None:
     rng = np.random.default_rng(5)
     for _ in range(10):
         unary_NK = 100 + 50 * rng.uniform(size=(n, k)) + np.arange(k)[None, :]
-        cost_A = np.rint(net.arc_costs(unary_NK, lam) * 10_000).astype(np.int64)
+        # Arc order: N source arcs (cost 0), N*K item arcs (item-major), K*N slot arcs (lam * t).
+        slot_T = lam * np.arange(net.num_slots)
+        arc_cost_A = np.concatenate([np.zeros(n), unary_NK.reshape(-1), np.tile(slot_T, k)])
+        cost_A = np.rint(arc_cost_A * 10_000).astype(np.int64)
         flow = min_cost_flow.SimpleMinCostFlow()
         flow.add_arcs_with_capacity_and_unit_cost(tail_A, head_A, cap_A, cost_A)
         flow.set_nodes_supplies(np.arange(net.num_nodes), net.supplies())
@@ -199,9 +202,16 @@ def test_highs_holds_exactly_the_pyomo_lp() -> None:
     unary_NK = np.random.default_rng(8).normal(size=(n, k))
     lam = 0.4
     labels_N = solver.solve(unary_NK, lam)
-    model, lp = solver.model, solver.highs_lp()
+    model, lp = solver.model, solver._highs.getLp()
     vars_ = list(model.component_data_objects(pyo.Var))
     cons = list(model.component_data_objects(pyo.Constraint))
+    # The solver's public index arrays name the HiGHS column / row of every Pyomo component.
+    column = {id(model.x[i, c]): solver.x_col_NK[i, c] for i in range(n) for c in range(k)}
+    column |= {id(model.slot[c, t]): solver.slot_col_KT[c, t] for c in range(k) for t in range(n)}
+    row = {id(model.one_category[i]): solver.item_row_N[i] for i in range(n)}
+    row |= {id(model.balance[c]): solver.balance_row_K[c] for c in range(k)}
+    assert sorted(column.values()) == list(range(n * k + k * n))
+    assert sorted(row.values()) == list(range(n + k))
     assert lp.num_col_ == len(vars_) == n * k + k * n
     assert lp.num_row_ == len(cons) == n + k
     # Constraint matrix and bounds, entry by entry, against Pyomo's own representation.
@@ -216,25 +226,30 @@ def test_highs_holds_exactly_the_pyomo_lp() -> None:
     expect_RC = np.zeros_like(dense_RC)
     for con in cons:
         repn = generate_standard_repn(con.body)
-        row = solver.row_of(con)
+        r = row[id(con)]
         for coef, var in zip(repn.linear_coefs, repn.linear_vars, strict=True):
-            expect_RC[row, solver.column_of(var)] = coef
-        assert lp.row_lower_[row] == pyo.value(con.lower) == lp.row_upper_[row]
+            expect_RC[r, column[id(var)]] = coef
+        assert lp.row_lower_[r] == pyo.value(con.lower) == lp.row_upper_[r]
     np.testing.assert_array_equal(dense_RC, expect_RC)
     for var in vars_:
-        col = solver.column_of(var)
+        col = column[id(var)]
         assert (lp.col_lower_[col], lp.col_upper_[col]) == (0.0, 1.0)
     # Costs HiGHS holds == the Pyomo objective's coefficients at these parameters.
-    solver.load_into_model(unary_NK, lam)
+    model.unary.store_values({(i, c): float(unary_NK[i, c]) for i in range(n) for c in range(k)})
+    model.lam.set_value(lam)
     repn = generate_standard_repn(model.obj.expr, compute_values=True)
     cost_C = np.zeros(lp.num_col_)
     for coef, var in zip(repn.linear_coefs, repn.linear_vars, strict=True):
-        cost_C[solver.column_of(var)] = coef
+        cost_C[column[id(var)]] = coef
     np.testing.assert_allclose(np.asarray(lp.col_cost_), cost_C, rtol=0, atol=1e-15)
-    # The Pyomo objective at HiGHS's solution is the optimum, and the labels read back agree.
+    # The Pyomo objective at HiGHS's solution is the optimum, and its x gives the labels.
+    col_value = np.asarray(solver._highs.getSolution().col_value)
+    for var in vars_:
+        var.set_value(float(col_value[column[id(var)]]))
     assert pyo.value(model.obj) == pytest.approx(solver.last.objective, abs=1e-12)
     assert solver.last.objective == pytest.approx(assignment_cost(unary_NK, labels_N, lam))
-    np.testing.assert_array_equal(labels_from_model(model), labels_N)
+    x_NK = np.array([[pyo.value(model.x[i, c]) for c in range(k)] for i in range(n)])
+    np.testing.assert_array_equal(x_NK.argmax(axis=1), labels_N)
     for con in cons:
         assert pyo.value(con.body) == pytest.approx(pyo.value(con.lower), abs=1e-9)
 
@@ -309,3 +324,10 @@ def test_non_integral_solution_raises() -> None:
     solver._highs = _FractionalHighs(solver._highs)
     with pytest.raises(SolverError, match="not one category per item"):
         solver.solve(np.random.default_rng(1).normal(size=(6, 2)), 0.3)
+
+
+def test_a_pyomo_without_the_highs_attributes_is_named_in_the_error() -> None:
+    from solver.solve import _highs_handles
+
+    with pytest.raises(RuntimeError, match=r"does not expose _solver_model .* pyomo 6\.10"):
+        _highs_handles(object())

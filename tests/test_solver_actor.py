@@ -19,6 +19,7 @@ from solver.actor import (
     remote_solver_actor_class,
     solve_remote,
 )
+from solver.drills import DelayedSolverActor
 
 NAMESPACE = "cascadevae-tests"
 
@@ -84,7 +85,7 @@ def test_killed_actor_restarts_and_calls_in_flight_are_retried(ray_session) -> N
 
     # A call in flight during the kill: the actor sleeps 3 s before solving.
     slow = (
-        remote_solver_actor_class()
+        remote_solver_actor_class(DelayedSolverActor)
         .options(name=unique_name("solver-slow"), namespace=NAMESPACE)
         .remote(delay_s=3.0)
     )
@@ -105,7 +106,11 @@ def test_killed_actor_restarts_and_calls_in_flight_are_retried(ray_session) -> N
 
 def test_timeout_raises_solver_timeout_error_naming_actor_timeout_and_shape(ray_session) -> None:
     name = unique_name("solver-timeout")
-    slow = remote_solver_actor_class().options(name=name, namespace=NAMESPACE).remote(delay_s=2.0)
+    slow = (
+        remote_solver_actor_class(DelayedSolverActor)
+        .options(name=name, namespace=NAMESPACE)
+        .remote(delay_s=2.0)
+    )
     assert ray_session.get(slow.ping.remote()) is True
     unary_NK = problem(12, n=50, k=4)
     started = time.perf_counter()

@@ -18,6 +18,8 @@ from trainer.core.losses import cascade_loss
 from trainer.core.model import CascadeVAE, JointVAE
 from trainer.core.schedule import CascadeSchedule, make_optimizer
 from trainer.core.step import CapacitySchedule, NonFiniteLossError, sample_eps, train_step
+from trainer.core.types import VAEOutput
+from trainer.core.unary import unary_matrix
 from trainer.distributed.codes import GlobalCodeClient, NonFiniteUnaryError
 
 AUTHORS = CascadeSchedule()  # discrete from iteration 80,000
@@ -62,7 +64,8 @@ def test_step_uses_generator_eps_and_reports_the_loss_it_minimised():
     reference = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(11)
     eps_BM = sample_eps(torch.Generator().manual_seed(11), 4, 6, "cpu")
-    out = reference(images, eps_BM)
+    mu_BM, sigma_BM, z_BM = reference.encode_sample(images, eps_BM)
+    out = VAEOutput(mu_BM, sigma_BM, z_BM, reference.decode(z_BM, None), None, None)
     betas_M = torch.as_tensor(AUTHORS.betas(0), dtype=torch.float32)
     penalty = 4e-5 * reference.weight_penalty()
     expected_loss, expected = cascade_loss(out, images, betas_M, penalty, 3)
@@ -417,3 +420,117 @@ def test_a_nan_image_in_the_discrete_stage_names_the_unary_not_the_solver():
             choose_codes=client,
         )
     assert calls == []  # the solver was never asked
+
+
+def test_the_chooser_sees_the_unary_of_the_decoded_z_and_its_codes_reach_the_decoder():
+    model, optimizer, scheduler = _setup(seed=7)
+    before = copy.deepcopy(model)
+    images = _squares(4, seed=8)
+    fixed_B = torch.tensor([2, 0, 1, 2], dtype=torch.int32)  # any integer dtype is made int64
+    seen_unary, decoder_inputs = [], []
+
+    def choose(unary_BK: torch.Tensor) -> torch.Tensor:
+        seen_unary.append(unary_BK)
+        return fixed_B
+
+    hook = model.decoder[0].register_forward_hook(
+        lambda _m, inputs, _o: decoder_inputs.append(inputs[0].detach())
+    )
+    try:
+        metrics = train_step(
+            model, optimizer, scheduler, images, iteration=80_000, schedule=AUTHORS,
+            eps_generator=torch.Generator().manual_seed(9), choose_codes=choose,
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    eps_BM = sample_eps(torch.Generator().manual_seed(9), 4, 6, "cpu")
+    _mu, _sigma, z_BM = before.encode_sample(images, eps_BM)
+    # Two decoder passes: the batched unary one (B * K rows), then the decoding (B rows).
+    assert [inp.shape[0] for inp in decoder_inputs] == [12, 4]
+    expected_d_BK = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    torch.testing.assert_close(decoder_inputs[1][:, 6:], expected_d_BK)
+    torch.testing.assert_close(decoder_inputs[1][:, :6], z_BM.detach())
+    assert len(seen_unary) == 1 and not seen_unary[0].requires_grad
+    torch.testing.assert_close(seen_unary[0], unary_matrix(before, z_BM, images))
+    assert metrics["codes/count_0"] == 1.0 and metrics["codes/count_2"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "codes_B, match",
+    [
+        (torch.tensor([0, 3, 1, 0]), r"\[0, 3\)"),
+        (torch.tensor([0, -1, 1, 0]), r"\[0, 3\)"),
+        (torch.tensor([0, 1, 1]), "shape"),
+        (torch.tensor([0.0, 1.0, 1.0, 0.0]), "integer"),
+    ],
+)
+def test_bad_codes_from_the_chooser_are_rejected_before_any_update(codes_B, match):
+    model, optimizer, scheduler = _setup()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=match):
+        train_step(
+            model, optimizer, scheduler, _squares(4, seed=1), iteration=80_000,
+            schedule=AUTHORS, eps_generator=torch.Generator(), choose_codes=lambda _u: codes_B,
+        )  # fmt: skip
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def _ddp_rank(rank: int, port: int, out_dir: str) -> None:
+    import datetime
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(60))
+    model, optimizer, scheduler = _setup(seed=11)
+    images = _squares(8, seed=12)[rank * 4 : (rank + 1) * 4]
+    ddp = DistributedDataParallel(model)
+    train_step(
+        ddp, optimizer, scheduler, images, iteration=80_000, schedule=AUTHORS,
+        eps_generator=torch.Generator().manual_seed(rank), choose_codes=_argmin,
+    )  # fmt: skip
+    torch.save({n: p.detach().clone() for n, p in model.named_parameters()},
+               os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
+    dist.destroy_process_group()
+
+
+def test_two_ddp_ranks_take_the_full_batch_step_of_one_process(tmp_path):
+    """Encoding outside DDP's forward: the encoder's gradients must still be all-reduced. Two
+    gloo ranks with half the batch each end with the weights of one process on the whole batch
+    (same eps per image, codes by argmin, which is per image)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_rank, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    model, optimizer, scheduler = _setup(seed=11)
+    eps = [sample_eps(torch.Generator().manual_seed(r), 4, 6, "cpu") for r in range(2)]
+    full_eps = torch.cat(eps)
+
+    images = _squares(8, seed=12)
+    # The single process must draw the same eps as the two ranks did: patch sample_eps.
+    import trainer.core.step as step_module
+
+    original = step_module.sample_eps
+    step_module.sample_eps = lambda *_args, **_kw: full_eps
+    try:
+        train_step(
+            model, optimizer, scheduler, images, iteration=80_000, schedule=AUTHORS,
+            eps_generator=torch.Generator(), choose_codes=_argmin,
+        )  # fmt: skip
+    finally:
+        step_module.sample_eps = original
+    single = dict(model.named_parameters())
+    encoder_names = [n for n in single if n.startswith("encoder.")]
+    assert encoder_names
+    for name, value in single.items():
+        torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0)
+        torch.testing.assert_close(ranks[0][name], value.detach(), rtol=1e-5, atol=1e-6)
+    # The step moved the encoder: a gradient reached it on both ranks.
+    untouched = _setup(seed=11)[0]
+    assert not torch.equal(ranks[0]["encoder.0.weight"], untouched.encoder[0].weight)

@@ -13,6 +13,7 @@ import yaml
 from launch.study import load_study, main
 from launch.study_report import RunRecord, markdown_table, select, summarise
 from trainer.config import ConfigError
+from trainer.observe.run_log import RunLog, read_metrics
 
 DEBUG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
 
@@ -122,8 +123,8 @@ def test_table_over_seeds_known_answer():
 
 
 def test_report_from_run_folders(tmp_path):
-    """--report reads each trial's params.json and train/metrics.parquet and writes the
-    markdown table, the parquet summary and both plots."""
+    """--report reads each trial's params.json and train/metrics.parquet (as the run log writes
+    it, or a single file) and writes the markdown table, the parquet summary and both plots."""
     study = load_study(_study(tmp_path))
     for index, (name, evals) in enumerate(
         [("cascade-s0", [(40.0, 0.8, 0.9)]), ("cascade-s1", [(40.0, 0.6, 0.7)])]
@@ -131,11 +132,10 @@ def test_report_from_run_folders(tmp_path):
         trial = tmp_path / "runs" / "tiny" / f"t{index}_run={name}"
         (trial / "train").mkdir(parents=True)
         (trial / "params.json").write_text(f'{{"run": "{name}"}}')
-        rows = _run("cascade", index, evals).rows
-        keys = sorted({k for r in rows for k in r})
-        pq.write_table(
-            pa.table({k: [r.get(k) for r in rows] for k in keys}), trial / "train/metrics.parquet"
-        )
+        log = RunLog(trial / "train", "name: tiny\n")
+        for row in _run("cascade", index, evals).rows:
+            log.scalars(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+        log.close()
     unfinished = tmp_path / "runs" / "tiny" / "t2_run=beta_vae-s0"
     (unfinished / "train").mkdir(parents=True)
     (unfinished / "params.json").write_text('{"run": "beta_vae-s0"}')
@@ -177,6 +177,6 @@ def test_tiny_study_end_to_end(ray_session, tmp_path, capsys):
     assert "| cascade | last |" in text and "| oracle | last |" in text
     assert "`oracle-s3`: 30 steps" in text
     oracle_table = next((tmp_path / "runs" / "tiny").glob("*run=oracle-s3/train/metrics.parquet"))
-    rows = pq.read_table(oracle_table).to_pylist()
+    rows = read_metrics(oracle_table.parent).to_pylist()
     agreement = [r["codes/shape_agreement"] for r in rows if r.get("codes/shape_agreement")]
     assert agreement and all(a == 1.0 for a in agreement)

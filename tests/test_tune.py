@@ -15,6 +15,7 @@ import yaml
 
 from launch.sweep import load_sweep, reported_metrics
 from trainer.config import ConfigError, load_config
+from trainer.observe.run_log import read_metrics
 
 ROOT = Path(__file__).parent.parent
 DEBUG_SWEEP = ROOT / "configs" / "sweeps" / "debug.yaml"
@@ -133,7 +134,7 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
         finished = [
             p
             for p in experiment.glob("*/train/metrics.parquet")
-            if pq.read_table(p).num_rows and pq.read_table(p)["step"][-1].as_py() == 40
+            if read_metrics(p.parent)["step"].to_pylist()[-1:] == [40]
         ]
         assert first.poll() is None, first.stdout.read()
     assert finished, "no trial finished in time"
@@ -142,7 +143,7 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
     assert first.returncode == 130, first_output[-3000:]
     assert "Run the same command to continue it" in first_output
     done_trial = finished[0].parent.parent
-    rows_before = pq.read_table(finished[0]).num_rows
+    rows_before = read_metrics(finished[0].parent).num_rows
 
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -150,7 +151,7 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
     rows = pq.read_table(experiment / "results.parquet").to_pylist()
     assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
     # The trial finished before the interruption was not run again.
-    assert pq.read_table(done_trial / "train" / "metrics.parquet").num_rows == rows_before
+    assert read_metrics(done_trial / "train").num_rows == rows_before
     assert len(list(experiment.glob("t0*"))) == 3, first_output[-2000:]
 
 

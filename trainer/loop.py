@@ -1,18 +1,45 @@
-"""The step pipeline of a run with no Ray: batch indices -> images on the device -> one train
-step. The Train worker and the overhead benchmark both run it.
+"""The training loop with no Ray: the step pipeline and the hooks that run between steps.
+
+`TrainLoop.step(step)` is one step of one rank: batch indices -> images on the device -> one
+train step (trainer.core.step) with this step's noise and chooser -> the step's metrics. The
+Train worker and the overhead benchmark both run it.
+
+`Hooks.after_step(step, metrics)` collects the metrics and, when any hook's `Cadence` is due,
+ends a log interval: the interval means are reduced over ranks and every due hook runs on them
+(evaluation, images, logging, the report with or without a checkpoint), in the given order.
+Every rank reaches the same decisions, so the collective reduction and the reports stay in step.
+
+Legend: B = this rank's batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from trainer.data.dsprites import DSprites
+from trainer.build import build_capacities, build_schedule
+from trainer.config import Config
+from trainer.core.agreement import agreement_keys, agreement_metrics
+from trainer.core.losses import loss_keys
+from trainer.core.step import STEP_KEYS, train_step
+from trainer.data.dsprites import LATENT_NAMES, DSprites, batch_indices_for_step
+from trainer.distributed.codes import CodeTimings
+from trainer.observe.progress import IntervalMeter
+
+SHAPE_FACTOR = LATENT_NAMES.index("shape")
+Chooser = Callable[[torch.Tensor], torch.Tensor]
+"""unary_BK -> codes_B (int64)."""
+
+PERF_KEYS = ("perf/data_ms", "perf/train_step_ms", "perf/images_per_s", "perf/step_ms")
+"""Timing keys of every interval (plus perf/code_wait_share with a solver)."""
 
 
-def true_shape_codes(shapes_B: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+def true_shape_codes(shapes_B: np.ndarray) -> Chooser:
     """The oracle's chooser: ignores the unary matrix and returns the true shapes."""
     codes_B = torch.as_tensor(np.asarray(shapes_B, dtype=np.int64))
     return lambda unary_BK: codes_B.to(unary_BK.device)
@@ -33,3 +60,181 @@ def spread_indices(num_images: int, count: int = 240) -> np.ndarray:
     """`count` image indices spread over the whole grid with a stride coprime to the factor
     sizes' products, so they mix shapes, scales, orientations and positions."""
     return (np.arange(count, dtype=np.int64) * 7_919 + 13) % num_images
+
+
+class TrainLoop:
+    """One rank's step pipeline. `model` may be DDP-wrapped; `chooser` gives the codes in the
+    discrete stage (a GlobalCodeClient for CascadeVAE; None for variants without one; the oracle
+    variant decodes with the true shapes instead)."""
+
+    def __init__(
+        self,
+        config: Config,
+        dataset: DSprites,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        *,
+        device: torch.device,
+        chooser: Chooser | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.config = config
+        self.dataset = dataset
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.device = device
+        self.chooser = chooser
+        self.rank = rank
+        self.world_size = world_size
+        self.schedule = build_schedule(config)
+        self.capacities = build_capacities(config)
+        self.oracle = config.model.variant == "oracle"
+
+    def step(self, step: int) -> dict[str, float]:
+        """Train step `step`; its metrics plus `perf/data_ms` and `perf/train_step_ms`."""
+        started = time.perf_counter()
+        train = self.config.train
+        indices = batch_indices_for_step(
+            len(self.dataset),
+            seed=self.config.seed,
+            step=step,
+            rank=self.rank,
+            world_size=self.world_size,
+            global_batch=train.global_batch,
+        )
+        x_B1HW = load_batch(self.dataset, indices, self.device)
+        shapes_B = self.dataset.latent_classes[indices, SHAPE_FACTOR]
+        data_done = time.perf_counter()
+        chooser = true_shape_codes(shapes_B) if self.oracle else self.chooser
+        if hasattr(chooser, "step"):
+            chooser.step = step  # named in the chooser's error messages
+        eps_generator = torch.Generator().manual_seed(step_seed(self.config.seed, step, self.rank))
+        metrics = train_step(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            x_B1HW,
+            iteration=step,
+            schedule=self.schedule,
+            eps_generator=eps_generator,
+            choose_codes=chooser,
+            weight_penalty_coef=self.config.model.weight_penalty,
+            shapes_B=shapes_B,
+            capacities=self.capacities,
+        )
+        metrics["perf/data_ms"] = 1000.0 * (data_done - started)
+        metrics["perf/train_step_ms"] = 1000.0 * (time.perf_counter() - data_done)
+        return metrics
+
+
+def interval_keys(config: Config) -> set[str]:
+    """Every key an interval of a run with `config` can hold: the step's metrics, the solver's
+    timings, the code agreement, the timings of `Hooks.summary`, and the evaluation's keys."""
+    from trainer.observe.hooks import evaluation_keys
+
+    model = config.model
+    categories = model.effective_categories
+    keys = loss_keys(model.num_continuous, categories, jointvae=model.variant == "jointvae")
+    keys |= set(STEP_KEYS) | set(PERF_KEYS)
+    if categories:
+        keys |= agreement_keys(categories)
+    if model.variant == "cascade":
+        keys |= set(CodeTimings.KEYS) | {"perf/code_wait_share"}
+    return keys | evaluation_keys(config)
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When a hook runs: every `every` steps (0: never on the way) and, with `at_end`, after the
+    last step. `due(done, last)` takes the number of steps done."""
+
+    every: int
+    at_end: bool = True
+
+    def due(self, done: int, last: bool) -> bool:
+        return (last and self.at_end) or (self.every > 0 and done % self.every == 0)
+
+
+class Hook(Protocol):
+    """A component run at the end of the log intervals its cadence selects. `run` may add keys
+    to `interval` (an evaluation does) for the hooks after it."""
+
+    cadence: Cadence
+
+    def run(self, done: int, interval: dict[str, float]) -> None: ...
+
+
+class StepHook(Protocol):
+    """A component run before every step (the fault drills)."""
+
+    def before_step(self, step: int) -> None: ...
+
+
+Reduce = Callable[[dict[str, float]], dict[str, float]]
+"""Interval means of this rank -> the same keys over all ranks (identity with one rank)."""
+
+
+class Hooks:
+    """Runs the hooks. A log interval ends where any of `ends` is due (the same cadences on
+    every rank, whatever hooks a rank runs); then every hook whose own cadence is due runs.
+
+    `extra` (optional) returns keys to add to an interval before the reduction (held by every
+    rank) and after it (rank 0's own, such as its solver timings), then forgets them.
+    """
+
+    def __init__(
+        self,
+        hooks: Sequence[Hook],
+        *,
+        ends: Sequence[Cadence],
+        num_steps: int,
+        global_batch: int,
+        reduce: Reduce = lambda metrics: metrics,
+        extra: Callable[[], tuple[dict[str, float], dict[str, float]]] | None = None,
+        before: Sequence[StepHook] = (),
+    ):
+        self.hooks = list(hooks)
+        self.ends = list(ends)
+        self.before = list(before)
+        self.num_steps = num_steps
+        self.global_batch = global_batch
+        self.reduce = reduce
+        self.extra = extra
+        self.meter = IntervalMeter()
+
+    def before_step(self, step: int) -> None:
+        for hook in self.before:
+            hook.before_step(step)
+
+    def after_step(self, step: int, metrics: dict[str, float]) -> dict[str, float] | None:
+        """Add the step's metrics; at an interval end, run the due hooks and return the
+        interval's metrics (None otherwise)."""
+        self.meter.add(metrics)
+        done = step + 1
+        last = done == self.num_steps
+        if not any(cadence.due(done, last) for cadence in self.ends):
+            return None
+        interval_end = time.perf_counter()
+        interval = self.summary(interval_end)
+        for hook in self.hooks:
+            if hook.cadence.due(done, last):
+                hook.run(done, interval)
+        self.meter = IntervalMeter(started=interval_end)
+        return interval
+
+    def summary(self, interval_end: float) -> dict[str, float]:
+        """The interval's means over ranks, with agreement, perf and solver keys."""
+        meter = self.meter
+        shared, own = self.extra() if self.extra is not None else ({}, {})
+        interval = self.reduce({**meter.means(), **shared})
+        interval.update(agreement_metrics(interval))
+        interval.update(own)
+        elapsed = interval_end - meter.started
+        interval["perf/images_per_s"] = meter.steps * self.global_batch / max(elapsed, 1e-9)
+        interval["perf/step_ms"] = 1000.0 * elapsed / max(meter.steps, 1)
+        if "solver/wait_ms" in interval:
+            interval["perf/code_wait_share"] = interval["solver/wait_ms"] / interval["perf/step_ms"]
+        return interval

@@ -19,6 +19,11 @@ JOINT_PREFIX = "codes/joint_"
 _JOINT_KEY = re.compile(r"^codes/joint_k(\d+)_s(\d+)$")
 
 
+def agreement_keys(num_categories: int) -> set[str]:
+    """The keys `agreement_metrics` returns for K categories."""
+    return {"codes/shape_agreement"} | {f"codes/share_{k}" for k in range(num_categories)}
+
+
 def joint_key(category: int, shape: int) -> str:
     return f"{JOINT_PREFIX}k{category}_s{shape}"
 

@@ -10,14 +10,12 @@ Shape legend:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:  # model imports unary imports losses: avoid the cycle at run time
-    from trainer.core.model import JointVAEOutput, VAEOutput
+from trainer.core.types import JointVAEOutput, VAEOutput
 
 # Inside the log of the KL term, as the authors (keeps log finite if sigma underflows to 0).
 KL_LOG_EPS = 1e-8
@@ -61,14 +59,39 @@ def cascade_loss(
 
     # One device -> host copy for every logged number.
     values = torch.cat([torch.stack([loss, recon, weighted_kl, penalty]), kl_M, betas_M])
-    num_dims = kl_M.shape[0]
-    names = ["loss/total", "loss/recon", "loss/kl", "loss/weight_penalty"]
-    names += [f"kl/z{j}" for j in range(num_dims)] + [f"beta/z{j}" for j in range(num_dims)]
+    names = _cascade_names(kl_M.shape[0])
     metrics = dict(zip(names, values.detach().cpu().tolist(), strict=True))
     if out.codes_B is not None and num_categories > 0:
         counts_K = torch.bincount(out.codes_B.detach().cpu(), minlength=num_categories)
         metrics.update({f"codes/count_{k}": float(counts_K[k]) for k in range(num_categories)})
     return loss, metrics
+
+
+def _cascade_names(num_continuous: int) -> list[str]:
+    names = ["loss/total", "loss/recon", "loss/kl", "loss/weight_penalty"]
+    return (
+        names
+        + [f"kl/z{j}" for j in range(num_continuous)]
+        + [f"beta/z{j}" for j in range(num_continuous)]
+    )
+
+
+def _jointvae_names(num_continuous: int) -> list[str]:
+    names = ["loss/total", "loss/recon", "loss/kl", "loss/weight_penalty", "kl/c"]
+    return names + [f"kl/z{j}" for j in range(num_continuous)]
+
+
+def count_keys(num_categories: int) -> list[str]:
+    return [f"codes/count_{k}" for k in range(num_categories)]
+
+
+def loss_keys(num_continuous: int, num_categories: int, jointvae: bool) -> set[str]:
+    """Every key `cascade_loss` (or, with `jointvae`, `jointvae_loss`) can return."""
+    if jointvae:
+        names = _jointvae_names(num_continuous) + ["capacity/z", "capacity/c"]
+    else:
+        names = _cascade_names(num_continuous)
+    return set(names) | set(count_keys(num_categories))
 
 
 def categorical_kl_uniform(alpha_BK: Tensor) -> Tensor:
@@ -114,8 +137,7 @@ def jointvae_loss(
     loss = recon + capacity_terms + penalty
 
     values = torch.cat([torch.stack([loss, recon, capacity_terms, penalty, kl_c]), kl_M])
-    names = ["loss/total", "loss/recon", "loss/kl", "loss/weight_penalty", "kl/c"]
-    names += [f"kl/z{j}" for j in range(kl_M.shape[0])]
+    names = _jointvae_names(kl_M.shape[0])
     metrics = dict(zip(names, values.detach().cpu().tolist(), strict=True))
     metrics["capacity/z"], metrics["capacity/c"] = c_z, c_c
     counts_K = torch.bincount(out.alpha_BK.detach().argmax(dim=1).cpu(), minlength=num_categories)

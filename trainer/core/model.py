@@ -9,9 +9,6 @@ Shape legend:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,25 +19,6 @@ IMAGE_SIZE = 64
 # 4x4 kernels with stride 2 and padding 1 halve (conv) or double (transposed conv) the side,
 # which is exactly what TensorFlow's 'same' padding gives for these sizes.
 _KERNEL, _STRIDE, _PAD = 4, 2, 1
-
-
-@dataclass
-class VAEOutput:
-    """Everything one forward pass produces.
-
-    mu_BM, sigma_BM: posterior mean and standard deviation.
-    z_BM: the reparameterised sample mu + sigma * eps the decoder saw.
-    logits_B1HW: Bernoulli logits of the reconstruction.
-    codes_B: int64 chosen categories; None before the discrete stage and for CascadeVAE-C.
-    unary_BK: the unary matrix the codes were chosen from (no grad), or None.
-    """
-
-    mu_BM: Tensor
-    sigma_BM: Tensor
-    z_BM: Tensor
-    logits_B1HW: Tensor
-    codes_B: Tensor | None
-    unary_BK: Tensor | None
 
 
 def _conv(in_ch: int, out_ch: int) -> nn.Conv2d:
@@ -99,9 +77,11 @@ class CascadeVAE(nn.Module):
                 # torch takes fan_in of a transposed conv as out_channels * 4 * 4, as TF's
                 # variance-scaling initialiser does for a conv2d_transpose kernel.
                 nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(layer.bias)
             elif isinstance(layer, nn.Linear):
                 nn.init.xavier_uniform_(layer.weight)
+            else:
+                continue
+            if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
 
     def penalised_weights(self) -> list[Tensor]:
@@ -117,7 +97,7 @@ class CascadeVAE(nn.Module):
     def weight_penalty(self) -> Tensor:
         """0.5 * sum of w^2 over `penalised_weights()`, a scalar. Unscaled: the train step
         multiplies it by the coefficient (authors: 4e-5) or leaves it out when that is 0."""
-        return 0.5 * sum(w.pow(2).sum() for w in self.penalised_weights())
+        return 0.5 * torch.stack([w.pow(2).sum() for w in self.penalised_weights()]).sum()
 
     def encode(self, x_B1HW: Tensor) -> tuple[Tensor, Tensor]:
         """x_B1HW float in [0, 1] -> (mu_BM, sigma_BM), sigma > 0."""
@@ -137,63 +117,25 @@ class CascadeVAE(nn.Module):
             )
         return self.decoder(torch.cat([z_BM, d_BK.to(z_BM.dtype)], dim=1))
 
-    def forward(
-        self,
-        x_B1HW: Tensor,
-        eps_BM: Tensor,
-        choose_codes: Callable[[Tensor], Tensor] | None = None,
-    ) -> VAEOutput:
-        """One pass of the method: encode, sample z, (choose codes), decode.
-
-        choose_codes maps the unary matrix (B, K) to int64 codes (B,); it is called only when
-        given, so before the discrete stage d is all zeros. The encoder runs once either way,
-        and the unary matrix uses the same z the gradient step then decodes.
-        """
+    def encode_sample(self, x_B1HW: Tensor, eps_BM: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(mu_BM, sigma_BM, z_BM = mu + sigma * eps): one encoder pass and the sample."""
         mu_BM, sigma_BM = self.encode(x_B1HW)
-        z_BM = mu_BM + sigma_BM * eps_BM
+        return mu_BM, sigma_BM, mu_BM + sigma_BM * eps_BM
 
-        codes_B = unary_BK = None
-        d_BK = None  # zeros: the discrete code is not learned yet
-        if choose_codes is not None:
-            if self.num_categories == 0:
-                raise ValueError("choose_codes given but the model has num_categories == 0")
-            unary_BK = unary_matrix(self, z_BM.detach(), x_B1HW)
-            codes_B = self._check_codes(choose_codes(unary_BK), x_B1HW)
-            d_BK = F.one_hot(codes_B, self.num_categories).to(z_BM.dtype)
+    def forward(self, z_BM: Tensor, d_BK: Tensor | None) -> Tensor:
+        """The decoding, the part of a step that runs inside DistributedDataParallel's forward.
 
-        logits_B1HW = self.decode(z_BM, d_BK)
-        return VAEOutput(mu_BM, sigma_BM, z_BM, logits_B1HW, codes_B, unary_BK)
+        The train step encodes first (`encode_sample`), chooses the codes from the unary matrix
+        of that z, then calls the (wrapped) model: the encoder's gradients flow back through z,
+        and DDP's per-parameter hooks all-reduce them with the decoder's.
+        """
+        return self.decode(z_BM, d_BK)
 
     @torch.no_grad()
     def infer_codes(self, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
         """(B,) int64 category of each image for evaluation and pictures: the one whose decoding
         of z reconstructs x best (argmin of the unary matrix; the first minimum on ties)."""
         return unary_matrix(self, z_BM, x_B1HW).argmin(dim=1)
-
-    def _check_codes(self, codes_B: Tensor, x_B1HW: Tensor) -> Tensor:
-        """Validate the chooser's answer and move it to x's device as int64."""
-        batch = x_B1HW.shape[0]
-        if not isinstance(codes_B, Tensor) or codes_B.shape != (batch,):
-            raise ValueError(f"choose_codes must return a tensor of shape ({batch},)")
-        if codes_B.is_floating_point() or codes_B.is_complex() or codes_B.dtype == torch.bool:
-            raise ValueError(f"choose_codes must return integer codes, got {codes_B.dtype}")
-        codes_B = codes_B.to(device=x_B1HW.device, dtype=torch.int64)
-        if batch and (codes_B.min() < 0 or codes_B.max() >= self.num_categories):
-            raise ValueError(f"codes must lie in [0, {self.num_categories})")
-        return codes_B
-
-
-@dataclass
-class JointVAEOutput:
-    """One JointVAE forward pass. alpha_BK: logits of q(c|x); c_BK: the Gumbel-softmax sample
-    the decoder saw; the rest as VAEOutput."""
-
-    mu_BM: Tensor
-    sigma_BM: Tensor
-    z_BM: Tensor
-    alpha_BK: Tensor
-    c_BK: Tensor
-    logits_B1HW: Tensor
 
 
 class JointVAE(CascadeVAE):
@@ -211,9 +153,11 @@ class JointVAE(CascadeVAE):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.temperature = temperature
         last = self.encoder[-1]
-        self.encoder[-1] = nn.Linear(last.in_features, 2 * num_continuous + num_categories)
-        nn.init.xavier_uniform_(self.encoder[-1].weight)
-        nn.init.zeros_(self.encoder[-1].bias)
+        assert isinstance(last, nn.Linear)
+        head = nn.Linear(last.in_features, 2 * num_continuous + num_categories)
+        nn.init.xavier_uniform_(head.weight)
+        nn.init.zeros_(head.bias)
+        self.encoder[-1] = head
 
     def encode_all(self, x_B1HW: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x -> (mu_BM, sigma_BM, alpha_BK)."""
@@ -226,14 +170,11 @@ class JointVAE(CascadeVAE):
         mu_BM, sigma_BM, _ = self.encode_all(x_B1HW)
         return mu_BM, sigma_BM
 
-    def forward(self, x_B1HW: Tensor, eps_BM: Tensor, uniform_BK: Tensor) -> JointVAEOutput:  # type: ignore[override]
-        """uniform_BK: U(0, 1) noise of the Gumbel sample, drawn by the caller (reproducible)."""
-        mu_BM, sigma_BM, alpha_BK = self.encode_all(x_B1HW)
-        z_BM = mu_BM + sigma_BM * eps_BM
+    def relaxed_code(self, alpha_BK: Tensor, uniform_BK: Tensor) -> Tensor:
+        """(B, K) Gumbel-softmax sample of q(c|x) at the model's temperature. uniform_BK: U(0, 1)
+        noise drawn by the caller (reproducible)."""
         gumbel_BK = -torch.log(-torch.log(uniform_BK.clamp(1e-12, 1.0 - 1e-7)))
-        c_BK = F.softmax((F.log_softmax(alpha_BK, dim=1) + gumbel_BK) / self.temperature, dim=1)
-        logits_B1HW = self.decode(z_BM, c_BK)
-        return JointVAEOutput(mu_BM, sigma_BM, z_BM, alpha_BK, c_BK, logits_B1HW)
+        return F.softmax((F.log_softmax(alpha_BK, dim=1) + gumbel_BK) / self.temperature, dim=1)
 
     @torch.no_grad()
     def infer_codes(self, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:

@@ -1,5 +1,9 @@
-"""One CascadeVAE training step as a plain function (no Ray): the single-process baseline and
-the body of every distributed worker.
+"""One training step as a plain function (no Ray, no torch.distributed): the single-process
+baseline and the body of every distributed worker.
+
+A CascadeVAE step: encode and sample z (one encoder pass); in the discrete stage, compute the
+unary matrix of that z and ask the injected chooser for the codes; decode through the (possibly
+DDP-wrapped) model, which is the step's one DDP forward; loss, backward, optimizer.
 
 Shape legend:
     B  batch size (per process)
@@ -16,12 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.core.agreement import joint_counts
 from trainer.core.losses import cascade_loss, jointvae_loss
 from trainer.core.model import CascadeVAE, JointVAE
 from trainer.core.schedule import CascadeSchedule
+from trainer.core.types import JointVAEOutput, VAEOutput
+from trainer.core.unary import unary_matrix
 
 NUM_SHAPES = 3  # dSprites: square, ellipse, heart
 
@@ -56,6 +63,24 @@ def sample_eps(
     return eps_BM.to(device)
 
 
+STEP_KEYS = ("lr", "discrete/active")
+"""Keys train_step adds to its loss's metrics (besides the codes/joint_* counts with shapes)."""
+
+
+def check_codes(codes_B: Tensor, x_B1HW: Tensor, num_categories: int) -> Tensor:
+    """A chooser's answer validated and moved to x's device as int64: shape (B,), integer, in
+    [0, K)."""
+    batch = x_B1HW.shape[0]
+    if not isinstance(codes_B, Tensor) or codes_B.shape != (batch,):
+        raise ValueError(f"choose_codes must return a tensor of shape ({batch},)")
+    if codes_B.is_floating_point() or codes_B.is_complex() or codes_B.dtype == torch.bool:
+        raise ValueError(f"choose_codes must return integer codes, got {codes_B.dtype}")
+    codes_B = codes_B.to(device=x_B1HW.device, dtype=torch.int64)
+    if batch and (codes_B.min() < 0 or codes_B.max() >= num_categories):
+        raise ValueError(f"codes must lie in [0, {num_categories})")
+    return codes_B
+
+
 def unwrap(model: nn.Module) -> CascadeVAE:
     """The CascadeVAE inside a DistributedDataParallel wrapper (or the model itself)."""
     inner = model.module if hasattr(model, "module") else model
@@ -81,9 +106,10 @@ def train_step(
     """One gradient step at `iteration`; returns cascade_loss's flat metrics plus `lr` (the lr
     this step used) and `discrete/active` (0.0 or 1.0).
 
-    model is a CascadeVAE or a DistributedDataParallel around one: exactly one forward per
-    step, in which the codes are chosen (through choose_codes) when the schedule's discrete
-    stage is on and the model has categories. weight_penalty_coef = 0 switches the L2 penalty
+    model is a CascadeVAE or a DistributedDataParallel around one. One encoder pass gives z;
+    when the schedule's discrete stage is on and the model has categories, choose_codes maps the
+    unary matrix of that z (B, K, no grad) to the codes (B,); then the wrapped model's one
+    forward decodes (z, one-hot codes). weight_penalty_coef = 0 switches the L2 penalty
     off. A JointVAE model trains its own objective instead (`capacities` needed; the schedule
     then only checks the latent size). shapes_B (optional, the true shape of each image) adds
     the (code, shape) contingency counts `codes/joint_k{k}_s{s}` of this step's codes
@@ -116,7 +142,15 @@ def train_step(
     lr = optimizer.param_groups[0]["lr"]
 
     model.train()
-    out = model(images_B1HW, eps_BM, choose_codes if discrete else None)
+    mu_BM, sigma_BM, z_BM = vae.encode_sample(images_B1HW, eps_BM)
+    codes_B = unary_BK = d_BK = None  # d = zeros: the discrete code is not learned yet
+    if discrete:
+        assert choose_codes is not None
+        unary_BK = unary_matrix(vae, z_BM.detach(), images_B1HW)
+        codes_B = check_codes(choose_codes(unary_BK), images_B1HW, vae.num_categories)
+        d_BK = F.one_hot(codes_B, vae.num_categories).to(z_BM.dtype)
+    logits_B1HW = model(z_BM, d_BK)
+    out = VAEOutput(mu_BM, sigma_BM, z_BM, logits_B1HW, codes_B, unary_BK)
     penalty = weight_penalty_coef * vae.weight_penalty() if weight_penalty_coef > 0 else None
     loss, metrics = cascade_loss(out, images_B1HW, betas_M, penalty, vae.num_categories)
     check_finite_loss(iteration, metrics)  # metrics hold the loss as a float: no extra sync
@@ -168,7 +202,10 @@ def _jointvae_step(
     lr = optimizer.param_groups[0]["lr"]
 
     model.train()
-    out = model(images_B1HW, eps_BM, uniform_BK)
+    mu_BM, sigma_BM, alpha_BK = vae.encode_all(images_B1HW)
+    z_BM = mu_BM + sigma_BM * eps_BM
+    c_BK = vae.relaxed_code(alpha_BK, uniform_BK)
+    out = JointVAEOutput(mu_BM, sigma_BM, z_BM, alpha_BK, c_BK, model(z_BM, c_BK))
     penalty = weight_penalty_coef * vae.weight_penalty() if weight_penalty_coef > 0 else None
     loss, metrics = jointvae_loss(
         out,

@@ -4,44 +4,40 @@ Shape legend:
     B  batch size
     M  continuous latent dims
     K  discrete categories
-    N  B * K rows of the batched decoder pass (row i * K + k is sample i with category k)
+    J  B * K rows of the batched decoder pass (row i * K + k is sample i with category k)
     H, W  image height and width
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from trainer.core.losses import reconstruction_per_sample
-
-if TYPE_CHECKING:  # model imports this module
-    from trainer.core.model import CascadeVAE
+from trainer.core.types import Decoder
 
 
-def _num_categories(model: CascadeVAE) -> int:
+def _num_categories(model: Decoder) -> int:
     if model.num_categories < 1:
         raise ValueError("the unary matrix needs a model with num_categories >= 1")
     return model.num_categories
 
 
 @torch.no_grad()
-def unary_matrix(model: CascadeVAE, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
+def unary_matrix(model: Decoder, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
     """(B, K) float, no grad. One decoder pass over B * K rows: every z paired with every
     one-hot code. z_BM must be the same sample the gradient step decodes."""
     num_cat = _num_categories(model)
     batch = z_BM.shape[0]
-    z_NM = z_BM.repeat_interleave(num_cat, dim=0)
-    d_NK = torch.eye(num_cat, dtype=z_BM.dtype, device=z_BM.device).repeat(batch, 1)
-    logits_N1HW = model.decode(z_NM, d_NK)
-    x_N1HW = x_B1HW.repeat_interleave(num_cat, dim=0)
-    return reconstruction_per_sample(logits_N1HW, x_N1HW).view(batch, num_cat)
+    z_JM = z_BM.repeat_interleave(num_cat, dim=0)
+    d_JK = torch.eye(num_cat, dtype=z_BM.dtype, device=z_BM.device).repeat(batch, 1)
+    logits_J1HW = model.decode(z_JM, d_JK)
+    x_J1HW = x_B1HW.repeat_interleave(num_cat, dim=0)
+    return reconstruction_per_sample(logits_J1HW, x_J1HW).view(batch, num_cat)
 
 
 @torch.no_grad()
-def unary_matrix_k_passes(model: CascadeVAE, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
+def unary_matrix_k_passes(model: Decoder, z_BM: Tensor, x_B1HW: Tensor) -> Tensor:
     """(B, K) reference: K decoder passes over B rows, one per category (the authors' way)."""
     num_cat = _num_categories(model)
     columns = []

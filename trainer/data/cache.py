@@ -10,8 +10,8 @@ row index and a CRC-32 of its three columns in its custom metadata.
 Integrity: a file is written under a temporary name in the same folder and atomically renamed,
 so the final name only ever holds a complete file. On open, the footer, schema, metadata, row
 counts and every batch's CRC are checked; any mismatch makes the file "invalid", and the
-caller rebuilds it. Builds of one key are serialised across processes by an fcntl lock on a
-small `.<name>.lock` file next to the cache (it is left in place: deleting a lock file races).
+caller rebuilds it. Builds of one key are serialised across processes by a `filelock.FileLock`
+on a small `.<name>.lock` file next to the cache (it stays in place after release).
 
 Serving: the images are never copied into memory. The open file is memory-mapped once, the
 byte offset of every batch's image buffer inside the file is recorded, and a batch of images is
@@ -19,24 +19,24 @@ one fancy-indexing gather on the mapped bytes. Classes and values (N x 6 each) a
 ordinary arrays (70 MB for the full grid) during verification. Mapped pages that were read count
 in the process's RSS as file-backed pages: page cache, shared by every process mapping the file.
 
-Shape-suffix legend: N rows, B batch, K packed bytes (512), F factors (6), C record batches.
+Shape suffixes (the project legend is in CONTRIBUTING.md): N rows (images), B batch, Y packed
+bytes per image (512), F factors (6), E record batches.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock
 
 from trainer.data.render import PACKED_BYTES, Chunk
 
@@ -107,19 +107,19 @@ class DatasetMeta:
         return int(doc["format_version"]), int(doc["num_rows"]), meta
 
 
-def _chunk_crc(packed_BK: np.ndarray, classes_BF: np.ndarray, values_BF: np.ndarray) -> int:
+def _chunk_crc(packed_BY: np.ndarray, classes_BF: np.ndarray, values_BF: np.ndarray) -> int:
     """CRC-32 of one batch's three columns, in a fixed byte order (little-endian, C order)."""
-    crc = zlib.crc32(np.ascontiguousarray(packed_BK, dtype=np.uint8))
-    crc = zlib.crc32(np.ascontiguousarray(classes_BF, dtype="<i8"), crc)
-    return zlib.crc32(np.ascontiguousarray(values_BF, dtype="<f8"), crc)
+    crc = zlib.crc32(np.ascontiguousarray(packed_BY, dtype=np.uint8).data)
+    crc = zlib.crc32(np.ascontiguousarray(classes_BF, dtype="<i8").data, crc)
+    return zlib.crc32(np.ascontiguousarray(values_BF, dtype="<f8").data, crc)
 
 
 def _to_record_batch(chunk: Chunk) -> pa.RecordBatch:
-    b = chunk.packed_BK.shape[0]
-    if chunk.packed_BK.shape != (b, PACKED_BYTES) or chunk.classes_BF.shape != (b, NUM_FACTORS):
-        raise ValueError(f"bad chunk shapes {chunk.packed_BK.shape}, {chunk.classes_BF.shape}")
+    b = chunk.packed_BY.shape[0]
+    if chunk.packed_BY.shape != (b, PACKED_BYTES) or chunk.classes_BF.shape != (b, NUM_FACTORS):
+        raise ValueError(f"bad chunk shapes {chunk.packed_BY.shape}, {chunk.classes_BF.shape}")
     image = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(PACKED_BYTES), b, [None, pa.py_buffer(np.ascontiguousarray(chunk.packed_BK))]
+        pa.binary(PACKED_BYTES), b, [None, pa.py_buffer(np.ascontiguousarray(chunk.packed_BY))]
     )
     classes = pa.FixedSizeListArray.from_arrays(
         pa.array(np.ascontiguousarray(chunk.classes_BF, dtype=np.int64).ravel()), NUM_FACTORS
@@ -144,12 +144,12 @@ def write_cache(path: Path, meta: DatasetMeta, chunks: Iterable[Chunk]) -> None:
             for chunk in chunks:
                 if chunk.start != expected:
                     raise ValueError(f"chunk starts at row {chunk.start}, expected {expected}")
-                crc = _chunk_crc(chunk.packed_BK, chunk.classes_BF, chunk.values_BF)
+                crc = _chunk_crc(chunk.packed_BY, chunk.classes_BF, chunk.values_BF)
                 writer.write_batch(
                     _to_record_batch(chunk),
                     custom_metadata={"start": str(chunk.start), "crc32": str(crc)},
                 )
-                expected += chunk.packed_BK.shape[0]
+                expected += chunk.packed_BY.shape[0]
         if expected != meta.num_rows:
             raise ValueError(f"wrote {expected} rows, expected {meta.num_rows}")
         os.replace(tmp, path)
@@ -159,15 +159,15 @@ def write_cache(path: Path, meta: DatasetMeta, chunks: Iterable[Chunk]) -> None:
 
 
 def _batch_arrays(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(packed (B, K) uint8, classes (B, F) int64, values (B, F) float64) views of a batch."""
+    """(packed (B, Y) uint8, classes (B, F) int64, values (B, F) float64) views of a batch."""
     b = batch.num_rows
     image = batch.column(0)
-    packed_BK = np.frombuffer(image.buffers()[1], dtype=np.uint8)
+    packed_BY = np.frombuffer(image.buffers()[1], dtype=np.uint8)
     start = image.offset * PACKED_BYTES
-    packed_BK = packed_BK[start : start + b * PACKED_BYTES].reshape(b, PACKED_BYTES)
+    packed_BY = packed_BY[start : start + b * PACKED_BYTES].reshape(b, PACKED_BYTES)
     classes_BF = batch.column(1).flatten().to_numpy(zero_copy_only=True).reshape(b, NUM_FACTORS)
     values_BF = batch.column(2).flatten().to_numpy(zero_copy_only=True).reshape(b, NUM_FACTORS)
-    return packed_BK, classes_BF, values_BF
+    return packed_BY, classes_BF, values_BF
 
 
 def _read_meta(reader: pa.ipc.RecordBatchFileReader) -> tuple[int, int, DatasetMeta]:
@@ -218,15 +218,15 @@ def verify_cache(path: Path, expected_source_id: str | None) -> VerifiedCache:
                 custom = custom or {}
                 if int(custom.get(b"start", b"-1")) != rows:
                     raise CacheInvalid(f"batch {i} does not start at row {rows}")
-                packed_BK, classes_BF, values_BF = _batch_arrays(batch)
-                if _chunk_crc(packed_BK, classes_BF, values_BF) != int(custom.get(b"crc32", b"-1")):
+                packed_BY, classes_BF, values_BF = _batch_arrays(batch)
+                if _chunk_crc(packed_BY, classes_BF, values_BF) != int(custom.get(b"crc32", b"-1")):
                     raise CacheInvalid(f"CRC mismatch in batch {i}")
                 if rows + batch.num_rows > num_rows:
                     raise CacheInvalid(f"more than the {num_rows} rows recorded")
                 classes_NF[rows : rows + batch.num_rows] = classes_BF
                 values_NF[rows : rows + batch.num_rows] = values_BF
                 rows += batch.num_rows
-                del batch, packed_BK, classes_BF, values_BF
+                del batch, packed_BY, classes_BF, values_BF
             if rows != num_rows:
                 raise CacheInvalid(f"{rows} rows stored, {num_rows} expected")
     except (OSError, pa.ArrowException, ValueError) as exc:
@@ -247,14 +247,14 @@ class MappedCache:
     classes_NF: np.ndarray  # (N, 6) int64
     values_NF: np.ndarray  # (N, 6) float64
     file_bytes: np.ndarray  # (file size,) uint8 view of the mapping
-    batch_starts_C: np.ndarray  # (C + 1,) int64 first row of each record batch, then N
-    image_offsets_C: np.ndarray  # (C,) int64 byte offset of each batch's image buffer
+    batch_starts_E: np.ndarray  # (E + 1,) int64 first row of each record batch, then N
+    image_offsets_E: np.ndarray  # (E,) int64 byte offset of each batch's image buffer
 
     def packed(self, indices_B: np.ndarray) -> np.ndarray:
-        """Packed images (B, K) uint8 of rows `indices_B` (already range-checked)."""
-        batch_B = np.searchsorted(self.batch_starts_C, indices_B, side="right") - 1
-        first_B = self.image_offsets_C[batch_B] + (
-            indices_B - self.batch_starts_C[batch_B]
+        """Packed images (B, Y) uint8 of rows `indices_B` (already range-checked)."""
+        batch_B = np.searchsorted(self.batch_starts_E, indices_B, side="right") - 1
+        first_B = self.image_offsets_E[batch_B] + (
+            indices_B - self.batch_starts_E[batch_B]
         ) * np.int64(PACKED_BYTES)
         return self.file_bytes[first_B[:, None] + np.arange(PACKED_BYTES, dtype=np.int64)]
 
@@ -284,20 +284,9 @@ def map_cache(path: Path, checked: VerifiedCache) -> MappedCache:
         classes_NF=checked.classes_NF,
         values_NF=checked.values_NF,
         file_bytes=file_bytes,
-        batch_starts_C=np.asarray(starts, dtype=np.int64),
-        image_offsets_C=np.asarray(offsets, dtype=np.int64),
+        batch_starts_E=np.asarray(starts, dtype=np.int64),
+        image_offsets_E=np.asarray(offsets, dtype=np.int64),
     )
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (fcntl.flock) on `path`, created if missing; blocks."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def build_and_open(
@@ -314,7 +303,7 @@ def build_and_open(
     `make_chunks` is called only when this process builds.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(f".{path.name}.lock")):
+    with FileLock(path.with_name(f".{path.name}.lock")):
         try:
             checked = verify_cache(path, source_id)  # someone may have built it while we waited
         except CacheInvalid as exc:

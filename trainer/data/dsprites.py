@@ -7,15 +7,16 @@ reads the official .npz file (`trainer.data.npz`), writes it once into a validat
 Indexing is the official file's: image index = dot(latent_classes, bases), where bases are the
 mixed-radix place values of latent_sizes (1, 3, 6, 40, 32, 32), posY fastest.
 
-Data order for training (`shard_indices`, `batch_indices_for_step`): epoch e has one global
+Data order for training (`batch_indices_for_step`): epoch e has one global
 permutation `perm` of all N indices, a pure function of (seed, e) and independent of the number
-of ranks. Global batch b of the epoch is perm[b*G:(b+1)*G]; rank r of W takes the r-th contiguous
-slice of length G/W of it. The incomplete last batch (N mod G items) is dropped, and step t
-reads global batch t mod (N // G) of epoch t // (N // G). Any (seed, step, rank, world_size,
-global_batch) therefore names the same indices in a fresh or a resumed run.
+of ranks. Global batch b of the epoch is perm[b*G:(b+1)*G]; rank r of `world_size` ranks takes
+the r-th contiguous slice of length B = G / world_size of it. The incomplete last batch (N mod G
+items) is dropped, and step t reads global batch t mod (N // G) of epoch t // (N // G). Any
+(seed, step, rank, world_size, global_batch) therefore names the same indices in a fresh or a
+resumed run.
 
-Shape-suffix legend: N images, B batch, F factors (6), H/W image rows/columns (64),
-G global batch, W world size (ranks), L per-rank batch (G / W).
+Shape suffixes (the project legend is in CONTRIBUTING.md): N images, B one rank's batch,
+G global batch (B * world_size), F factors (6), H/W image rows/columns (64).
 """
 
 from __future__ import annotations
@@ -60,9 +61,8 @@ __all__ = [
     "DSprites",
     "open_dsprites",
     "default_cache_dir",
-    "shard_indices",
+    "epoch_permutation",
     "batch_indices_for_step",
-    "GlobalBatchSampler",
     "sample_indices_with_fixed_factor",
     "sample_random_indices",
 ]
@@ -116,16 +116,6 @@ class DSprites:
             )
         return unpack_images(self._cache.packed(idx_B))
 
-    def index_of(self, classes_B6: np.ndarray) -> np.ndarray:
-        """Image indices (B,) int64 of factor classes (B, 6): dot(classes, bases)."""
-        classes_BF = np.asarray(classes_B6)
-        if classes_BF.ndim != 2 or classes_BF.shape[1] != len(self.latent_sizes):
-            raise ValueError(f"classes_B6 must have shape (B, 6), got {classes_BF.shape}")
-        sizes_F = np.asarray(self.latent_sizes)
-        if classes_BF.size and ((classes_BF < 0).any() or (classes_BF >= sizes_F).any()):
-            raise ValueError(f"classes_B6 out of range for latent_sizes {self.latent_sizes}")
-        return classes_BF.astype(np.int64) @ self.bases
-
 
 def _reopen(cache_path: str, build_args: dict) -> DSprites:
     return open_dsprites(**build_args, cache_dir=Path(cache_path).parent)
@@ -151,7 +141,7 @@ def _with_progress(
     t0, next_mark = time.perf_counter(), 0.1
     for chunk in chunks:
         yield chunk
-        done = (chunk.start + chunk.packed_BK.shape[0]) / total
+        done = (chunk.start + chunk.packed_BY.shape[0]) / total
         if done >= next_mark or done >= 1.0:
             log(f"  {done:6.1%} of {total} images, {time.perf_counter() - t0:.1f} s")
             next_mark = done + 0.1
@@ -279,39 +269,13 @@ def epoch_permutation(num_items: int, *, seed: int, epoch: int) -> np.ndarray:
     return _epoch_permutation(n, _check_int("seed", seed, 0), _check_int("epoch", epoch, 0))
 
 
-def shard_indices(
-    num_items: int,
-    *,
-    seed: int,
-    epoch: int,
-    rank: int,
-    world_size: int,
-    batch_size: int | None = None,
-) -> np.ndarray:
-    """This rank's indices of one epoch, in the order it should read them.
-
-    batch_size=None: the epoch's permutation is cut into `world_size` contiguous shards (sizes
-    differ by at most one; together they are the whole epoch). batch_size=G: global batch b is
-    perm[b*G:(b+1)*G] and this rank takes its r-th contiguous slice of length G/W, for every
-    full batch (the last N mod G items are dropped), i.e. exactly what
-    `batch_indices_for_step` returns for the steps of this epoch, concatenated.
-    """
-    w = _check_int("world_size", world_size, 1)
-    r = _check_int("rank", rank, 0, w)
-    perm_N = epoch_permutation(num_items, seed=seed, epoch=epoch)
-    if batch_size is None:
-        return np.array_split(perm_N, w)[r].copy()
-    g = _check_int("batch_size", batch_size, 1)
-    if g % w:
-        raise ValueError(f"batch_size must be divisible by world_size {w}, got {g}")
-    nb = len(perm_N) // g
-    return perm_N[: nb * g].reshape(nb, w, g // w)[:, r, :].flatten()  # a writable copy
-
-
 def batch_indices_for_step(
     num_items: int, *, seed: int, step: int, rank: int, world_size: int, global_batch: int
 ) -> np.ndarray:
-    """This rank's indices (G / W,) int64 of global batch `step` (epochs follow each other)."""
+    """This rank's indices (B,) int64, B = G / world_size, of global batch `step`.
+
+    Epochs follow each other: step t is batch t mod (N // G) of epoch t // (N // G).
+    """
     n = _check_int("num_items", num_items, 1)
     w = _check_int("world_size", world_size, 1)
     r = _check_int("rank", rank, 0, w)
@@ -323,36 +287,6 @@ def batch_indices_for_step(
     local = g // w
     start = b * g + r * local
     return epoch_permutation(n, seed=seed, epoch=epoch)[start : start + local].copy()
-
-
-class GlobalBatchSampler:
-    """Steps -> this rank's batch indices; a thin stateless wrapper of batch_indices_for_step."""
-
-    def __init__(
-        self, num_items: int, *, seed: int, rank: int, world_size: int, global_batch: int
-    ) -> None:
-        self.num_items, self.seed = num_items, seed
-        self.rank, self.world_size, self.global_batch = rank, world_size, global_batch
-        self(0)  # validate the arguments now rather than at the first step
-        self.batches_per_epoch = num_items // global_batch
-
-    def __call__(self, step: int) -> np.ndarray:
-        """Indices (G / W,) int64 of global batch `step` for this rank."""
-        return batch_indices_for_step(
-            self.num_items,
-            seed=self.seed,
-            step=step,
-            rank=self.rank,
-            world_size=self.world_size,
-            global_batch=self.global_batch,
-        )
-
-    def iter_from(self, start_step: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """(step, indices) for start_step, start_step + 1, ... (endless; resume-friendly)."""
-        step = start_step
-        while True:
-            yield step, self(step)
-            step += 1
 
 
 def _check_sizes(latent_sizes: Iterable[int]) -> np.ndarray:

@@ -19,8 +19,8 @@ Shape outlines in unit coordinates (u to the right, v up, radius <= 1):
 - heart:   (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0      (the classic heart curve, lobes up, point down),
            shifted so its area centroid is the origin and scaled so its farthest point is at 1.
 
-Shape-suffix legend: B batch of images, H/W image rows/columns (64), M mask side,
-P positions per axis, K packed bytes per image (512), F factors (6).
+Shape suffixes (the project legend is in CONTRIBUTING.md): B images of a chunk, H/W image
+rows/columns (64), Q mask side, P positions per axis, Y packed bytes per image (512), F factors.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _inside_unit(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _subsample_offsets() -> tuple[np.ndarray, np.ndarray]:
-    """Row and column offsets (M, M, S*S) of each mask pixel's sub-samples from the centre."""
+    """Row and column offsets (Q, Q, S*S) of each mask pixel's sub-samples from the centre."""
     sub = (np.arange(SUBSAMPLES) + 0.5) / SUBSAMPLES - 0.5  # symmetric about the pixel centre
     pix = np.arange(MASK_SIDE, dtype=np.float64) - MASK_RADIUS
     rows = pix[:, None, None, None] + sub[None, None, :, None]
@@ -144,7 +144,7 @@ def _subsample_offsets() -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_mask(shape: int, scale: float, orientation: float) -> np.ndarray:
-    """Binary mask (M, M) uint8 of one shape; its centre pixel (MASK_RADIUS, MASK_RADIUS) is the
+    """Binary mask (Q, Q) uint8 of one shape; its centre pixel (MASK_RADIUS, MASK_RADIUS) is the
     rotation centre. `scale` multiplies lengths (official 0.5..1), `orientation` in radians."""
     if not 0.0 < scale <= 1.0:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
@@ -166,16 +166,16 @@ def centre_pixels(num_positions: int) -> np.ndarray:
     return (MASK_RADIUS + np.rint(pos * CENTRE_SPAN_PX)).astype(np.int64)
 
 
-def place_all_positions(mask_MM: np.ndarray, num_positions: int) -> np.ndarray:
+def place_all_positions(mask_QQ: np.ndarray, num_positions: int) -> np.ndarray:
     """Images (P, P, H, W) uint8 of one mask at every (posX, posY); posX shifts columns."""
     p = num_positions
     starts = centre_pixels(p) - MASK_RADIUS
-    strip_PHM = np.zeros((p, IMAGE_SIZE, MASK_SIDE), dtype=np.uint8)
+    strip_PHQ = np.zeros((p, IMAGE_SIZE, MASK_SIDE), dtype=np.uint8)
     for iy, r0 in enumerate(starts):
-        strip_PHM[iy, r0 : r0 + MASK_SIDE, :] = mask_MM
+        strip_PHQ[iy, r0 : r0 + MASK_SIDE, :] = mask_QQ
     images_PPHW = np.zeros((p, p, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for ix, c0 in enumerate(starts):
-        images_PPHW[ix, :, :, c0 : c0 + MASK_SIDE] = strip_PHM
+        images_PPHW[ix, :, :, c0 : c0 + MASK_SIDE] = strip_PHQ
     return images_PPHW
 
 
@@ -184,7 +184,7 @@ class Chunk:
     """Consecutive rows of a dataset, starting at image index `start`."""
 
     start: int
-    packed_BK: np.ndarray  # (B, 512) uint8, np.packbits of the (64, 64) image rows
+    packed_BY: np.ndarray  # (B, 512) uint8, np.packbits of the (64, 64) image rows
     classes_BF: np.ndarray  # (B, 6) int64
     values_BF: np.ndarray  # (B, 6) float64
 
@@ -212,18 +212,18 @@ def render_chunks(spec: GridSpec) -> Iterator[Chunk]:
     start = 0
     for shape in range(len(SHAPE_NAMES)):
         for scale in values[2]:
-            packed_BK = np.empty((per_chunk, PACKED_BYTES), dtype=np.uint8)
+            packed_BY = np.empty((per_chunk, PACKED_BYTES), dtype=np.uint8)
             for o, theta in enumerate(values[3]):
                 images_PPHW = place_all_positions(render_mask(shape, float(scale), theta), p)
-                packed_BK[o * per_mask : (o + 1) * per_mask] = np.packbits(
+                packed_BY[o * per_mask : (o + 1) * per_mask] = np.packbits(
                     images_PPHW.reshape(per_mask, IMAGE_SIZE * IMAGE_SIZE), axis=1
                 )
             classes_BF, values_BF = grid_rows(spec, start, per_chunk)
-            yield Chunk(start, packed_BK, classes_BF, values_BF)
+            yield Chunk(start, packed_BY, classes_BF, values_BF)
             start += per_chunk
 
 
-def unpack_images(packed_BK: np.ndarray) -> np.ndarray:
+def unpack_images(packed_BY: np.ndarray) -> np.ndarray:
     """Binary images (B, H, W) uint8 in {0, 1} from packed rows (B, 512)."""
-    b = packed_BK.shape[0]
-    return np.unpackbits(packed_BK, axis=1).reshape(b, IMAGE_SIZE, IMAGE_SIZE)
+    b = packed_BY.shape[0]
+    return np.unpackbits(packed_BY, axis=1).reshape(b, IMAGE_SIZE, IMAGE_SIZE)

@@ -1,6 +1,7 @@
 """One global assignment of discrete codes across data-parallel ranks.
 
-Legend: B = this rank's batch, N = global batch (B * world size), K = categories.
+Legend: B = this rank's batch, G = global batch (B * world size), K = categories; arrays of
+one assignment problem are N x K (N = G).
 
 Every rank computes the unary matrix of its own shard (B, K). Rank 0 gathers the shards in rank
 order into the (N, K) matrix of the whole global batch, asks the solver for one assignment, and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -56,6 +58,14 @@ class CodeTimings:
         solver (solve, actor round trip, broadcast);
     solve_ms / round_trip_ms: rank 0 only, the solve inside the actor and the whole actor call.
     """
+
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "solver/solve_ms",
+        "solver/round_trip_ms",
+        "solver/gather_ms",
+        "solver/wait_ms",
+    )
+    """Keys `summary` can return."""
 
     solve_ms: list[float] = field(default_factory=list)
     round_trip_ms: list[float] = field(default_factory=list)

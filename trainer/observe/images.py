@@ -1,6 +1,7 @@
 """Pictures of a model: reconstructions and latent traversals, as image tensors in [0, 1].
 
-Legend: B = images, M = continuous dims, K = categories, V = traversal values, H = W = 64.
+Shape suffixes (the project legend is in CONTRIBUTING.md): B images, M continuous dims,
+K categories, V traversal values, R/C rows/columns of an image grid, H = W = 64.
 No Ray and no TensorBoard here: the run logger and `launch.evaluate` decide where images go.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def make_grid(images_RC1HW: torch.Tensor, pad: int = 2) -> torch.Tensor:
@@ -16,16 +18,12 @@ def make_grid(images_RC1HW: torch.Tensor, pad: int = 2) -> torch.Tensor:
     The padding is mid-grey so that black and white images stay distinguishable from it.
     """
     rows, cols, channels, height, width = images_RC1HW.shape
-    grid = torch.full(
-        (channels, rows * (height + pad) + pad, cols * (width + pad) + pad),
-        0.5,
-        dtype=images_RC1HW.dtype,
+    # Pad every tile below and to the right, lay the tiles out row-major, then pad top and left.
+    tiles_RC1HW = F.pad(images_RC1HW, (0, pad, 0, pad), value=0.5)
+    grid_1HW = tiles_RC1HW.permute(2, 0, 3, 1, 4).reshape(
+        channels, rows * (height + pad), cols * (width + pad)
     )
-    for r in range(rows):
-        for c in range(cols):
-            top, left = pad + r * (height + pad), pad + c * (width + pad)
-            grid[:, top : top + height, left : left + width] = images_RC1HW[r, c]
-    return grid
+    return F.pad(grid_1HW, (pad, 0, pad, 0), value=0.5)
 
 
 def _one_hot(codes_B: torch.Tensor, num_categories: int) -> torch.Tensor | None:

@@ -1,0 +1,135 @@
+"""The Ray-free training loop: the step pipeline the worker and the benchmark share, cadences,
+and where log intervals end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.build import build_capacities, build_model, build_optimizer, build_schedule, open_data
+from trainer.config import load_config
+from trainer.core.step import train_step
+from trainer.data.dsprites import batch_indices_for_step
+from trainer.loop import SHAPE_FACTOR, Cadence, Hooks, TrainLoop, load_batch, step_seed
+
+DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
+
+
+def _config(tmp_path, *overrides):
+    return load_config(DEBUG, [f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+
+
+def _parts(config):
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    optimizer, scheduler = build_optimizer(config, model)
+    return model, optimizer, scheduler
+
+
+@pytest.mark.parametrize(
+    "every, at_end, done, last, due",
+    [(10, True, 10, False, True), (10, True, 15, False, False), (10, True, 15, True, True),
+     (0, True, 7, False, False), (0, True, 7, True, True), (0, False, 7, True, False),
+     (4, False, 8, True, True)],
+)  # fmt: skip
+def test_cadence(every, at_end, done, last, due):
+    assert Cadence(every, at_end).due(done, last) is due
+
+
+class _Recorder:
+    def __init__(self, cadence, name, calls):
+        self.cadence, self.name, self.calls = cadence, name, calls
+
+    def run(self, done, interval):
+        self.calls.append((self.name, done, interval["steps_seen"]))
+        interval[f"seen_by_{self.name}"] = 1.0
+
+
+def test_an_eval_cadence_that_is_not_a_multiple_of_the_log_cadence_is_honoured():
+    calls: list = []
+    hooks = Hooks(
+        [_Recorder(Cadence(6), "eval", calls), _Recorder(Cadence(4), "log", calls)],
+        ends=[Cadence(4), Cadence(6)],
+        num_steps=14,
+        global_batch=8,
+    )
+    intervals = [hooks.after_step(step, {"steps_seen": 1.0}) for step in range(14)]
+    ends = [step + 1 for step, interval in enumerate(intervals) if interval is not None]
+    assert ends == [4, 6, 8, 12, 14]
+    # Every due hook runs once at its steps, eval before log, and the last step runs both.
+    assert calls == [("log", 4, 1.0), ("eval", 6, 1.0), ("log", 8, 1.0), ("eval", 12, 1.0),
+                     ("log", 12, 1.0), ("eval", 14, 1.0), ("log", 14, 1.0)]  # fmt: skip
+    # An earlier hook's keys reach the later ones' interval.
+    assert intervals[11]["seen_by_eval"] == 1.0 and intervals[11]["seen_by_log"] == 1.0
+
+
+def test_interval_means_are_reduced_then_rank0s_own_keys_added():
+    seen = {}
+
+    def reduce(metrics):
+        seen.update(metrics)
+        return {k: 2 * v for k, v in metrics.items()}
+
+    hooks = Hooks(
+        [],
+        ends=[Cadence(2)],
+        num_steps=2,
+        global_batch=4,
+        reduce=reduce,
+        extra=lambda: ({"solver/wait_ms": 3.0}, {"solver/solve_ms": 1.5}),
+    )
+    hooks.after_step(0, {"loss/total": 1.0, "codes/joint_k0_s0": 2.0, "codes/joint_k1_s1": 2.0})
+    interval = hooks.after_step(
+        1, {"loss/total": 3.0, "codes/joint_k0_s0": 4.0, "codes/joint_k1_s1": 0.0}
+    )
+    assert seen == {"loss/total": 2.0, "codes/joint_k0_s0": 3.0, "codes/joint_k1_s1": 1.0,
+                    "solver/wait_ms": 3.0}  # fmt: skip
+    assert interval["loss/total"] == 4.0 and interval["solver/wait_ms"] == 6.0
+    assert interval["solver/solve_ms"] == 1.5  # not reduced
+    # The joint table (6, 2) after the reduction: best match 8 of 8 -> agreement 1.
+    assert interval["codes/shape_agreement"] == 1.0
+    assert interval["codes/share_0"] == pytest.approx(0.75)
+    assert "codes/joint_k0_s0" not in interval
+    assert interval["perf/code_wait_share"] == interval["solver/wait_ms"] / interval["perf/step_ms"]
+
+
+def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path):
+    config = _config(tmp_path, "cascade.discrete_start_stage=0")
+    dataset = open_data(config)
+    model, optimizer, scheduler = _parts(config)
+    chooser = lambda unary_BK: unary_BK.argmin(dim=1)  # noqa: E731
+    loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=torch.device("cpu"),
+                     chooser=chooser)  # fmt: skip
+    reference, ref_opt, ref_sched = _parts(config)
+    for step in range(3):
+        metrics = loop.step(step)
+        indices = batch_indices_for_step(len(dataset), seed=config.seed, step=step, rank=0,
+                                         world_size=1, global_batch=16)  # fmt: skip
+        expected = train_step(
+            reference, ref_opt, ref_sched, load_batch(dataset, indices, torch.device("cpu")),
+            iteration=step, schedule=build_schedule(config),
+            eps_generator=torch.Generator().manual_seed(step_seed(config.seed, step, 0)),
+            choose_codes=chooser, weight_penalty_coef=config.model.weight_penalty,
+            shapes_B=dataset.latent_classes[indices, SHAPE_FACTOR],
+            capacities=build_capacities(config),
+        )  # fmt: skip
+        assert {k: v for k, v in metrics.items() if not k.startswith("perf/")} == expected
+        assert metrics["perf/data_ms"] >= 0.0 and metrics["perf/train_step_ms"] > 0.0
+        assert metrics["discrete/active"] == 1.0
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_the_oracle_loop_decodes_with_the_true_shapes(tmp_path):
+    config = _config(tmp_path, "model.variant=oracle", "cascade.discrete_start_stage=0")
+    dataset = open_data(config)
+    loop = TrainLoop(config, dataset, *_parts(config), device=torch.device("cpu"))
+    metrics = loop.step(0)
+    indices = batch_indices_for_step(len(dataset), seed=0, step=0, rank=0, world_size=1,
+                                     global_batch=16)  # fmt: skip
+    counts = np.bincount(dataset.latent_classes[indices, SHAPE_FACTOR], minlength=3)
+    assert [metrics[f"codes/count_{k}"] for k in range(3)] == counts.tolist()
+    assert sum(metrics[f"codes/joint_k{k}_s{k}"] for k in range(3)) == 16.0

@@ -1,0 +1,61 @@
+"""Test and fault-drill seams of a Train worker, off unless the config asks for them:
+`train.fail_at_step` (every rank crashes once at that step) and `train.record_codes_steps`
+(each rank saves its unary shards and codes of the first N discrete steps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from trainer.distributed.codes import GlobalCodeClient
+
+FAILED_ONCE_MARKER = ".failed_once_at_step"
+
+
+class FaultDrill:
+    """Crash every worker once at `step`, never again (a marker in the run folder remembers)."""
+
+    def __init__(self, step: int, run_dir: Path, rank: int):
+        self.step, self.run_dir, self.rank = step, run_dir, rank
+
+    def before_step(self, step: int) -> None:
+        if step != self.step:
+            return
+        import ray.train.collective
+
+        marker = self.run_dir / FAILED_ONCE_MARKER
+        # All ranks look before rank 0 writes, so they agree on whether this is the first time.
+        first_time = not marker.exists()
+        ray.train.collective.barrier()
+        if first_time:
+            if self.rank == 0:
+                marker.write_text(str(step))
+            ray.train.collective.barrier()
+            raise RuntimeError(f"train.fail_at_step={step}: injected worker failure (fault drill)")
+
+
+class CodeRecorder:
+    """Keeps (step, unary_BK, codes_B) of a client's first `limit` calls; `save` writes them to
+    `codes_rank{rank}.npz` in the run folder."""
+
+    def __init__(self, client: GlobalCodeClient, limit: int, run_dir: Path, rank: int):
+        self.client, self.limit, self.run_dir, self.rank = client, limit, run_dir, rank
+        self.recorded: list[tuple[int, np.ndarray, np.ndarray]] = []
+        client.record = self._record
+
+    def _record(self, unary_BK: np.ndarray, codes_B: np.ndarray) -> None:
+        self.recorded.append((int(self.client.step or 0), unary_BK, codes_B))
+        if len(self.recorded) >= self.limit:
+            self.client.record = None
+
+    def save(self) -> None:
+        if not self.recorded:
+            return
+        np.savez(
+            self.run_dir / f"codes_rank{self.rank}.npz",
+            steps=np.array([s for s, _, _ in self.recorded]),
+            unary=np.stack([u for _, u, _ in self.recorded]),
+            codes=np.stack([c for _, _, c in self.recorded]),
+        )
