@@ -199,11 +199,11 @@ def test_keep_best_by_keeps_the_best_evaluated_model_and_the_latest(runs):
 
 
 @pytest.mark.parametrize("name", ["one_worker", "two_workers"])
-def test_every_reported_key_is_declared_by_the_code_that_reports_it(runs, name):
-    from trainer.distributed.worker import reported_keys
+def test_every_reported_key_is_declared_and_accepted_as_a_sweep_metric(runs, name):
+    from launch.sweep import reported_metrics  # what a sweep's `metric:` is checked against
 
     config, result, run_dir = runs[name]
-    declared = reported_keys(config)
+    declared = reported_metrics(config)
     seen = set(result.metrics) | {key for row in _table(run_dir) for key in row}
     seen = {key for key in seen if isinstance(result.metrics.get(key, 0.0), int | float)}
     assert seen - declared == set()
