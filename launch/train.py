@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         check_resources(
             train.num_workers * train.cpus_per_worker,
-            train.num_workers if train.use_gpu else 0,
+            train.num_workers * train.gpus_per_worker if train.use_gpu else 0,
             f"config {args.config}",
         )
         result = fit(config, storage_path=str(storage))

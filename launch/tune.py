@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     train = sweep.base.train
     check_resources(
         train.num_workers * train.cpus_per_worker,
-        train.num_workers if train.use_gpu else 0,
+        train.num_workers * train.gpus_per_worker if train.use_gpu else 0,
         f"sweep {args.config}",
     )
     experiment_dir = Path(sweep.storage_path).expanduser().resolve() / sweep.name

@@ -139,6 +139,8 @@ def test_discrete_start_after_the_last_stage_is_refused():
         ({"optim": {"lr": 0}}, "optim.lr: must be > 0"),
         ({"model": {"num_categories": 1}}, "model.num_categories: variant cascade needs >= 2"),
         ({"train": 5}, "train: expected a mapping"),
+        ({"train": {"gpus_per_worker": 0}}, "train.gpus_per_worker: must be > 0"),
+        ({"train": {"gpus_per_worker": 1.5}}, "train.gpus_per_worker: must be <= 1"),
     ],
 )
 def test_single_bad_values(raw, fragment):

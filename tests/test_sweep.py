@@ -150,3 +150,16 @@ def test_unknown_keys_and_non_finite_floats_are_named_with_their_dotted_path(tmp
     raw["scheduler"] = {"type": "asha", "reduction_factor": 1}
     path.write_text(yaml.safe_dump(raw))
     assert "scheduler.reduction_factor: must be > 1.0, got 1" in _problems(path)
+
+
+def test_paper_seeds_puts_ten_seeds_at_once_on_one_gpu():
+    sweep = load_sweep(ROOT / "configs" / "sweeps" / "paper_seeds.yaml")
+    train = sweep.base.train
+    assert sweep.num_trials() == 10 and sweep.max_concurrent_trials == 10
+    assert train.use_gpu and train.num_workers == 1
+    # Ten single-worker trials fit one GPU exactly.
+    assert sweep.max_concurrent_trials * train.num_workers * train.gpus_per_worker == 1.0
+    (seeds,) = sweep.dimensions
+    assert seeds.field == "seed" and seeds.values == list(range(10))
+    assert sweep.trial_config({"seed": 7}).seed == 7
+    assert sweep.base.train.num_steps == 300_000 and sweep.base.optim.lr == 1e-4

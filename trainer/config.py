@@ -205,8 +205,13 @@ class TrainConfig(Schema):
     num_workers: int = Field(1, ge=1)
     """Ray Train workers (DDP ranks); each takes global_batch / num_workers images per step."""
     use_gpu: bool = False
-    """One GPU per worker and NCCL; otherwise CPU and gloo. Nothing else changes."""
+    """A GPU (or the share `gpus_per_worker` of one) per worker and NCCL; otherwise CPU and
+    gloo. Nothing else changes."""
+    gpus_per_worker: Float = Field(1.0, gt=0, le=1)
+    """With use_gpu: the share of one GPU each worker asks Ray for. 0.1 lets Tune place ten
+    single-worker trials on one GPU (Ray divides the count, not the memory)."""
     cpus_per_worker: Float = Field(1.0, ge=0)
+    """CPUs each worker asks Ray for (its torch threads follow it)."""
     log_every: int = Field(100, ge=1)
     """Steps per log interval: TensorBoard scalars, metrics table row, ray.train.report."""
     checkpoint_every: int = Field(5_000, ge=1)

@@ -329,7 +329,8 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,
-            resources_per_worker={"CPU": train.cpus_per_worker},
+            resources_per_worker={"CPU": train.cpus_per_worker}
+            | ({"GPU": train.gpus_per_worker} if train.use_gpu else {}),
         ),
         torch_config=TorchConfig(
             backend="nccl" if train.use_gpu else "gloo", timeout_s=int(train.collective_timeout_s)
