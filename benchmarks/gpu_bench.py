@@ -1,0 +1,201 @@
+"""Steps per second of the training step pipeline, for `benchmarks/gpu.sh` (any device).
+
+    python benchmarks/gpu_bench.py plain  --stage discrete --steps 2000 --out plain.json
+    python benchmarks/gpu_bench.py system --stage discrete --steps 2000 --out system.json
+    python benchmarks/gpu_bench.py trials --count 10 --steps 2000 --out trials.json
+
+plain: the worker's own step pipeline (trainer.loop.TrainLoop) in this process, the solver
+called in-process (needs torch, pyomo and highspy; no Ray). system: one Ray Train run with the
+solver actor (needs Ray). trials: `count` single-worker runs at once through Ray Tune, sharing
+one GPU (`train.gpus_per_worker = 1 / count`). Each writes one JSON object of figures; steps/s
+is measured after the first `--warmup` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trainer.config import Config, load_config  # noqa: E402
+
+
+def bench_overrides(args) -> list[str]:
+    """`key=value` overrides of configs/dsprites.yaml: the paper's model and batch on a smaller
+    grid, no evaluation, the discrete stage from the first step (`--stage discrete`) or never
+    (`--stage pre`)."""
+    gpu = torch.cuda.is_available()
+    return [
+        f"train.num_steps={args.steps}",
+        f"train.log_every={max(1, min(500, args.steps // 4))}",
+        f"train.checkpoint_every={args.steps}",
+        "train.eval_every=0",
+        "train.image_every=0",
+        "train.num_workers=1",
+        f"train.use_gpu={'true' if gpu else 'false'}",
+        "cascade.stage_length=100000",
+        f"cascade.discrete_start_stage={0 if args.stage == 'discrete' else 10}",
+        "eval.protocols=[]",
+        "train.keep_best_by=",
+        f"data.num_positions={args.positions}",
+        *args.set,
+    ]
+
+
+def bench_config(args, storage: str) -> Config:
+    return load_config(
+        ROOT / "configs" / "dsprites.yaml",
+        [*bench_overrides(args), f"train.storage_path={storage}"],
+    )
+
+
+def plain(args) -> dict:
+    from solver import assign
+    from trainer.build import build_model, build_optimizer, open_data
+    from trainer.distributed.codes import GlobalCodeClient
+    from trainer.loop import TrainLoop
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as storage:
+        config = bench_config(args, storage)
+        torch.manual_seed(config.seed)
+        dataset = open_data(config, progress=True)
+        model = build_model(config).to(device)
+        optimizer, scheduler = build_optimizer(config, model)
+        lam = config.solver.lam
+        client = GlobalCodeClient(lambda u: (assign(u, lam), 0.0))
+        loop = TrainLoop(
+            config, dataset, model, optimizer, scheduler, device=device, chooser=client
+        )
+        for step in range(args.warmup):
+            loop.step(step)
+        _sync()
+        started = time.perf_counter()
+        for step in range(args.warmup, args.steps):
+            loop.step(step)
+        _sync()
+        seconds = time.perf_counter() - started
+    measured = args.steps - args.warmup
+    return {
+        "kind": "plain",
+        "stage": args.stage,
+        "device": str(device),
+        "steps": measured,
+        "seconds": seconds,
+        "steps_per_s": measured / seconds,
+    }
+
+
+def system(args) -> dict:
+    from launch.cluster import connect
+    from trainer.distributed.worker import fit
+    from trainer.observe.run_log import read_metrics
+
+    connect()
+    with tempfile.TemporaryDirectory() as storage:
+        config = bench_config(args, storage)
+        started = time.perf_counter()
+        result = fit(config)
+        seconds = time.perf_counter() - started
+        if result.error is not None:
+            raise result.error
+        rows = read_metrics(Path(storage) / config.run_name).to_pylist()[1:]  # first: warm-up
+    step_ms = sorted(r["perf/step_ms"] for r in rows)
+    median_ms = step_ms[len(step_ms) // 2] if step_ms else float("nan")
+    return {
+        "kind": "system",
+        "stage": args.stage,
+        "device": "cuda" if config.train.use_gpu else "cpu",
+        "steps": args.steps,
+        "wall_seconds": seconds,
+        "steps_per_s": 1000.0 / median_ms,
+        "median_step_ms": median_ms,
+    }
+
+
+def trials(args) -> dict:
+    """`count` concurrent single-worker runs through a generated sweep over seeds."""
+    import yaml
+
+    from launch import tune as launch_tune
+    from trainer.observe.run_log import read_metrics
+
+    gpu = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as storage:
+        sweep = {
+            "name": f"trials_{args.count}",
+            "base": str(ROOT / "configs" / "dsprites.yaml"),
+            "set": {
+                **{
+                    item.split("=", 1)[0]: yaml.safe_load(item.split("=", 1)[1])
+                    for item in bench_overrides(args)
+                },
+                "train.gpus_per_worker": 1.0 / args.count if gpu else 1.0,
+            },
+            "search": {
+                "algorithm": "grid",
+                "max_concurrent_trials": args.count,
+                "space": {"seed": {"grid": list(range(args.count))}},
+            },
+            "metric": "loss/recon",
+            "mode": "min",
+            "scheduler": {"type": "none"},
+            "storage_path": storage,
+        }
+        path = Path(storage) / "sweep.yaml"
+        path.write_text(yaml.safe_dump(sweep))
+        started = time.perf_counter()
+        status = launch_tune.main(["--config", str(path)])
+        seconds = time.perf_counter() - started
+        tables = [read_metrics(p.parent) for p in Path(storage).rglob("metrics.parquet*")]
+    rates = []
+    for table in tables:
+        rows = table.to_pylist()[1:]
+        if rows:
+            rates.append(1000.0 / sorted(r["perf/step_ms"] for r in rows)[len(rows) // 2])
+    return {
+        "kind": "trials",
+        "count": args.count,
+        "exit_status": status,
+        "wall_seconds": seconds,
+        "trials_reporting": len(rates),
+        "steps_per_s_per_trial": rates,
+        "total_steps_per_s": sum(rates),
+    }
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=("plain", "system", "trials"))
+    parser.add_argument("--stage", choices=("pre", "discrete"), default="discrete")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--count", type=int, default=1, help="trials at once (kind trials)")
+    parser.add_argument("--positions", type=int, default=16, help="data.num_positions")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    args = parser.parse_args(argv)
+    if not 0 <= args.warmup < args.steps:
+        parser.error(f"--warmup must be in [0, --steps), got {args.warmup}")
+    figures = {"plain": plain, "system": system, "trials": trials}[args.kind](args)
+    figures["torch"] = torch.__version__
+    Path(args.out).write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
