@@ -45,10 +45,10 @@ class SolverActor:
 
     def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         """(labels_N int64, solve_ms) of one global assignment; solve_ms excludes model builds."""
-        unary_NK, lam = validate_problem(unary_NK, lam)
+        unary_NK, lam = validate_problem(unary_NK, lam)  # once here; solve_valid trusts it
         solver = self._solver_for(unary_NK.shape)
         started = time.perf_counter()
-        labels_N = solver.solve(unary_NK, lam)
+        labels_N = solver.solve_valid(unary_NK, lam)
         solve_ms = 1e3 * (time.perf_counter() - started)
         self._calls += 1
         self._total_ms += solve_ms
