@@ -20,16 +20,22 @@ intervals, the first interval dropped as warm-up), each run's step is split into
   reporting   everything outside TrainLoop.step: hooks, ray.train.report, progress line
               (perf/step_ms minus perf/data_ms and perf/train_step_ms)
 
+Then, from inside a Ray actor (as rank 0 of a Train run is), the actor call's own cost (round
+trip minus solve) of an ordinary call (solver.actor.solve_remote, what the worker uses) and of
+the compiled-graph path (solver.actor.CompiledSolve), interleaved call by call at this
+benchmark's (N, K), and the fixed cost of (b) projected onto the compiled path.
+
 The parts add up to the step (with 2 workers the solver parts are rank 0's and wait / gather are
 means over ranks, so `glue` takes the difference). Columns "+(b)" and "+(c)" are the system's
 extra cost over (a) per part; the last line is the summary with the ratios.
 
-    python benchmarks/fast_step.py [--steps 400] [--log-every 100] [--batch 2]
+    python benchmarks/fast_step.py [--steps 400] [--log-every 100] [--batch 2] [--calls 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -145,11 +151,44 @@ def system_run(config) -> dict[str, float]:
     return medians(rows)
 
 
+def call_path(n: int, k: int, lam: float, calls: int) -> dict[str, float]:
+    """Median actor-call cost (round trip minus solve, ms) of the ordinary and the compiled
+    path, measured from inside an actor, alternating call by call."""
+    import ray
+
+    from solver.actor import CompiledSolve, get_or_create_solver_actor, solve_remote
+
+    @ray.remote(num_cpus=0)
+    class Caller:
+        def compare(self, actor, n: int, k: int, lam: float, calls: int) -> dict[str, float]:
+            rng = np.random.default_rng(0)
+            compiled = CompiledSolve(actor)
+            paths = {"ordinary": functools.partial(solve_remote, actor), "compiled": compiled}
+            costs: dict[str, list[float]] = {name: [] for name in paths}
+            for i in range(calls + 20):  # the first 20 calls warm up (and compile)
+                unary_NK = 100.0 + 50.0 * rng.uniform(size=(n, k))
+                for name, call in paths.items():
+                    _, solve_ms, round_trip_ms = call(unary_NK, lam)
+                    if i >= 20:
+                        costs[name].append(round_trip_ms - solve_ms)
+            out = {name: statistics.median(v) for name, v in costs.items()}
+            out["fallback_calls"] = float(compiled.fallback_calls)
+            compiled.close()
+            return out
+
+    actor = get_or_create_solver_actor(f"fast-step-calls-{os.getpid()}", namespace="benchmarks")
+    try:
+        return ray.get(Caller.remote().compare.remote(actor, n, k, lam, calls))
+    finally:
+        ray.kill(actor, no_restart=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=300, help="calls per path (call costs)")
     args = parser.parse_args()
 
     from launch.cluster import connect
@@ -167,6 +206,7 @@ def main() -> None:
         plain.append(plain_loop(one, threads))
         c = system_run(make_config(args, 2, storage))
         plain.append(plain_loop(one, threads))
+        calls = call_path(args.batch, one.model.num_categories, one.solver.lam, args.calls)
     base_b = {key: (plain[0][key] + plain[1][key]) / 2 for key in plain[0]}
     base_c = {key: (plain[1][key] + plain[2][key]) / 2 for key in plain[0]}
     a = {key: (plain[0][key] + plain[1][key] + plain[2][key]) / 3 for key in plain[0]}
@@ -191,11 +231,19 @@ def main() -> None:
     fixed_c = sum(c[k] for k in SYSTEM_PARTS) + c["solve"] - base_c["solve"]
     fixed_b -= base_b["actor call"]
     fixed_c -= base_c["actor call"]
+    saved = calls["ordinary"] - calls["compiled"]
+    print(
+        f"actor call from an actor at N={args.batch}, median of {args.calls}: ordinary "
+        f"{calls['ordinary']:.3f} ms, compiled graph {calls['compiled']:.3f} ms "
+        f"({calls['fallback_calls']:.0f} fallbacks); (b)'s fixed cost on the compiled path "
+        f"(projected): {fixed_b - saved:.2f} ms"
+    )
     print(
         f"SUMMARY fast_step batch={args.batch} plain_ms={a['step']:.2f} "
         f"b/a={b['step'] / base_b['step']:.3f} c/a={c['step'] / base_c['step']:.3f} "
         f"fixed_b_ms={fixed_b:.2f} fixed_c_ms={fixed_c:.2f} "
         f"core_b/a={b['core'] / base_b['core']:.3f} core_c/a={c['core'] / base_c['core']:.3f} "
+        f"call_ordinary_ms={calls['ordinary']:.3f} call_compiled_ms={calls['compiled']:.3f} "
         "(targets: fixed_b <= 1.0 ms, b/a <= 1.10, core_b/a <= 1.05)"
     )
 
