@@ -16,8 +16,10 @@ Every solve's objective is checked: (a) must equal (c) (to 1e-9 relative), and (
 evaluated on the float objective, may exceed (a) by at most the x10,000 rounding (N * 1e-4) but
 never be better than (a). The first solve of each shape (model build, cold start) is not timed.
 
-Target: (a)/(b) <= 1.0 for N >= 512 and <= 2.0 at N = 64.
-Usage: python benchmarks/solver.py [--repeats 20] [--quick]   (needs the `bench` extra: ortools)
+Target: (a)/(b) <= 1.0 for N >= 512 and <= 2.0 at N = 64; issue 11's target, (a)/(b) <= 0.5
+at every N, is reported as half_of_ortools_met.
+Usage: python benchmarks/solver.py [--repeats 20] [--quick] [--sizes N ...]
+       (needs the `bench` extra: ortools)
        --quick: N in {64, 512} only, 7 repeats unless --repeats is given.
 The last line printed is `SUMMARY ...` with the worst (a)/(b) per N and whether the target holds.
 
@@ -178,8 +180,11 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="N in {64, 512}, 7 repeats")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=None, help="N values (default 64 512 4096)"
+    )
     args = parser.parse_args()
-    sizes = [64, 512] if args.quick else [64, 512, 4096]
+    sizes = args.sizes or ([64, 512] if args.quick else [64, 512, 4096])
     repeats = args.repeats or (7 if args.quick else 20)
 
     header = (
@@ -207,13 +212,14 @@ def main() -> None:
                     flush=True,
                 )
     worst = {n: max(r["a"] / r["b"] for r in rows if r["n"] == n) for n in sizes}
-    limit = {n: (2.0 if n == 64 else 1.0) for n in sizes}
+    limit = {n: (2.0 if n <= 64 else 1.0) for n in sizes}
     met = all(worst[n] <= limit[n] for n in sizes)
     parts = " ".join(f"worst_ratio_n{n}={worst[n]:.2f}" for n in sizes)
     worst_vec = max(r["a"] / r["b_vec"] for r in rows)
     print(
         f"SUMMARY {parts} worst_ratio_vs_vectorised_ortools={worst_vec:.2f} "
-        f"target_met={'yes' if met else 'no'}"
+        f"target_met={'yes' if met else 'no'} "
+        f"half_of_ortools_met={'yes' if all(w <= 0.5 for w in worst.values()) else 'no'}"
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import statistics
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -45,10 +46,10 @@ class SolverActor:
 
     def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         """(labels_N int64, solve_ms) of one global assignment; solve_ms excludes model builds."""
-        unary_NK, lam = validate_problem(unary_NK, lam)
+        unary_NK, lam = validate_problem(unary_NK, lam)  # once here; solve_valid trusts it
         solver = self._solver_for(unary_NK.shape)
         started = time.perf_counter()
-        labels_N = solver.solve(unary_NK, lam)
+        labels_N = solver.solve_valid(unary_NK, lam)
         solve_ms = 1e3 * (time.perf_counter() - started)
         self._calls += 1
         self._total_ms += solve_ms
@@ -127,12 +128,98 @@ def solve_remote(
             ray.cancel(ref)
         except Exception:  # best effort: the error below is what matters
             pass
-        raise SolverTimeoutError(
-            f"solver actor {_actor_label(actor)} gave no answer within {timeout_s:g} s for a "
-            f"{unary_NK.shape[0]} x {unary_NK.shape[1]} (N, K) problem (lam={lam:g})"
-        ) from exc
+        raise _timeout_error(actor, unary_NK, lam, timeout_s) from exc
     round_trip_ms = 1e3 * (time.perf_counter() - started)
     return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
+
+
+class CompiledSolve:
+    """`solve_remote` through a Ray Compiled Graph on the same actor: the problem and the
+    answer travel through shared-memory channels instead of an ordinary actor call.
+
+    Same answers, errors and restart behaviour as `solve_remote`: the actor keeps its restart
+    policy; when the graph fails (the actor died or was restarted: a compiled graph does not
+    survive that, Ray raises a channel or system error), the graph is torn down in the
+    background and that call is answered by `solve_remote`, whose ordinary call Ray retries on
+    the restarted actor; the next call compiles a new graph. A timeout raises
+    SolverTimeoutError and drops the graph as well. When compiling fails, ordinary calls are
+    used for the next `recompile_after` calls. `compiled_calls` / `fallback_calls` count what
+    answered.
+    """
+
+    def __init__(self, actor: Any, *, recompile_after: int = 100):
+        self.actor = actor
+        self.recompile_after = recompile_after
+        self.compiled_calls = 0
+        self.fallback_calls = 0
+        self._graph: Any = None
+        self._ordinary_left = 0  # ordinary calls left before the next compile attempt
+
+    def __call__(
+        self, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0
+    ) -> tuple[np.ndarray, float, float]:
+        """(labels_N int64, solve_ms, round_trip_ms), as `solve_remote`."""
+        unary_NK, lam = validate_problem(unary_NK, lam)
+        graph = self._current_graph()
+        if graph is None:
+            self.fallback_calls += 1
+            return solve_remote(self.actor, unary_NK, lam, timeout_s)
+        started = time.perf_counter()
+        try:
+            labels_N, solve_ms = ray.get(graph.execute(unary_NK, lam), timeout=timeout_s)
+        except (GetTimeoutError, TimeoutError) as exc:
+            self._drop_graph()
+            raise _timeout_error(self.actor, unary_NK, lam, timeout_s) from exc
+        except Exception:  # the graph broke (actor died or restarted): an ordinary call
+            self._drop_graph()
+            self.fallback_calls += 1
+            return solve_remote(self.actor, unary_NK, lam, timeout_s)
+        round_trip_ms = 1e3 * (time.perf_counter() - started)
+        self.compiled_calls += 1
+        return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
+
+    def close(self) -> None:
+        """Tear the graph down (waits for the actor's side to stop)."""
+        graph, self._graph = self._graph, None
+        if graph is not None:
+            graph.teardown()
+
+    def _current_graph(self) -> Any:
+        if self._graph is not None:
+            return self._graph
+        if self._ordinary_left > 0:
+            self._ordinary_left -= 1
+            return None
+        from ray.dag import InputNode
+
+        try:
+            with InputNode() as problem:
+                node = self.actor.solve.bind(problem[0], problem[1])
+            self._graph = node.experimental_compile()
+        except Exception:  # no compiled graphs here: ordinary calls for a while
+            self._ordinary_left = self.recompile_after
+            return None
+        return self._graph
+
+    def _drop_graph(self) -> None:
+        """Forget the graph; its teardown waits for the actor, so it runs in a daemon thread."""
+        graph, self._graph = self._graph, None
+        if graph is not None:
+
+            def teardown() -> None:
+                try:
+                    graph.teardown()
+                except Exception:  # a graph whose actor died may fail to tear down: dropped
+                    pass
+
+            threading.Thread(target=teardown, name="compiled-solve-teardown", daemon=True).start()
+
+
+def _timeout_error(actor: Any, unary_NK: np.ndarray, lam: float, timeout_s: float):
+    return SolverTimeoutError(
+        f"solver actor {_actor_label(actor)} gave no answer within {timeout_s:g} s for a "
+        f"{unary_NK.shape[0]} x {unary_NK.shape[1]} (N, K) problem (lam={lam:g})"
+    )
 
 
 def _actor_label(actor: Any) -> str:

@@ -150,7 +150,10 @@ class AssignmentSolver:
         for name, value in _HIGHS_OPTIONS.items():
             if highs.setOptionValue(name, value) != highspy.HighsStatus.kOk:
                 raise RuntimeError(f"HiGHS rejected option {name}={value!r}")
-        self._row_status = [highspy.HighsBasisStatus.kLower] * self.num_rows
+        # One basis object reused by every run: its row statuses (all rows at their bound,
+        # equality rows) never change, so only the column statuses are written per run.
+        self._basis = highspy.HighsBasis()
+        self._basis.row_status = [highspy.HighsBasisStatus.kLower] * self.num_rows
         self._slot_t_KT = np.broadcast_to(np.arange(self.num_slots), (k, self.num_slots))
         self._lam_in_highs: float | None = None
         self._prices_K: np.ndarray | None = None
@@ -166,6 +169,15 @@ class AssignmentSolver:
         """
         started = time.perf_counter()
         unary_NK, lam = validate_problem(unary_NK, lam)
+        return self.solve_valid(unary_NK, lam, started=started)
+
+    def solve_valid(
+        self, unary_NK: np.ndarray, lam: float, *, started: float | None = None
+    ) -> np.ndarray:
+        """`solve` for input that `validate_problem` already returned (C-contiguous float64,
+        finite; lam a finite float >= 0): the matrix is not checked again. `started` is the
+        perf_counter time `last.solve_ms` counts from (default: now)."""
+        started = time.perf_counter() if started is None else started
         if unary_NK.shape != (self.n, self.k):
             raise ValueError(
                 f"unary shape {unary_NK.shape} does not match this solver's ({self.n}, {self.k})"
@@ -223,10 +235,8 @@ class AssignmentSolver:
         slot_status_KT = np.where(self._slot_t_KT < t_K[:, None], _UPPER, _LOWER).astype(np.int8)
         slot_status_KT[np.arange(k), t_K] = _BASIC
         status_C[self.slot_col_KT] = slot_status_KT
-        basis = highspy.HighsBasis()
-        basis.col_status = _BASIS_STATUS[status_C].tolist()
-        basis.row_status = self._row_status
-        return basis
+        self._basis.col_status = _BASIS_STATUS[status_C].tolist()
+        return self._basis
 
     def _run(self, unary_NK: np.ndarray, lam: float, prices_K: np.ndarray, cold: bool) -> _Run:
         """One HiGHS run from the basis around `prices_K`; checks status and integrality."""
@@ -291,6 +301,8 @@ class AssignmentSolver:
         tol = 1e-6 + 1e-9 * scale  # above HiGHS's 1e-7 tolerances summed over a short cycle
         free_NK = move_NK <= tol
         free_NK[np.arange(n), labels_N] = False
+        if not free_NK.any():  # no item can move for free, so no cycle through an item move
+            return False
         counts_K = np.bincount(labels_N, minlength=k)
         absorb_K = (counts_K < self.num_slots) & (lam * counts_K + y_K <= tol)
         release_K = (counts_K > 0) & (-(lam * (counts_K - 1) + y_K) <= tol)
@@ -326,4 +338,4 @@ def assign(unary: np.ndarray, lam: float) -> np.ndarray:
     """
     unary_NK, lam = validate_problem(unary, lam)
     with _solve_lock:  # one build or solve at a time per process: the solvers are stateful
-        return get_solver(*unary_NK.shape).solve(unary_NK, lam)
+        return get_solver(*unary_NK.shape).solve_valid(unary_NK, lam)

@@ -13,7 +13,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainer.distributed.codes import CodeExchangeError, GlobalCodeClient, NonFiniteUnaryError
+from trainer.distributed.codes import (
+    CodeExchangeError,
+    CodeTimings,
+    GlobalCodeClient,
+    NonFiniteUnaryError,
+)
 
 B, K = 4, 3
 SOLVE_S = 0.2  # the fake solver's wall time
@@ -118,6 +123,13 @@ def test_two_ranks_get_their_slices_of_one_assignment(tmp_path):
     for r in results:
         assert r["timings"]["solver/wait_ms"] >= 1000 * SOLVE_S
     assert results[0]["timings"]["solver/gather_ms"] >= 1000 * LATE_S / 2
+    # Rank 0 reports every declared key; rank 1 waits for the solve inside the broadcast.
+    assert set(results[0]["timings"]) == set(CodeTimings.KEYS)
+    assert results[1]["timings"]["solver/broadcast_ms"] >= 1000 * SOLVE_S
+    for r in results:
+        parts = sum(r["timings"].get(f"solver/{p}", 0.0) for p in ("to_host_ms", "to_device_ms"))
+        parts += r["timings"].get("solver/round_trip_ms", 0.0) + r["timings"]["solver/broadcast_ms"]
+        assert parts <= r["timings"]["solver/wait_ms"]  # the parts lie inside the wait
 
 
 def test_missing_rank_ends_in_a_clear_error_not_a_hang(tmp_path):
@@ -163,6 +175,9 @@ def test_single_process_calls_solver_directly():
     codes = client(_shard(0))
     np.testing.assert_array_equal(codes.numpy(), np.arange(B) % K)
     assert codes.dtype == torch.int64
+    timings = client.timings.summary()
+    assert set(timings) == set(CodeTimings.KEYS) - {"solver/gather_ms"}  # no collective
+    assert timings["solver/broadcast_ms"] == 0.0 and timings["solver/solve_ms"] == 1.5
 
 
 def test_rank0_requires_a_solver():

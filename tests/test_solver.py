@@ -164,6 +164,29 @@ def test_reused_solver_answers_exactly_as_fresh_solves() -> None:
     assert fallbacks > 0  # tied instances really went through the tie check
 
 
+def test_tie_check_finds_exactly_the_instances_with_several_optima() -> None:
+    # After a warm solve the cold re-solve runs iff the tie check finds another optimum; by
+    # enumeration of all 3^6 labellings, that is iff more than one labelling is optimal.
+    n, k = 6, 3
+    rng = np.random.default_rng(21)
+    solver = AssignmentSolver(n, k)
+    solver.solve(rng.normal(size=(n, k)), 0.5)
+    seen = set()
+    for trial in range(60):
+        lam = (0.0, 0.5, 1.0)[trial % 3]
+        if trial % 2:
+            unary_NK = rng.integers(0, 3, size=(n, k)).astype(np.float64)
+        else:
+            unary_NK = rng.normal(size=(n, k))
+        _, costs = brute_force_costs(unary_NK, lam)
+        several = int(np.sum(costs <= costs.min() + 1e-9)) > 1
+        solver.solve(unary_NK, lam)
+        assert solver.last.warm
+        assert solver.last.tie_fallback == several, f"trial {trial}"
+        seen.add(several)
+    assert seen == {True, False}
+
+
 def test_zero_lambda_ties_go_to_lowest_category_index() -> None:
     rng = np.random.default_rng(3)
     solver = AssignmentSolver(40, 4)

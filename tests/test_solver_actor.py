@@ -14,6 +14,7 @@ import pytest
 
 from solver import assign, assignment_cost
 from solver.actor import (
+    CompiledSolve,
     SolverTimeoutError,
     get_or_create_solver_actor,
     remote_solver_actor_class,
@@ -125,3 +126,80 @@ def test_timeout_raises_solver_timeout_error_naming_actor_timeout_and_shape(ray_
     best = assignment_cost(unary_NK, assign(unary_NK, 0.001), 0.001)
     assert assignment_cost(unary_NK, labels_N, 0.001) == pytest.approx(best)
     ray_session.kill(slow, no_restart=True)
+
+
+def _wait_for_restart(ray, actor, first_pid: int) -> None:
+    deadline = time.monotonic() + 60
+    while ray.get(actor.stats.remote(), timeout=60)["pid"] == first_pid:
+        assert time.monotonic() < deadline, "the killed actor was not restarted"
+        time.sleep(0.05)
+
+
+def test_compiled_solve_answers_as_assign_and_falls_back_across_a_restart(ray_session) -> None:
+    ray = ray_session
+    actor = get_or_create_solver_actor(unique_name("solver-graph"), namespace=NAMESPACE)
+    client = CompiledSolve(actor)
+    for seed, lam in [(20, 0.001), (21, 1.0), (22, 0.0)]:
+        unary_NK = problem(seed)
+        labels_N, solve_ms, round_trip_ms = client(unary_NK, lam, timeout_s=60)
+        assert labels_N.dtype == np.int64
+        np.testing.assert_array_equal(labels_N, assign(unary_NK, lam))
+        assert 0 < solve_ms < round_trip_ms
+    assert (client.compiled_calls, client.fallback_calls) == (3, 0)
+    with pytest.raises(ValueError, match="NaN or inf"):  # checked before anything is sent
+        client(np.array([[0.0, np.nan]]), 0.1)
+
+    first_pid = ray.get(actor.stats.remote())["pid"]
+    ray.kill(actor, no_restart=False)
+    _wait_for_restart(ray, actor, first_pid)
+    unary_NK = problem(23)
+    labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)  # the graph broke: ordinary call
+    np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
+    assert client.fallback_calls == 1
+    labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)  # a new graph on the new actor
+    np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
+    assert (client.compiled_calls, client.fallback_calls) == (4, 1)
+    client.close()
+    ray.kill(actor, no_restart=True)
+
+
+def test_compiled_solve_times_out_naming_the_shape_then_answers(ray_session) -> None:
+    slow = (
+        remote_solver_actor_class(DelayedSolverActor)
+        .options(name=unique_name("solver-graph-slow"), namespace=NAMESPACE)
+        .remote(delay_s=2.0)
+    )
+    assert ray_session.get(slow.ping.remote()) is True
+    client = CompiledSolve(slow)
+    unary_NK = problem(24, n=50, k=4)
+    client(unary_NK, 0.001, timeout_s=60)  # compiled and answered
+    with pytest.raises(SolverTimeoutError, match="50 x 4 \\(N, K\\)"):
+        client(unary_NK, 0.001, timeout_s=0.25)
+    labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)
+    np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
+    client.close()
+    ray_session.kill(slow, no_restart=True)
+
+
+def test_compiled_solve_call_in_flight_during_a_kill_is_answered(ray_session) -> None:
+    import threading
+
+    ray = ray_session
+    slow = (
+        remote_solver_actor_class(DelayedSolverActor)
+        .options(name=unique_name("solver-graph-kill"), namespace=NAMESPACE)
+        .remote(delay_s=3.0)
+    )
+    client = CompiledSolve(slow)
+    unary_NK = problem(25)
+    client(unary_NK, 1.0, timeout_s=60)  # compiled
+    got: dict[str, np.ndarray] = {}
+    call = threading.Thread(target=lambda: got.setdefault("labels", client(unary_NK, 1.0, 60)[0]))
+    call.start()
+    time.sleep(0.5)  # the call is now sleeping inside the actor
+    ray.kill(slow, no_restart=False)
+    call.join(timeout=90)
+    np.testing.assert_array_equal(got["labels"], assign(unary_NK, 1.0))
+    assert client.fallback_calls == 1  # answered by an ordinary call on the restarted actor
+    client.close()
+    ray.kill(slow, no_restart=True)

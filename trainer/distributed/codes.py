@@ -55,34 +55,45 @@ class CodeTimings:
     gather_ms: in the all-gather of unary shards, which includes waiting for the slowest rank
         (the same synchronisation DDP's gradient all-reduce would impose anyway);
     wait_ms: from holding all shards until holding this rank's codes: the cost of the central
-        solver (solve, actor round trip, broadcast);
-    solve_ms / round_trip_ms: rank 0 only, the solve inside the actor and the whole actor call.
+        solver (the four parts below, plus the glue between them);
+    to_host_ms: the (N, K) unary matrix to a host numpy array and its finiteness check;
+    round_trip_ms / solve_ms: rank 0 only, the whole call of the solve function and the solve
+        inside it (with the actor: round_trip_ms - solve_ms is the actor call's own cost);
+    broadcast_ms: the broadcast of the N labels (0 with one rank: nothing is sent);
+    to_device_ms: this rank's labels into an int64 tensor on the unary's device.
     """
 
-    KEYS: ClassVar[tuple[str, ...]] = (
-        "solver/solve_ms",
-        "solver/round_trip_ms",
-        "solver/gather_ms",
-        "solver/wait_ms",
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "solve_ms",
+        "round_trip_ms",
+        "gather_ms",
+        "wait_ms",
+        "to_host_ms",
+        "broadcast_ms",
+        "to_device_ms",
     )
+    KEYS: ClassVar[tuple[str, ...]] = tuple(f"solver/{name}" for name in NAMES)
     """Keys `summary` can return."""
 
     solve_ms: list[float] = field(default_factory=list)
     round_trip_ms: list[float] = field(default_factory=list)
     gather_ms: list[float] = field(default_factory=list)
     wait_ms: list[float] = field(default_factory=list)
+    to_host_ms: list[float] = field(default_factory=list)
+    broadcast_ms: list[float] = field(default_factory=list)
+    to_device_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
         """Means over the interval under `solver/...` keys; empty when no call was made."""
         out: dict[str, float] = {}
-        for name in ("solve_ms", "round_trip_ms", "gather_ms", "wait_ms"):
+        for name in self.NAMES:
             values = getattr(self, name)
             if values:
                 out[f"solver/{name}"] = float(np.mean(values))
         return out
 
     def clear(self) -> None:
-        for name in ("solve_ms", "round_trip_ms", "gather_ms", "wait_ms"):
+        for name in self.NAMES:
             getattr(self, name).clear()
 
 
@@ -116,10 +127,7 @@ class GlobalCodeClient:
         unary_BK = unary_BK.detach().contiguous()
         try:
             if self.world_size == 1:
-                unary_NK = unary_BK.cpu().numpy()
-                self._check_finite(unary_NK, batch)
-                labels_N = np.array(self._solve_on_rank0(unary_NK))  # writable
-                codes_B = torch.from_numpy(labels_N).to(unary_BK.device)
+                codes_B = self._single(unary_BK)
             else:
                 codes_B = self._exchange(unary_BK)
         except (CodeExchangeError, NonFiniteUnaryError):
@@ -143,11 +151,29 @@ class GlobalCodeClient:
             raise NonFiniteUnaryError(self.step, unary_NK, rows_per_rank)
 
     def _solve_on_rank0(self, unary_NK: np.ndarray) -> np.ndarray:
+        assert self.solve is not None
         start = time.perf_counter()
-        labels_N, solve_ms = self.solve(unary_NK.astype(np.float64, copy=False))
+        labels_N, solve_ms = self.solve(unary_NK)
         self.timings.round_trip_ms.append((time.perf_counter() - start) * 1000.0)
         self.timings.solve_ms.append(float(solve_ms))
         return np.asarray(labels_N, dtype=np.int64)
+
+    def _to_host(self, unary_NK: torch.Tensor, rows_per_rank: int) -> np.ndarray:
+        """float64 host copy of the (N, K) matrix, checked finite (a NonFiniteUnaryError)."""
+        started = time.perf_counter()
+        host_NK = unary_NK.to(device="cpu", dtype=torch.float64).numpy()
+        self._check_finite(host_NK, rows_per_rank)
+        self.timings.to_host_ms.append((time.perf_counter() - started) * 1000.0)
+        return host_NK
+
+    def _single(self, unary_BK: torch.Tensor) -> torch.Tensor:
+        """World size 1: this rank's batch is the whole problem."""
+        labels_N = self._solve_on_rank0(self._to_host(unary_BK, unary_BK.shape[0]))
+        started = time.perf_counter()
+        self.timings.broadcast_ms.append(0.0)
+        codes_B = torch.from_numpy(np.array(labels_N)).to(unary_BK.device)  # a writable copy
+        self.timings.to_device_ms.append((time.perf_counter() - started) * 1000.0)
+        return codes_B
 
     def _exchange(self, unary_BK: torch.Tensor) -> torch.Tensor:
         batch, _ = unary_BK.shape
@@ -157,10 +183,19 @@ class GlobalCodeClient:
         dist.all_gather(shards, unary_BK)
         self.timings.gather_ms.append((time.perf_counter() - started) * 1000.0)
         # Every rank holds every shard, so all ranks see the same NaN and stop together.
-        unary_NK = torch.cat(shards).cpu().numpy()
-        self._check_finite(unary_NK, batch)
+        unary_NK = self._to_host(torch.cat(shards), batch)
         labels_N = torch.empty(batch * self.world_size, dtype=torch.int64, device=unary_BK.device)
+        to_device_ms = 0.0  # rank 0's copy of the labels into labels_N, then every rank's slice
         if self.rank == 0:
-            labels_N.copy_(torch.as_tensor(np.array(self._solve_on_rank0(unary_NK))))
+            solved_N = self._solve_on_rank0(unary_NK)
+            started = time.perf_counter()
+            labels_N.copy_(torch.from_numpy(solved_N))
+            to_device_ms = (time.perf_counter() - started) * 1000.0
+        started = time.perf_counter()
         dist.broadcast(labels_N, src=0)
-        return labels_N[self.rank * batch : (self.rank + 1) * batch].clone()
+        self.timings.broadcast_ms.append((time.perf_counter() - started) * 1000.0)
+        started = time.perf_counter()
+        codes_B = labels_N[self.rank * batch : (self.rank + 1) * batch].clone()
+        to_device_ms += (time.perf_counter() - started) * 1000.0
+        self.timings.to_device_ms.append(to_device_ms)
+        return codes_B
