@@ -21,9 +21,10 @@ intervals, the first interval dropped as warm-up), each run's step is split into
               (perf/step_ms minus perf/data_ms and perf/train_step_ms)
 
 Then, from inside a Ray actor (as rank 0 of a Train run is), the actor call's own cost (round
-trip minus solve) of an ordinary call (solver.actor.solve_remote, what the worker uses) and of
-the compiled-graph path (solver.actor.CompiledSolve), interleaved call by call at this
-benchmark's (N, K), and the fixed cost of (b) projected onto the compiled path.
+trip minus solve) of an ordinary call (trainer.distributed.solver_actor.solve_remote, what the
+worker uses) and of the compiled-graph path (trainer.distributed.solver_actor.CompiledSolve),
+interleaved call by call at this benchmark's (N, K), and the fixed cost of (b) projected onto
+the compiled path.
 
 The parts add up to the step (with 2 workers the solver parts are rank 0's and wait / gather are
 means over ranks, so `glue` takes the difference). Columns "+(b)" and "+(c)" are the system's
@@ -156,7 +157,11 @@ def call_path(n: int, k: int, lam: float, calls: int) -> dict[str, float]:
     path, measured from inside an actor, alternating call by call."""
     import ray
 
-    from solver.actor import CompiledSolve, get_or_create_solver_actor, solve_remote
+    from trainer.distributed.solver_actor import (
+        CompiledSolve,
+        get_or_create_solver_actor,
+        solve_remote,
+    )
 
     @ray.remote(num_cpus=0)
     class Caller:

@@ -1,7 +1,7 @@
 """Global assignment of discrete codes: min-cost flow modelled in Pyomo, solved by HiGHS.
 
 `assign(unary, lam) -> labels` is the whole public math API; `AssignmentSolver` is the reusable
-per-shape solver behind it. solver/actor.py wraps it in a Ray actor (the only Ray code here).
+per-shape solver behind it. No Ray here: trainer/distributed/solver_actor.py is its Ray actor.
 """
 
 from solver.network import assignment_cost, validate_problem

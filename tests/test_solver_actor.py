@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from solver import assign, assignment_cost
-from solver.actor import (
+from trainer.distributed.drills import DelayedSolverActor
+from trainer.distributed.solver_actor import (
     CompiledSolve,
     SolverTimeoutError,
     get_or_create_solver_actor,
     remote_solver_actor_class,
     solve_remote,
 )
-from solver.drills import DelayedSolverActor
 
 NAMESPACE = "cascadevae-tests"
 

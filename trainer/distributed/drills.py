@@ -1,15 +1,17 @@
-"""Test and fault-drill seams of a Train worker, off unless the config asks for them:
-`train.fail_at_step` (every rank crashes once at that step) and `train.record_codes_steps`
-(each rank saves its unary shards and codes of the first N discrete steps).
+"""Test and fault-drill seams, off unless asked for: `train.fail_at_step` (every rank crashes
+once at that step), `train.record_codes_steps` (each rank saves its unary shards and codes of
+the first N discrete steps), and a solver actor that holds every call (for the fault tests).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 
 from trainer.distributed.codes import GlobalCodeClient
+from trainer.distributed.solver_actor import SolverActor
 
 FAILED_ONCE_MARKER = ".failed_once_at_step"
 
@@ -59,3 +61,16 @@ class CodeRecorder:
             unary=np.stack([u for _, u, _ in self.recorded]),
             codes=np.stack([c for _, _, c in self.recorded]),
         )
+
+
+class DelayedSolverActor(SolverActor):
+    """A SolverActor that sleeps `delay_s` before every solve, so that a test can kill it with
+    a call in flight or see a call time out."""
+
+    def __init__(self, delay_s: float):
+        super().__init__()
+        self._delay_s = float(delay_s)
+
+    def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        time.sleep(self._delay_s)
+        return super().solve(unary_NK, lam)

@@ -149,7 +149,7 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
     if rank == 0 and solver:
         import ray
 
-        from solver.actor import solve_remote
+        from trainer.distributed.solver_actor import solve_remote
 
         actor = ray.get_actor(solver["name"], namespace=SOLVER_NAMESPACE)
         lam, timeout_s = config.solver.lam, config.solver.timeout_s
@@ -314,7 +314,7 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
 
     solver_info, actor = None, None
     if config.model.variant == "cascade":
-        from solver.actor import get_or_create_solver_actor
+        from trainer.distributed.solver_actor import get_or_create_solver_actor
 
         name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"
         actor = get_or_create_solver_actor(name, namespace=SOLVER_NAMESPACE)
