@@ -14,11 +14,11 @@ Shape legend:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from trainer.data.dsprites import sample_indices_with_fixed_factor
+from trainer.data.dsprites import DSprites, sample_indices_with_fixed_factor
 from trainer.eval.sampling import draw_global_sample, with_codes
 from trainer.eval.statistics import (
     gini_variance,
@@ -27,9 +27,6 @@ from trainer.eval.statistics import (
     varying_factors,
 )
 from trainer.eval.types import GlobalSample, MetricResult, Representation, Representer
-
-if TYPE_CHECKING:
-    from trainer.data.dsprites import DSprites
 
 AUTHORS_NUM_GLOBAL = 10_000  # the authors use all 737,280 images; a sample keeps eval cheap
 AUTHORS_NUM_VOTES = 800

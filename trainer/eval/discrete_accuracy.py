@@ -6,16 +6,12 @@ Shape legend: N images, K learned categories, S true shapes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from trainer.data.dsprites import DSprites
 from trainer.eval.sampling import draw_global_sample, with_codes
 from trainer.eval.types import SHAPE_FACTOR, GlobalSample, MetricResult, Representer
-
-if TYPE_CHECKING:
-    from trainer.data.dsprites import DSprites
 
 DISCRETE_NUM_SAMPLES = 10_000
 

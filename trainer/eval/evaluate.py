@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from trainer.core.model import CascadeVAE
+from trainer.data.dsprites import DSprites
 from trainer.eval.inference import ModelRepresenter
 from trainer.eval.options import EvalConfig
 from trainer.eval.registry import METRICS, select
 from trainer.eval.sampling import draw_global_sample
 from trainer.schema import validate
-
-if TYPE_CHECKING:
-    from trainer.core.model import CascadeVAE
-    from trainer.data.dsprites import DSprites
 
 
 def evaluate_model(

@@ -10,17 +10,14 @@ Shape legend:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from trainer.data.dsprites import sample_indices_with_fixed_factor
+from trainer.data.dsprites import DSprites, sample_indices_with_fixed_factor
 from trainer.eval.sampling import draw_global_sample, with_codes
 from trainer.eval.statistics import gini_variance, varying_factors
 from trainer.eval.types import GlobalSample, MetricResult, Representation, Representer
-
-if TYPE_CHECKING:
-    from trainer.data.dsprites import DSprites
 
 FACTORVAE_NUM_GLOBAL = 10_000
 FACTORVAE_NUM_TRAIN = 10_000

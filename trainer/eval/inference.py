@@ -9,17 +9,14 @@ Shape legend:
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from trainer.core.model import CascadeVAE
+from trainer.data.dsprites import DSprites
 from trainer.eval.options import EvalConfig
 from trainer.eval.types import Representation, Representer
-
-if TYPE_CHECKING:
-    from trainer.core.model import CascadeVAE
-    from trainer.data.dsprites import DSprites
 
 DEFAULT_BATCH_SIZE = EvalConfig.model_fields["batch_size"].default
 

@@ -8,10 +8,9 @@ Shape legend:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from trainer.data.dsprites import DSprites
 from trainer.eval.sampling import draw_global_sample, with_codes
 from trainer.eval.statistics import (
     discrete_entropy,
@@ -20,9 +19,6 @@ from trainer.eval.statistics import (
     varying_factors,
 )
 from trainer.eval.types import GlobalSample, MetricResult, Representer
-
-if TYPE_CHECKING:
-    from trainer.data.dsprites import DSprites
 
 MIG_NUM_SAMPLES = 10_000
 MIG_NUM_BINS = 20

@@ -6,15 +6,10 @@ Shape legend: N images of the sample.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from trainer.data.dsprites import sample_random_indices
+from trainer.data.dsprites import DSprites, sample_random_indices
 from trainer.eval.types import GlobalSample, Representation, Representer
-
-if TYPE_CHECKING:
-    from trainer.data.dsprites import DSprites
 
 
 def draw_global_sample(

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from trainer.data.dsprites import LATENT_NAMES
-
-if TYPE_CHECKING:
-    from trainer.data.dsprites import DSprites
+from trainer.data.dsprites import LATENT_NAMES, DSprites
 
 SHAPE_FACTOR = LATENT_NAMES.index("shape")
 
