@@ -209,3 +209,19 @@ def test_every_reported_key_is_declared_and_accepted_as_a_sweep_metric(runs, nam
     assert seen - declared == set()
     # And every declared key was reported (the all-gather happens with two ranks only).
     assert declared - seen == ({"solver/gather_ms"} if name == "one_worker" else set())
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_for_the_newest_intact_one(ray_session, tmp_path):
+    every = ["train.checkpoint_every=10", "cascade.discrete_start_stage=2"]
+    _, first, run_dir = _fit(tmp_path, "corrupt", ["train.num_steps=20", *every])
+    newest = Path(first.checkpoint.path)
+    older = [p for p in run_dir.glob("checkpoint_*") if p.is_dir() and p != newest]
+    assert [read_checkpoint(p)[0]["next_step"] for p in older] == [10]
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
+
+    _, second, _ = _fit(tmp_path, "corrupt", ["train.num_steps=30", *every])
+    assert second.metrics["step"] == 30
+    # Resumed at step 10: the table was rewound there and steps 11-30 trained again.
+    assert [r["step"] for r in _table(run_dir)] == [10, 20, 30]
+    assert read_checkpoint(second.checkpoint.path)[0]["next_step"] == 30

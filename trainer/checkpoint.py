@@ -166,3 +166,19 @@ def restore_state(payload: dict[str, Any], state: TrainState) -> TrainState:
     if "python" in rng:
         random.setstate(rng["python"])
     return state
+
+
+def read_newest_intact(
+    folders: list[Path],
+) -> tuple[tuple[dict[str, Any], Path] | None, list[str]]:
+    """((payload, folder) of the first readable checkpoint among `folders`, or None; one line per
+    folder skipped before it, naming the folder and what is wrong). `folders`: newest first."""
+    skipped: list[str] = []
+    for folder in folders:
+        try:
+            payload, _ = read_checkpoint(folder)
+        except (CorruptCheckpointError, FileNotFoundError) as err:
+            skipped.append(str(err))
+            continue
+        return (payload, folder), skipped
+    return None, skipped

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 
 from trainer.build import build_model, build_optimizer, open_data
-from trainer.checkpoint import TrainState, read_checkpoint, restore_state, save_checkpoint
+from trainer.checkpoint import (
+    CorruptCheckpointError,
+    TrainState,
+    read_newest_intact,
+    restore_state,
+    save_checkpoint,
+)
 from trainer.config import Config
 from trainer.core.agreement import JOINT_PREFIX
 from trainer.distributed.codes import GlobalCodeClient
@@ -98,10 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = build_model(config).to(device)
     optimizer, scheduler = build_optimizer(config, model)
     state = TrainState(model, optimizer, scheduler, next_step=0)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            restore_state(read_checkpoint(folder)[0], state)
+    resumed = _restore(state, ray.train.get_checkpoint(), run_dir)
     start_step = state.next_step
     client = _code_client(config, loop_config.get("solver"), rank, world_size)
     loop = TrainLoop(
@@ -120,6 +123,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         config, model, dataset, device, log, state, run_dir, client, rank, world_size, start_step
     )
     if rank == 0:
+        for line in resumed:
+            say(f"[cascadevae] {line}")
         say(
             f"[cascadevae] rank 0 of {world_size} on {device}: steps {start_step}->"
             f"{config.train.num_steps}, global batch {config.train.global_batch}, "
@@ -139,6 +144,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         final = {k: v for k, v in last_interval.items() if k in scores or k.startswith("loss/")}
         log.hparams(_hparams(config), final)
         log.close()
+
+
+def _restore(state: TrainState, checkpoint, run_dir: Path) -> list[str]:
+    """Load the newest intact checkpoint into `state`: Ray's latest, or when that one is corrupt
+    the newest readable `checkpoint_*` folder of the run before it. Returns what to tell the
+    user (skipped folders, the step resumed from); raises when checkpoints exist but none reads.
+    """
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as latest:
+        latest = Path(latest)
+        older = sorted(
+            (p for p in run_dir.glob("checkpoint_*") if p.is_dir() and p.name < latest.name),
+            reverse=True,
+        )
+        found, skipped = read_newest_intact([latest, *older])
+        if found is None:
+            reason = "no intact checkpoint to resume from: " + "; ".join(skipped)
+            raise CorruptCheckpointError(latest, reason)
+        payload, folder = found
+        restore_state(payload, state)
+    lines = [f"skipped {line}" for line in skipped]
+    return lines + [f"resumed from step {state.next_step} ({folder.name})"] if skipped else lines
 
 
 def _code_client(config: Config, solver: dict | None, rank: int, world_size: int):
