@@ -16,6 +16,7 @@ from trainer.checkpoint import (
     TrainState,
     read_checkpoint,
     read_meta,
+    read_newest_intact,
     save_checkpoint,
 )
 from trainer.core.schedule import make_optimizer
@@ -90,3 +91,20 @@ def test_no_temporary_files_are_left_behind(tmp_path):
     save_checkpoint(folder, _state(80), "name: x\n")  # overwrite in place
     assert sorted(p.name for p in folder.iterdir()) == sorted([STATE_FILE, CONFIG_FILE, META_FILE])
     assert read_checkpoint(folder)[0]["next_step"] == 80
+
+
+def test_the_newest_intact_checkpoint_is_read_and_the_corrupt_ones_named(tmp_path):
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path / f"checkpoint_{step}", _state(step), "name: t\n")
+    newest = tmp_path / "checkpoint_30" / STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:100])
+    (tmp_path / "checkpoint_20" / STATE_FILE).unlink()
+    folders = [tmp_path / f"checkpoint_{s}" for s in (30, 20, 10)]
+    found, skipped = read_newest_intact(folders)
+    assert found is not None
+    payload, folder = found
+    assert folder == tmp_path / "checkpoint_10" and payload["next_step"] == 10
+    assert len(skipped) == 2
+    assert str(newest) in skipped[0] and "truncated" in skipped[0]
+    assert "checkpoint_20" in skipped[1] and "missing" in skipped[1]
+    assert read_newest_intact(folders[:2]) == (None, skipped)
