@@ -51,9 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.overhead import make_config  # noqa: E402
-from trainer.build import build_model, build_optimizer, open_data  # noqa: E402
-from trainer.distributed.codes import GlobalCodeClient  # noqa: E402
-from trainer.loop import TrainLoop  # noqa: E402
+from trainer.build import open_data  # noqa: E402
+from trainer.loop import local_loop  # noqa: E402
 
 PARTS = (
     "data",
@@ -104,24 +103,8 @@ def medians(intervals: list[dict[str, float]]) -> dict[str, float]:
 
 def plain_loop(config, threads: int) -> dict[str, float]:
     """The worker's step pipeline (trainer.loop.TrainLoop) in this process, solver in-process."""
-    from solver import assign
-
     torch.set_num_threads(threads)
-    torch.manual_seed(config.seed)
-    dataset = open_data(config)
-    model = build_model(config)
-    optimizer, scheduler = build_optimizer(config, model)
-    lam = config.solver.lam
-
-    def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
-        started = time.perf_counter()
-        labels_N = assign(unary_NK, lam)
-        return labels_N, 1000.0 * (time.perf_counter() - started)
-
-    client = GlobalCodeClient(solve)
-    loop = TrainLoop(
-        config, dataset, model, optimizer, scheduler, device=torch.device("cpu"), chooser=client
-    )
+    loop, client = local_loop(config, torch.device("cpu"))
     train = config.train
     intervals, sums = [], {"perf/data_ms": 0.0, "perf/train_step_ms": 0.0}
     started = time.perf_counter()

@@ -58,23 +58,12 @@ def bench_config(args, storage: str) -> Config:
 
 
 def plain(args) -> dict:
-    from solver import assign
-    from trainer.build import build_model, build_optimizer, open_data
-    from trainer.distributed.codes import GlobalCodeClient
-    from trainer.loop import TrainLoop
+    from trainer.loop import local_loop
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as storage:
         config = bench_config(args, storage)
-        torch.manual_seed(config.seed)
-        dataset = open_data(config, progress=True)
-        model = build_model(config).to(device)
-        optimizer, scheduler = build_optimizer(config, model)
-        lam = config.solver.lam
-        client = GlobalCodeClient(lambda u: (assign(u, lam), 0.0))
-        loop = TrainLoop(
-            config, dataset, model, optimizer, scheduler, device=device, chooser=client
-        )
+        loop, _ = local_loop(config, device, progress=True)
         for step in range(args.warmup):
             loop.step(step)
         _sync()

@@ -27,10 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.build import build_model, build_optimizer, open_data  # noqa: E402
+from trainer.build import open_data  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.distributed.codes import GlobalCodeClient  # noqa: E402
-from trainer.loop import TrainLoop  # noqa: E402
+from trainer.loop import local_loop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,18 +61,8 @@ def make_config(args, workers: int, storage: str):
 def plain_loop(config, threads: int) -> tuple[float, float, float, float]:
     """(interval step ms, code wait share, 0, train_step ms), medians, of the worker's own step
     pipeline (trainer.loop.TrainLoop) in this process, with the solver called in-process."""
-    from solver import assign
-
     torch.set_num_threads(threads)
-    torch.manual_seed(config.seed)
-    dataset = open_data(config)
-    model = build_model(config)
-    optimizer, scheduler = build_optimizer(config, model)
-    lam = config.solver.lam
-    client = GlobalCodeClient(lambda u: (assign(u, lam), 0.0))
-    loop = TrainLoop(
-        config, dataset, model, optimizer, scheduler, device=torch.device("cpu"), chooser=client
-    )
+    loop, client = local_loop(config, torch.device("cpu"))
     train = config.train
     interval_ms, wait_share, step_fn_ms = [], [], []
     started = time.perf_counter()

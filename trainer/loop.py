@@ -22,13 +22,20 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from trainer.build import build_capacities, build_schedule
+from trainer.build import (
+    build_capacities,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    open_data,
+)
 from trainer.config import Config
 from trainer.core.agreement import agreement_keys, agreement_metrics
 from trainer.core.losses import loss_keys
 from trainer.core.step import STEP_KEYS, train_step
 from trainer.data.dsprites import LATENT_NAMES, DSprites, batch_indices_for_step
 from trainer.distributed.codes import CodeTimings
+from trainer.distributed.codes import GlobalCodeClient as CodeClient
 from trainer.observe.progress import IntervalMeter
 
 SHAPE_FACTOR = LATENT_NAMES.index("shape")
@@ -144,6 +151,30 @@ def interval_keys(config: Config) -> set[str]:
     if model.variant == "cascade":
         keys |= set(CodeTimings.KEYS) | {"perf/code_wait_share"}
     return keys | evaluation_keys(config)
+
+
+def local_loop(
+    config: Config, device: torch.device, progress: bool = False
+) -> tuple[TrainLoop, CodeClient]:
+    """One process's TrainLoop with the solver called in-process (no Ray): the plain loop the
+    benchmarks compare the system with. Returns it and its code client (whose timings hold the
+    solve time itself)."""
+    from solver import assign
+
+    torch.manual_seed(config.seed)
+    dataset = open_data(config, progress=progress)
+    model = build_model(config).to(device)
+    optimizer, scheduler = build_optimizer(config, model)
+    lam = config.solver.lam
+
+    def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        labels_N = assign(unary_NK, lam)
+        return labels_N, 1000.0 * (time.perf_counter() - started)
+
+    client = CodeClient(solve)
+    loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=device, chooser=client)
+    return loop, client
 
 
 @dataclass(frozen=True)
