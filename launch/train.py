@@ -16,6 +16,7 @@ import argparse
 import json
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,28 @@ def resume_hint(run_dir: Path, argv: list[str], prog: str = PROG) -> str:
     return f"interrupted: {where}\n  {command}"
 
 
+def _fit_in_thread(fit, config: Config, storage_path: str):
+    """`fit(config, storage_path=...)` in a daemon thread, the main thread waiting for it, so
+    that Ctrl-C raises KeyboardInterrupt here. (Ray Train installs its own SIGINT handler when
+    fit runs in the main thread, and that handler ends the process with a status of its own.)
+    Leaving the process then ends the run's actors: they belong to this driver's job."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = fit(config, storage_path=storage_path)
+        except BaseException as err:  # re-raised in the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name="fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -106,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             train.num_workers * train.gpus_per_worker if train.use_gpu else 0,
             f"config {args.config}",
         )
-        result = fit(config, storage_path=str(storage))
+        result = _fit_in_thread(fit, config, str(storage))
     except KeyboardInterrupt:
         print(f"\n{resume_hint(run_dir, argv)}", file=sys.stderr, flush=True)
         return 130

@@ -6,9 +6,12 @@ import os
 
 import pytest
 
-# Train V2 paces `ray.train.report` by the controller's poll interval (2 s by default); tests
-# report often, so poll fast. Must be set before Ray starts (the controller inherits it).
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+from launch.cluster import JOB_ENV
+
+# As `launch.cluster.connect` does: the fast report poll and the short process-group teardown,
+# set before Ray starts (the controller inherits them).
+for _key, _value in JOB_ENV.items():
+    os.environ.setdefault(_key, _value)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

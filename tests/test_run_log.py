@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -87,3 +89,16 @@ def test_a_single_file_table_is_read_and_resumed(tmp_path):
         {"step": 20, "loss/total": 2.0},
         {"step": 30, "loss/total": 30.0},
     ]
+
+
+def test_attempts_are_appended_one_line_per_worker_start(tmp_path):
+    from trainer.observe.run_log import read_attempts, record_attempt
+
+    assert read_attempts(tmp_path) == []
+    first = record_attempt(tmp_path, rank=0, start_step=0)
+    record_attempt(tmp_path, rank=1, start_step=20, notes=["skipped checkpoint_b"])
+    attempts = read_attempts(tmp_path)
+    assert attempts[0] == first
+    assert [(a["rank"], a["start_step"]) for a in attempts] == [(0, 0), (1, 20)]
+    assert attempts[1]["notes"] == ["skipped checkpoint_b"]
+    assert attempts[1]["pid"] == os.getpid() and attempts[1]["time"] >= first["time"]

@@ -234,11 +234,22 @@ class TrainConfig(Schema):
     metric are kept besides the latest, the authors' protocol (they select on the test metric).
     Empty: keep the newest checkpoints."""
     collective_timeout_s: Float = Field(600.0, gt=0)
-    """gloo/NCCL timeout: a missing rank fails the step after this long instead of hanging."""
+    """gloo/NCCL timeout: a rank that is alive but never joins a collective fails the step
+    after this long instead of hanging."""
+    stall_timeout_s: Float = Field(20.0, gt=0)
+    """A worker process that answers none of Ray Train's health checks for this long (stopped,
+    frozen, swapped out) is marked dead and the group restarts from the last checkpoint. The
+    checks are answered by the worker's main thread while training runs in another, so a slow
+    step or a long evaluation does not trip it; too short a value restarts a worker that is
+    only paused, for example by heavy swapping."""
     record_codes_steps: int = Field(0, ge=0)
     """Debug: save each rank's unary shard and codes for the first N discrete steps."""
     fail_at_step: int = Field(0, ge=0)
     """Fault drill: every worker crashes once at this step (0: never); the run must resume."""
+    hold_at_step: int = Field(0, ge=0)
+    """Fault drill: rank 0 waits before this step, once per run folder (0: never), until the
+    file `.release_hold` appears in the run folder, so that a test can inject a fault at a
+    known step. It writes `.held_at_step` when it starts waiting."""
 
     @model_validator(mode="after")
     def _batch_split(self, info: ValidationInfo) -> TrainConfig:

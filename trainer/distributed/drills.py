@@ -1,6 +1,8 @@
 """Test and fault-drill seams, off unless asked for: `train.fail_at_step` (every rank crashes
-once at that step), `train.record_codes_steps` (each rank saves its unary shards and codes of
-the first N discrete steps), and a solver actor that holds every call (for the fault tests).
+once at that step), `train.hold_at_step` (rank 0 waits once before that step until released,
+so that a test can kill a process at a known step), `train.record_codes_steps` (each rank saves
+its unary shards and codes of the first N discrete steps), and a solver actor that holds every
+call (for the fault tests).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.solver_actor import SolverActor
 
 FAILED_ONCE_MARKER = ".failed_once_at_step"
+HELD_MARKER = ".held_at_step"
+RELEASE_FILE = ".release_hold"
 
 
 class FaultDrill:
@@ -36,6 +40,25 @@ class FaultDrill:
                 marker.write_text(str(step))
             ray.train.collective.barrier()
             raise RuntimeError(f"train.fail_at_step={step}: injected worker failure (fault drill)")
+
+
+class HoldDrill:
+    """Rank 0 waits before `step` until `RELEASE_FILE` exists in the run folder, the first time
+    the run reaches that step (`HELD_MARKER`, holding the step, says it is waiting). Other
+    ranks go on and wait in the step's first collective."""
+
+    poll_s = 0.05
+
+    def __init__(self, step: int, run_dir: Path, rank: int):
+        self.step, self.run_dir, self.rank = step, run_dir, rank
+
+    def before_step(self, step: int) -> None:
+        marker = self.run_dir / HELD_MARKER
+        if step != self.step or self.rank != 0 or marker.exists():
+            return
+        marker.write_text(str(step))
+        while not (self.run_dir / RELEASE_FILE).exists():
+            time.sleep(self.poll_s)
 
 
 class CodeRecorder:

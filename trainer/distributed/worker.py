@@ -16,6 +16,7 @@ calls `ray.train.report` once per log interval (a report is a barrier across ran
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -36,7 +37,7 @@ from trainer.checkpoint import (
 from trainer.config import Config
 from trainer.core.agreement import JOINT_PREFIX
 from trainer.distributed.codes import GlobalCodeClient
-from trainer.distributed.drills import CodeRecorder, FaultDrill
+from trainer.distributed.drills import CodeRecorder, FaultDrill, HoldDrill
 from trainer.distributed.runtime import keep_freed_memory
 from trainer.eval import output_keys
 from trainer.loop import (
@@ -50,9 +51,11 @@ from trainer.loop import (
 )
 from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
 from trainer.observe.progress import say
-from trainer.observe.run_log import NullRunLog, RunLog
+from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
 
 SOLVER_NAMESPACE = "cascadevae"
+STALL_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
+"""Ray Train marks a worker dead when its health check hangs this long (train.stall_timeout_s)."""
 CHECKPOINT_SCORE = "checkpoint/score"
 """Report key Ray Train ranks checkpoints by when `train.keep_best_by` is set."""
 
@@ -106,6 +109,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = TrainState(model, optimizer, scheduler, next_step=0)
     resumed = _restore(state, ray.train.get_checkpoint(), run_dir)
     start_step = state.next_step
+    record_attempt(run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed)
     client = _code_client(config, loop_config.get("solver"), rank, world_size)
     loop = TrainLoop(
         config,
@@ -206,7 +210,9 @@ def _hooks(
             LogHook(Cadence(1), log, num_steps=train.num_steps, start_step=start_step),
         ]
     hooks.append(ReportHook(config, state, log, rank))
-    before = [FaultDrill(train.fail_at_step, run_dir, rank)] if train.fail_at_step else []
+    before: list = [FaultDrill(train.fail_at_step, run_dir, rank)] if train.fail_at_step else []
+    if train.hold_at_step:
+        before.append(HoldDrill(train.hold_at_step, run_dir, rank))
     recorder = None
     if client is not None and train.record_codes_steps:
         recorder = CodeRecorder(client, train.record_codes_steps, run_dir, rank)
@@ -374,7 +380,23 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
         ),
     )
     try:
-        return trainer.fit()
+        with _environ({STALL_TIMEOUT_VAR: f"{train.stall_timeout_s:g}"}):
+            return trainer.fit()  # Train hands these variables to its controller
     finally:
         if actor is not None:
             ray.kill(actor, no_restart=True)
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """Set environment variables of this process for the block, then put the old ones back."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -5,6 +5,7 @@ Layout of a run directory (the Ray Train run folder, `<storage_path>/<run_name>`
     config.yaml           the resolved config of the run
     tb/                   TensorBoard events: scalars, images, hparams
     metrics.parquet/      one row per log interval (step + every scalar), in part files
+    attempts.jsonl        one line per worker start: time, rank, pid, host, first step
 
 The metrics table is a folder of Parquet parts `part-NNNNN.parquet`, one row group per log
 interval, the config in each part's schema metadata. A part is written under a hidden name
@@ -20,8 +21,11 @@ Other ranks get a `NullRunLog` that does nothing, so the loop has no `if rank ==
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,26 @@ import pyarrow.parquet as pq
 import torch
 
 TABLE = "metrics.parquet"
+ATTEMPTS = "attempts.jsonl"
+
+
+def record_attempt(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Append one worker start to the run's `attempts.jsonl`: `time` (Unix s), `pid`, `host`
+    and `fields` (rank, world size, first step, what the resume skipped). Every rank writes
+    its own line; one `write` of one line to a file opened for appending is not interleaved.
+    Returns the line's record."""
+    record = {"time": time.time(), "pid": os.getpid(), "host": socket.gethostname(), **fields}
+    with open(Path(run_dir) / ATTEMPTS, "a", encoding="utf-8") as out:
+        out.write(json.dumps(record, sort_keys=True) + "\n")
+    return record
+
+
+def read_attempts(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of `attempts.jsonl`, oldest first ([] before the first start)."""
+    path = Path(run_dir) / ATTEMPTS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def read_metrics(run_dir: str | os.PathLike) -> pa.Table:

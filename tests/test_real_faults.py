@@ -1,0 +1,238 @@
+"""Real faults in real runs: a killed or stopped Train worker process, a killed solver actor
+process, and Ctrl-C of the driver. Each run is the debug config with 2 workers and a checkpoint
+every 10 steps; rank 0 holds before step 25 (`train.hold_at_step`) and each test injects its
+fault once the run is held there and the checkpoint of step 20 is registered. Step 25 is in the
+discrete stage (from step 20), so the solver actor is in use. Every faulty run must end with
+the parameters of the same run without a fault.
+
+Times to recover are printed (`pytest -s` shows them), never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.cluster import API_SERVER_VAR
+from trainer.checkpoint import read_checkpoint
+from trainer.config import load_config
+from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE
+from trainer.observe.run_log import read_attempts, read_metrics
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parent.parent
+DEBUG = ROOT / "configs" / "debug.yaml"
+HOLD = 25
+LAST_CHECKPOINT = 20
+EVERY = 10
+RUN = [
+    "train.num_workers=2",
+    f"train.checkpoint_every={EVERY}",
+    "train.max_failures=1",
+    "train.collective_timeout_s=60",
+]
+HELD = [f"train.hold_at_step={HOLD}"]
+WAIT_S = 180.0
+
+
+def _config(name: str, overrides: list[str]):
+    return load_config(DEBUG, [f"train.run_name={name}", *RUN, *overrides])
+
+
+class Background:
+    """`fit(config)` in a thread of this process; `join()` returns its Train result."""
+
+    def __init__(self, config, root: Path):
+        from trainer.distributed.worker import fit
+
+        self.run_dir = root / config.run_name
+        self.result = None
+        self.error: BaseException | None = None
+
+        def target():
+            try:
+                self.result = fit(config, storage_path=str(root))
+            except BaseException as err:  # re-raised in join()
+                self.error = err
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def join(self):
+        self.thread.join(WAIT_S)
+        assert not self.thread.is_alive(), f"the run in {self.run_dir} did not finish"
+        if self.error is not None:
+            raise self.error
+        assert self.result.error is None, self.result.error
+        return self.result
+
+
+def _wait_for(condition, what: str):
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {WAIT_S:.0f} s for {what}"
+        time.sleep(0.05)
+
+
+def _registered_steps(run_dir: Path) -> list[int]:
+    """Steps of the checkpoints Ray Train has registered (its snapshot in the run folder)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [r["metrics"]["step"] for r in results]
+
+
+def _wait_until_held(run_dir: Path) -> None:
+    """Rank 0 waits before step HOLD and the checkpoint of LAST_CHECKPOINT is registered."""
+    _wait_for(lambda: (run_dir / HELD_MARKER).exists(), f"rank 0 to hold before step {HOLD}")
+    _wait_for(
+        lambda: LAST_CHECKPOINT in _registered_steps(run_dir),
+        f"the checkpoint of step {LAST_CHECKPOINT} to be registered",
+    )
+
+
+def _release(run_dir: Path) -> None:
+    (run_dir / RELEASE_FILE).write_text("")
+
+
+def _pid_of_rank(run_dir: Path, rank: int) -> int:
+    return [a for a in read_attempts(run_dir) if a["rank"] == rank][-1]["pid"]
+
+
+def _final_model(result) -> dict[str, torch.Tensor]:
+    payload, _ = read_checkpoint(result.checkpoint.path)
+    assert payload["next_step"] == 40
+    return payload["model"]
+
+
+def _assert_same_parameters(model: dict, reference: dict) -> None:
+    assert model.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(model[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def _restart_after(run_dir: Path, fault_time: float) -> dict:
+    """The first worker start after `fault_time`; prints how long the group took to come back."""
+    later = [a for a in read_attempts(run_dir) if a["time"] > fault_time and a["rank"] == 0]
+    assert later, "no worker started again after the fault"
+    seconds = later[0]["time"] - fault_time
+    print(f"\n{run_dir.name}: rank 0 restarted {seconds:.1f} s after the fault")
+    return later[0]
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, tmp_path_factory):
+    """Final parameters of the run without a fault."""
+    root = tmp_path_factory.mktemp("reference")
+    return _final_model(Background(_config("reference", []), root).join())
+
+
+def test_a_sigkilled_worker_process_redoes_at_most_one_interval(reference, tmp_path):
+    run = Background(_config("worker_killed", HELD), tmp_path)
+    _wait_until_held(run.run_dir)
+    killed_at = time.time()
+    os.kill(_pid_of_rank(run.run_dir, 1), signal.SIGKILL)
+    _release(run.run_dir)
+    result = run.join()
+
+    restart = _restart_after(run.run_dir, killed_at)
+    assert restart["start_step"] == LAST_CHECKPOINT
+    assert HOLD - restart["start_step"] <= EVERY  # steps redone
+    _assert_same_parameters(_final_model(result), reference)
+    assert [r["step"] for r in read_metrics(run.run_dir).to_pylist()] == [10, 20, 30, 40]
+
+
+def test_a_stopped_worker_is_detected_after_the_stall_timeout(reference, tmp_path):
+    """With the default `train.stall_timeout_s`: SIGSTOP freezes the process, which then
+    answers neither the collectives nor Ray Train's health checks."""
+    config = _config("worker_stopped", HELD)
+    run = Background(config, tmp_path)
+    _wait_until_held(run.run_dir)
+    pid = _pid_of_rank(run.run_dir, 1)
+    stopped_at = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _release(run.run_dir)
+        result = run.join()
+    finally:
+        for sig in (signal.SIGKILL, signal.SIGCONT):  # never leave a stopped process behind
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    restart = _restart_after(run.run_dir, stopped_at)
+    assert restart["start_step"] == LAST_CHECKPOINT
+    assert restart["time"] - stopped_at >= config.train.stall_timeout_s
+    _assert_same_parameters(_final_model(result), reference)
+
+
+def test_a_sigkilled_solver_actor_is_restarted_without_restarting_the_run(reference, tmp_path):
+    import ray
+
+    from trainer.distributed.worker import SOLVER_NAMESPACE
+
+    config = _config("solver_killed", HELD)
+    run = Background(config, tmp_path)
+    _wait_until_held(run.run_dir)
+    name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"
+    actor = ray.get_actor(name, namespace=SOLVER_NAMESPACE)
+    stats = ray.get(actor.stats.remote())
+    assert stats["calls"] == HOLD - 20  # the discrete steps 20-24 were solved by this process
+    os.kill(stats["pid"], signal.SIGKILL)
+    _release(run.run_dir)
+    result = run.join()
+
+    assert [a["rank"] for a in read_attempts(run.run_dir)] in ([0, 1], [1, 0])  # no restart
+    _assert_same_parameters(_final_model(result), reference)
+
+
+def test_ctrl_c_of_the_driver_exits_130_and_the_same_command_resumes(reference, tmp_path):
+    """The driver is `python -m launch.train` with a local Ray of its own, started while the
+    test session's cluster is up: it must also stay quiet about the other Ray instance."""
+    storage = tmp_path / "runs"
+    command = [
+        sys.executable, "-m", "launch.train", "--config", str(DEBUG),
+        "--set", f"train.storage_path={storage}", "--set", "train.run_name=interrupted",
+        *(arg for item in [*RUN, *HELD] for arg in ("--set", item)),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_SERVER_VAR)}
+    run_dir = storage / "interrupted"
+    driver = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_until_held(run_dir)
+        driver.send_signal(signal.SIGINT)
+        first, _ = driver.communicate(timeout=WAIT_S)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, first[-3000:]
+    assert f"last checkpoint: step {LAST_CHECKPOINT}" in first, first[-3000:]
+
+    again = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S
+    )
+    second = again.stdout + again.stderr
+    assert again.returncode == 0, second[-3000:]
+    assert "final step    : 40" in second
+    starts = [a["start_step"] for a in read_attempts(run_dir) if a["rank"] == 0]
+    assert starts == [0, LAST_CHECKPOINT]
+    for output in (first, second):
+        assert "multiple active Ray instances" not in output, output[-3000:]
+    folders = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    payload, _ = read_checkpoint(folders[-1])
+    assert payload["next_step"] == 40
+    _assert_same_parameters(payload["model"], reference)
