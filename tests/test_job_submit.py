@@ -1,7 +1,7 @@
 """`ray job submit` against a local head on 127.0.0.1, exactly as the README shows it.
 
-The head gets its own temp folder and ports, and is stopped by killing only its own processes:
-`ray stop` would also kill the session Ray cluster other tests share.
+The head gets its own temp folder, ports and process group, and is stopped by signalling that
+group: `ray stop` would also kill the session Ray cluster other tests share.
 """
 
 from __future__ import annotations
@@ -35,47 +35,81 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _pids_using(marker: str) -> list[int]:
-    pids = []
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group `pgid` (zombies excluded)."""
+    members = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+        if not proc.name.isdigit():
             continue
         try:
-            if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(proc.name))
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-    return pids
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(proc.name))
+    return members
 
 
-def _stop_head(temp_dir: str) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _pids_using(temp_dir):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(2)
+def _stop_group(pgid: int, patience_s: float = 10.0) -> list[int]:
+    """SIGTERM the process group, SIGKILL what is left after `patience_s`; returns the pids
+    still alive after that (none expected)."""
+    for sig, wait_s in ((signal.SIGTERM, patience_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return []
+        deadline = time.monotonic() + wait_s
+        while _group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return _group_members(pgid)
+
+
+def _start_head(temp_dir: str, env: dict) -> tuple[int, int]:
+    """`ray start --head` in a session of its own: every process it starts (GCS, raylet,
+    dashboard, its agents, the client server, the job's driver and workers) is in its process
+    group. Returns (pgid, dashboard port). A start that fails is retried once on new ports
+    (another process can take a free port between the probe and the bind); a second failure
+    fails the test with both outputs."""
+    outputs = []
+    for _ in range(2):
+        gcs, dashboard, agent, client = _free_ports(4)
+        start = [
+            str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+            "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        ]  # fmt: skip
+        head = subprocess.Popen(
+            start,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output, _ = head.communicate(timeout=120)
+        if head.returncode == 0:
+            return head.pid, dashboard
+        outputs.append(
+            f"ports {gcs}/{dashboard}/{agent}/{client}, exit {head.returncode}:\n{output}"
+        )
+        assert not _stop_group(head.pid), "a failed head start left processes running"
+    pytest.fail("ray start --head failed twice:\n" + "\n".join(o[-3000:] for o in outputs))
 
 
 @pytest.fixture
-def local_head(tmp_path_factory):
+def local_head(ray_session, tmp_path_factory):
+    """A head of its own, while the test session's cluster (`ray_session`) is also up."""
     temp_dir = str(tmp_path_factory.mktemp("rayhead"))
-    gcs, dashboard, agent, client = _free_ports(4)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    start = [
-        str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-        "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-    ]  # fmt: skip
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(key, None)
+    pgid, dashboard = _start_head(temp_dir, env)
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        _stop_head(temp_dir)
-        assert not _pids_using(temp_dir), "head processes left running"
+        left = _stop_group(pgid)
+        assert not left, f"head processes left running: {left}"
 
 
 def test_job_submit_trains_the_debug_config(local_head, tmp_path):
@@ -91,6 +125,8 @@ def test_job_submit_trains_the_debug_config(local_head, tmp_path):
     assert done.returncode == 0, output[-4000:]
     assert "succeeded" in output, output[-4000:]
     assert "=== CascadeVAE run 'debug' finished" in output
+    # The test session's cluster is up as well: every job process was given its address.
+    assert "multiple active Ray instances" not in output, output[-4000:]
     # Rank 0's progress lines reach the job's output, each exactly once.
     steps = re.findall(r"\[cascadevae\] step (\d+)/", output)
     assert steps, output[-4000:]
