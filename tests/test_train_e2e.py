@@ -1,9 +1,9 @@
 """End-to-end training with real Ray on CPU: 1 and 2 workers, the debug config.
 
-Three runs are shared by the tests of this module (each costs ~10-30 s):
+Two runs are shared by the tests of this module (each costs ~10-30 s):
   one_worker   debug config, 1 worker
   two_workers  debug config, 2 workers, unary shards and codes recorded
-  crashed      as two_workers, but every worker crashes once at step 25 and the run resumes
+Crashes, stops and interrupts of real processes are in test_real_faults.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from trainer.checkpoint import read_checkpoint
 from trainer.config import load_config
@@ -40,9 +39,6 @@ def runs(ray_session, tmp_path_factory):
     out["one_worker"] = _fit(root, "one_worker", [*keep_best, "train.num_checkpoints_kept=1"])
     out["two_workers"] = _fit(
         root, "two_workers", ["train.num_workers=2", "train.record_codes_steps=5"]
-    )
-    out["crashed"] = _fit(
-        root, "crashed", ["train.num_workers=2", "train.fail_at_step=25", "train.max_failures=1"]
     )
     return out
 
@@ -90,19 +86,6 @@ def test_codes_are_slices_of_one_global_assignment(runs):
         assert assignment_cost(unary_NK, trained_with, lam) == pytest.approx(
             assignment_cost(unary_NK, reference, lam), rel=1e-9, abs=1e-9
         )
-
-
-def test_resume_after_a_crash_ends_with_the_same_parameters(runs):
-    _, straight, _ = runs["two_workers"]
-    _, crashed, crashed_dir = runs["crashed"]
-    assert (crashed_dir / ".failed_once_at_step").read_text() == "25"
-    a, _ = read_checkpoint(straight.checkpoint.path)
-    b, _ = read_checkpoint(crashed.checkpoint.path)
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6)
-    # The metrics table was rewound to the checkpoint and continued, not duplicated.
-    assert [r["step"] for r in _table(crashed_dir)] == [10, 20, 30, 40]
 
 
 def test_tensorboard_holds_scalars_images_and_hparams(runs):
