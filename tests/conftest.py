@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,35 @@ def no_ray(monkeypatch):
         raise AssertionError("launch.cluster.connect was called: the command reached Ray")
 
     monkeypatch.setattr(launch.cluster, "connect", refuse)
+
+
+DEBUG_CONFIG = Path(__file__).parent.parent / "configs" / "debug.yaml"
+
+
+def _fit_debug(root: Path, name: str, overrides: list[str]):
+    from trainer.config import load_config
+    from trainer.distributed.worker import fit
+
+    config = load_config(DEBUG_CONFIG, [f"train.run_name={name}", *overrides])
+    result = fit(config, storage_path=str(root))
+    assert result.error is None, result.error
+    return config, result, root / name
+
+
+@pytest.fixture(scope="session")
+def fit_debug(ray_session):
+    """`fit_debug(root, name, overrides)` trains the debug config (run folder `root/name`) on
+    the session cluster; returns (config, Train result, run folder) and fails the test when
+    the run failed."""
+    return _fit_debug
+
+
+@pytest.fixture(scope="session")
+def two_workers_run(fit_debug, tmp_path_factory):
+    """The debug config with 2 workers, unary shards and codes recorded: shared by the
+    end-to-end tests and, as the run without a fault, by the real-fault tests."""
+    return fit_debug(
+        tmp_path_factory.mktemp("two_workers"),
+        "two_workers",
+        ["train.num_workers=2", "train.record_codes_steps=5"],
+    )

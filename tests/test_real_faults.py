@@ -133,10 +133,11 @@ def _restart_after(run_dir: Path, fault_time: float) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(ray_session, tmp_path_factory):
-    """Final parameters of the run without a fault."""
-    root = tmp_path_factory.mktemp("reference")
-    return _final_model(Background(_config("reference", []), root).join())
+def reference(two_workers_run):
+    """Final parameters of the run without a fault: the debug config with 2 workers (its
+    checkpoint cadence and recorded codes do not change the training)."""
+    _, result, _ = two_workers_run
+    return _final_model(result)
 
 
 def test_a_sigkilled_worker_process_redoes_at_most_one_interval(reference, tmp_path):

@@ -14,33 +14,18 @@ import numpy as np
 import pytest
 
 from trainer.checkpoint import read_checkpoint
-from trainer.config import load_config
 from trainer.observe.run_log import read_metrics
 
 pytestmark = pytest.mark.slow
 
-DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
-
-
-def _fit(tmp_root: Path, name: str, overrides: list[str]):
-    from trainer.distributed.worker import fit
-
-    config = load_config(DEBUG, [f"train.run_name={name}", *overrides])
-    result = fit(config, storage_path=str(tmp_root))
-    assert result.error is None, result.error
-    return config, result, tmp_root / name
 
 
 @pytest.fixture(scope="module")
-def runs(ray_session, tmp_path_factory):
+def runs(fit_debug, two_workers_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    out = {}
     keep_best = ["train.eval_every=10", "train.keep_best_by=eval/authors_factorvae"]
-    out["one_worker"] = _fit(root, "one_worker", [*keep_best, "train.num_checkpoints_kept=1"])
-    out["two_workers"] = _fit(
-        root, "two_workers", ["train.num_workers=2", "train.record_codes_steps=5"]
-    )
-    return out
+    one_worker = fit_debug(root, "one_worker", [*keep_best, "train.num_checkpoints_kept=1"])
+    return {"one_worker": one_worker, "two_workers": two_workers_run}
 
 
 def _table(run_dir: Path) -> list[dict]:
@@ -194,16 +179,16 @@ def test_every_reported_key_is_declared_and_accepted_as_a_sweep_metric(runs, nam
     assert declared - seen == ({"solver/gather_ms"} if name == "one_worker" else set())
 
 
-def test_a_corrupt_newest_checkpoint_is_skipped_for_the_newest_intact_one(ray_session, tmp_path):
+def test_a_corrupt_newest_checkpoint_is_skipped_for_the_newest_intact_one(fit_debug, tmp_path):
     every = ["train.checkpoint_every=10", "cascade.discrete_start_stage=2"]
-    _, first, run_dir = _fit(tmp_path, "corrupt", ["train.num_steps=20", *every])
+    _, first, run_dir = fit_debug(tmp_path, "corrupt", ["train.num_steps=20", *every])
     newest = Path(first.checkpoint.path)
     older = [p for p in run_dir.glob("checkpoint_*") if p.is_dir() and p != newest]
     assert [read_checkpoint(p)[0]["next_step"] for p in older] == [10]
     state = newest / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
 
-    _, second, _ = _fit(tmp_path, "corrupt", ["train.num_steps=30", *every])
+    _, second, _ = fit_debug(tmp_path, "corrupt", ["train.num_steps=30", *every])
     assert second.metrics["step"] == 30
     # Resumed at step 10: the table was rewound there and steps 11-30 trained again.
     assert [r["step"] for r in _table(run_dir)] == [10, 20, 30]
