@@ -19,7 +19,6 @@ from trainer.observe.run_log import read_metrics
 pytestmark = pytest.mark.slow
 
 
-
 @pytest.fixture(scope="module")
 def runs(fit_debug, two_workers_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
