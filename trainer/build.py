@@ -60,6 +60,23 @@ def build_capacities(config: Config) -> CapacitySchedule | None:
     )
 
 
+def device_switch(value: bool | str, device: torch.device) -> bool:
+    """A train-section device switch (true, false or `auto`) on `device`: `auto` is on with
+    CUDA, off elsewhere."""
+    if value == "auto":
+        return device.type == "cuda"
+    return bool(value)
+
+
+def compile_networks(model: CascadeVAE, mode: str) -> None:
+    """torch.compile the encoder and decoder in place (nn.Module.compile: the parameter names,
+    and so checkpoints and DDP, stay those of the eager model). mode: a torch.compile mode;
+    `default` is torch's default."""
+    options = {} if mode == "default" else {"mode": mode}
+    model.encoder.compile(**options)
+    model.decoder.compile(**options)
+
+
 def build_optimizer(config: Config, model: torch.nn.Module):
     return make_optimizer(model, config.optim)
 
