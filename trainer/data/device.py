@@ -17,13 +17,11 @@ from torch import Tensor
 from trainer.data.dsprites import DSprites
 from trainer.data.render import IMAGE_SIZE
 
-BIT_SHIFTS_8 = (7, 6, 5, 4, 3, 2, 1, 0)
-"""Right shifts that bring bit i of a packed byte (i = 0: the most significant) to bit 0."""
-
 
 def unpack_on_device(packed_BY: Tensor) -> Tensor:
-    """Packed images (B, Y) uint8 -> float32 images (B, 1, 64, 64) in {0, 1}, on their device."""
-    shifts_8 = torch.tensor(BIT_SHIFTS_8, dtype=torch.uint8, device=packed_BY.device)
+    """Packed images (B, Y) uint8 -> float32 images (B, 1, 64, 64) in {0, 1}, on their device.
+    No host copy: the shifts (7, 6, ..., 0; the most significant bit first) are made there."""
+    shifts_8 = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed_BY.device)
     bits_BY8 = torch.bitwise_and(torch.bitwise_right_shift(packed_BY.unsqueeze(-1), shifts_8), 1)
     return bits_BY8.view(packed_BY.shape[0], 1, IMAGE_SIZE, IMAGE_SIZE).to(torch.float32)
 
