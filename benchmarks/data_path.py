@@ -7,8 +7,8 @@
 2. Per step: the plain loop (trainer.loop.local_loop) with its interval meter (trainer.loop.Hooks,
    read every `--log-every` steps), metrics read every step (train.metrics_on_device=false)
    against metrics left on the device and read once per interval (true), both on the data path
-   of 1.; blocks of `--log-every` steps alternate between the two, so drifting load on the
-   machine falls on both; medians of the blocks' ms per step.
+   of 1.; blocks of `--log-every` steps alternate between the two (in both orders), so
+   drifting load on the machine falls on both; medians of the blocks' ms per step.
 
 Prints both medians and their ratio per part (host / device: above 1 means the device path is
 faster).
@@ -72,8 +72,8 @@ def step_ms(config, device: torch.device, steps: int, log_every: int) -> tuple[f
         hooks = Hooks([], ends=[Cadence(log_every)], num_steps=steps, global_batch=16)
         loops[on_device] = (loop, hooks)
     blocks: dict[bool, list[float]] = {False: [], True: []}
-    for first in range(0, steps, log_every):
-        for on_device in (False, True):
+    for block, first in enumerate(range(0, steps, log_every)):
+        for on_device in (False, True) if block % 2 == 0 else (True, False):
             loop, hooks = loops[on_device]
             _sync(device)
             started = time.perf_counter()
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2 * args.log_every or args.steps % args.log_every:
         parser.error("--steps must be a multiple of --log-every, at least two blocks")
+    from trainer.distributed.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as the Train workers do: activation buffers are reused, not re-faulted
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = load_config(
         ROOT / "configs" / "debug.yaml",

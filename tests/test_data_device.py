@@ -50,3 +50,13 @@ def test_packed_images_are_every_row_in_index_order(dataset):
     assert packed_NY.shape == (384, 512) and packed_NY.dtype == np.uint8
     unpacked = np.unpackbits(packed_NY, axis=1).reshape(384, 64, 64)
     assert np.array_equal(unpacked, dataset.images(np.arange(384)))
+
+
+def test_the_byte_table_holds_each_bytes_bits_most_significant_first():
+    from trainer.data.device import byte_bits_table
+
+    table = byte_bits_table(torch.device("cpu"))
+    assert table.shape == (256, 8) and table.dtype == torch.float32
+    assert table[0b10100001].tolist() == [1, 0, 1, 0, 0, 0, 0, 1]
+    expected = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)
+    assert np.array_equal(table.numpy(), expected.astype(np.float32))
