@@ -5,10 +5,15 @@ A CascadeVAE step: encode and sample z (one encoder pass); in the discrete stage
 unary matrix of that z and ask the injected chooser for the codes; decode through the (possibly
 DDP-wrapped) model, which is the step's one DDP forward; loss, backward, optimizer.
 
+The step's metrics are read on the host (a dict of floats, the loss checked before the update)
+or, with `metrics_on_device`, left on the device as a StepMetrics (trainer.core.scalars) for the
+interval meter to sum; host tensors reach a CUDA device through pinned, non-blocking copies.
+
 Shape legend:
     B  batch size (per process)
     M  continuous latent dims
     K  discrete categories
+    S  true shapes (dSprites: 3)
     H, W  image height and width
 """
 
