@@ -8,7 +8,9 @@
 # 2. runs the tests marked `gpu`;
 # 3. measures steps/s of the plain loop (the worker's step pipeline, solver in-process; needs
 #    only pyomo and highspy) and, where Ray imports, of the system, before and in the discrete
-#    stage; then total steps/s of 4 and 10 trials sharing the GPU;
+#    stage; the plain loop in the discrete stage on each rung of the device switches (default,
+#    +data_on_device, +metrics_on_device, +fused Adam, +compile, +bf16); then total steps/s of
+#    4 and 10 trials sharing the GPU;
 # 4. trains configs/dsprites.yaml for as many steps as the time left allows, with its
 #    evaluation at the end;
 # 5. writes OUT_DIR/figures.json (every figure) and one log per part.
@@ -70,6 +72,7 @@ part tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
 bench() { part "$1" "$2" "$PY" benchmarks/gpu_bench.py "${@:3}" --out "$out/$1.json"; }
 bench plain_pre 45 plain --stage pre --steps 3000
 bench plain_discrete 45 plain --stage discrete --steps 3000
+bench switches_discrete 150 switches --stage discrete --steps 1500 --warmup 200
 if [ "$have_ray" = 1 ]; then
     bench system_pre 75 system --stage pre --steps 3000
     bench system_discrete 75 system --stage discrete --steps 3000

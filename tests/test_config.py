@@ -109,7 +109,7 @@ def test_unknown_protocol_is_refused_listing_the_registry():
     "raw, problem",
     [
         ({"solver": {"typo": 1}}, "solver.typo: unknown key (known: actor_name, lam, timeout_s)"),
-        ({"train": {"lr": 1e-3}}, "train.lr: unknown key (known: checkpoint_every, "),
+        ({"train": {"lr": 1e-3}}, "train.lr: unknown key (known: autocast, checkpoint_every, "),
         ({"eval": {"num_vote": 3}}, "eval.num_vote: unknown key (known: batch_size, "),
         ({"jointvae": {"gamma": 1.0, "beta": 2}}, "jointvae.beta: unknown key (known: "),
         ({"colour": "red"}, "colour: unknown key (known: cascade, data, eval, jointvae, model, "),
@@ -259,3 +259,44 @@ def test_launch_exits_2_on_an_empty_config_file(tmp_path, capsys, no_ray):
     path.write_text("")
     assert main(["--config", str(path)]) == 2
     assert f"{path} is empty" in capsys.readouterr().err
+
+
+def test_device_switches_default_to_todays_cpu_behaviour():
+    c = Config()
+    assert (c.train.data_on_device, c.train.metrics_on_device) == ("auto", "auto")
+    assert (c.train.compile, c.train.autocast, c.optim.implementation) == ("none", "none", "auto")
+
+
+@pytest.mark.parametrize(
+    "override, value",
+    [("train.data_on_device=true", True), ("train.data_on_device=false", False),
+     ("train.metrics_on_device=auto", "auto"), ("train.compile=reduce-overhead", "reduce-overhead"),
+     ("train.autocast=bf16", "bf16"), ("optim.implementation=fused", "fused")],
+)  # fmt: skip
+def test_device_switches_take_their_values(override, value):
+    config = load_config(Path("configs/debug.yaml"), [override])
+    section, field = override.split("=")[0].split(".")
+    assert getattr(getattr(config, section), field) == value
+
+
+def test_bad_device_switches_are_listed_together():
+    raw = {
+        "train": {"data_on_device": "yes", "metrics_on_device": 1, "compile": "fast",
+                  "autocast": "fp16"},
+        "optim": {"implementation": "apex"},
+    }  # fmt: skip
+    problems = " | ".join(_problems(raw))
+    for key in ("train.data_on_device", "train.metrics_on_device", "train.compile",
+                "train.autocast", "optim.implementation"):  # fmt: skip
+        assert key in problems, (key, problems)
+
+
+def test_auto_device_switches_follow_the_device():
+    import torch
+
+    from trainer.build import device_switch
+
+    assert device_switch("auto", torch.device("cuda")) is True
+    assert device_switch("auto", torch.device("cpu")) is False
+    assert device_switch(True, torch.device("cpu")) is True
+    assert device_switch(False, torch.device("cuda")) is False

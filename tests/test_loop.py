@@ -133,3 +133,77 @@ def test_the_oracle_loop_decodes_with_the_true_shapes(tmp_path):
     counts = np.bincount(dataset.latent_classes[indices, SHAPE_FACTOR], minlength=3)
     assert [metrics[f"codes/count_{k}"] for k in range(3)] == counts.tolist()
     assert sum(metrics[f"codes/joint_k{k}_s{k}"] for k in range(3)) == 16.0
+
+
+def _run_loop(config, dataset, steps, hooks=None):
+    model, optimizer, scheduler = _parts(config)
+    chooser = lambda unary_BK: unary_BK.argmin(dim=1)  # noqa: E731
+    loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=torch.device("cpu"),
+                     chooser=chooser)  # fmt: skip
+    metrics, intervals = [], []
+    for step in steps:
+        metrics.append(loop.step(step))
+        if hooks is not None:
+            intervals.append(hooks.after_step(step, metrics[-1]))
+    return loop, model, metrics, intervals
+
+
+def _no_perf(metrics) -> dict[str, float]:
+    return {k: v for k, v in dict(metrics).items() if not k.startswith("perf/")}
+
+
+@pytest.mark.parametrize("variant", ["cascade", "jointvae"])
+def test_the_device_data_and_metrics_path_gives_the_host_paths_numbers(tmp_path, variant):
+    """On CPU with both switches on: the same interval means and weights as the defaults
+    (steps 18-21 cross into the discrete stage at 20, so both sets of metric names occur)."""
+    base = ["cascade.discrete_start_stage=4", f"model.variant={variant}"]
+    host = _config(tmp_path, *base)
+    device = _config(tmp_path, *base, "train.data_on_device=true", "train.metrics_on_device=true")
+    dataset = open_data(host)
+    results = []
+    for config in (host, device):
+        hooks = Hooks([], ends=[Cadence(2)], num_steps=22, global_batch=16)
+        results.append(_run_loop(config, dataset, range(18, 22), hooks))
+    (host_loop, host_model, host_steps, host_iv), (dev_loop, dev_model, dev_steps, dev_iv) = results
+    assert host_loop.device_data is None and dev_loop.device_data is not None
+    assert dev_loop.metrics_on_device and not host_loop.metrics_on_device
+    for a, b in zip(host_steps, dev_steps, strict=True):
+        assert _no_perf(a) == _no_perf(b)
+    for a, b in zip(host_iv, dev_iv, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert _no_perf(a) == _no_perf(b)
+    for p, q in zip(host_model.parameters(), dev_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_auto_switches_are_off_on_cpu(tmp_path):
+    config = _config(tmp_path)
+    assert config.train.data_on_device == "auto" and config.train.metrics_on_device == "auto"
+    loop, _, metrics, _ = _run_loop(config, open_data(config), [0])
+    assert loop.device_data is None and not loop.metrics_on_device
+    assert isinstance(metrics[0], dict)
+
+
+@pytest.mark.slow  # Inductor compiles the networks with the C++ compiler: about a minute
+def test_compiled_steps_match_eager_steps(tmp_path):
+    """torch.compile of the encoder and decoder (Inductor, C++ on CPU): a few steps, into the
+    discrete stage, give the eager loss and weights to float tolerance."""
+    base = ["cascade.discrete_start_stage=0", "cascade.stage_length=5"]
+    eager = _config(tmp_path, *base)
+    compiled = _config(tmp_path, *base, "train.compile=default")
+    dataset = open_data(eager)
+    _, eager_model, eager_steps, _ = _run_loop(eager, dataset, range(3))
+    torch._dynamo.reset()
+    loop, compiled_model, compiled_steps, _ = _run_loop(compiled, dataset, range(3))
+    # Dynamo's own count of the graphs it captured: the encoder, the decoder at B and B * K rows.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2
+    for a, b in zip(eager_steps, compiled_steps, strict=True):
+        assert b["loss/total"] == pytest.approx(a["loss/total"], rel=1e-4)
+        assert b["loss/recon"] == pytest.approx(a["loss/recon"], rel=1e-4)
+    # Adam moves a weight by at most ~lr = 1e-3 a step whatever its gradient, so a fused
+    # kernel's rounding in a near-zero gradient can shift it by a visible share of that: 1e-4.
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    # Compiled in place: the parameter names, and so checkpoints, are the eager model's.
+    assert list(compiled_model.state_dict()) == list(eager_model.state_dict())

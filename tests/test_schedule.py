@@ -146,3 +146,42 @@ def test_optimizer_settings_are_validated_by_their_config_section():
         OptimConfig(decay_every=0)
     with pytest.raises(ValueError, match="decay_rate"):
         OptimConfig(decay_rate=0.0)
+
+
+def _two_adam_steps(implementation: str) -> tuple[torch.optim.Optimizer, torch.Tensor]:
+    """Two Adam steps of a small conv net from a fixed start; (optimizer, flat parameters)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    optimizer, _ = make_optimizer(model, OptimConfig(lr=1e-2, implementation=implementation))
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+    return optimizer, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize(
+    "implementation, foreach, fused",
+    [("for_loop", False, False), ("foreach", True, False), ("fused", False, True),
+     ("auto", True, False)],  # auto on CPU: foreach
+)  # fmt: skip
+def test_the_adam_implementation_is_the_one_configured(implementation, foreach, fused):
+    optimizer, _ = _two_adam_steps(implementation)
+    group = optimizer.param_groups[0]
+    assert group["foreach"] is foreach and group["fused"] is fused
+
+
+def test_adam_implementations_take_the_for_loop_step():
+    _, reference = _two_adam_steps("for_loop")
+    # foreach on CPU: the same operations grouped, bit for bit (what lets auto use it there).
+    assert torch.equal(_two_adam_steps("foreach")[1], reference)
+    torch.testing.assert_close(_two_adam_steps("fused")[1], reference, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_adam_is_fused_on_cuda_and_foreach_on_cpu():
+    from trainer.core.schedule import adam_implementation
+
+    assert adam_implementation("auto", torch.device("cuda")) == "fused"
+    assert adam_implementation("auto", torch.device("cpu")) == "foreach"
+    assert adam_implementation("for_loop", torch.device("cuda")) == "for_loop"

@@ -534,3 +534,70 @@ def test_two_ddp_ranks_take_the_full_batch_step_of_one_process(tmp_path):
     # The step moved the encoder: a gradient reached it on both ranks.
     untouched = _setup(seed=11)[0]
     assert not torch.equal(ranks[0]["encoder.0.weight"], untouched.encoder[0].weight)
+
+
+def _step_both_ways(iteration: int, chooser=None, **kwargs):
+    """The same step with metrics read (a dict) and left on the device (a StepMetrics)."""
+    results = []
+    for on_device in (False, True):
+        model, optimizer, scheduler = _setup(seed=3)
+        metrics = train_step(
+            model, optimizer, scheduler, _squares(6, seed=4), iteration=iteration,
+            schedule=AUTHORS, eps_generator=torch.Generator().manual_seed(5),
+            choose_codes=chooser, metrics_on_device=on_device, **kwargs,
+        )  # fmt: skip
+        results.append((metrics, model))
+    return results
+
+
+@pytest.mark.parametrize("iteration", [0, 80_000])
+def test_metrics_left_on_the_device_are_the_read_metrics(iteration):
+    from trainer.core.scalars import StepMetrics
+
+    shapes_B = torch.tensor([0, 1, 2, 0, 1, 1])
+    (read, model_a), (unread, model_b) = _step_both_ways(iteration, _argmin, shapes_B=shapes_B)
+    assert isinstance(read, dict) and isinstance(unread, StepMetrics) and unread.pending
+    assert dict(unread.read()) == read  # same keys, bit-identical values
+    for p, q in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_nan_image_with_metrics_on_the_device_is_found_where_the_interval_is_read():
+    from trainer.loop import Cadence, Hooks
+
+    model, optimizer, scheduler = _setup()
+    hooks = Hooks([], ends=[Cadence(3)], num_steps=3, global_batch=4)
+    for step in range(3):
+        images = _nan_images(4, seed=9) if step == 1 else _squares(4, seed=9)
+        metrics = train_step(
+            model, optimizer, scheduler, images, iteration=step, schedule=AUTHORS,
+            eps_generator=torch.Generator().manual_seed(0), metrics_on_device=True,
+        )  # fmt: skip
+        if step < 2:
+            hooks.after_step(step, metrics)  # no host read, no error yet
+    with pytest.raises(NonFiniteLossError, match=r"iteration 1: .*loss/recon=nan.*3 steps done"):
+        hooks.after_step(2, metrics)
+
+
+def test_a_bf16_autocast_step_is_finite_and_close_to_float32():
+    fp32 = _step_both_ways(80_000, _argmin)[0][0]  # the float32 step, metrics read
+    model, optimizer, scheduler = _setup(seed=3)
+    bf16 = train_step(
+        model, optimizer, scheduler, _squares(6, seed=4), iteration=80_000, schedule=AUTHORS,
+        eps_generator=torch.Generator().manual_seed(5), choose_codes=_argmin,
+        autocast_bf16=True,
+    )  # fmt: skip
+    assert math.isfinite(bf16["loss/total"])
+    assert bf16["loss/total"] == pytest.approx(fp32["loss/total"], rel=2e-2)
+    assert bf16["loss/recon"] == pytest.approx(fp32["loss/recon"], rel=2e-2)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_bf16_unary_matrix_is_float32():
+    model, _, _ = _setup(seed=3)
+    images = _squares(4, seed=4)
+    z_BM = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        unary_BK = unary_matrix(model, z_BM, images)
+    assert unary_BK.dtype == torch.float32
+    torch.testing.assert_close(unary_BK, unary_matrix(model, z_BM, images), rtol=2e-2, atol=0)

@@ -60,6 +60,24 @@ def build_capacities(config: Config) -> CapacitySchedule | None:
     )
 
 
+def device_switch(value: bool | str, device: torch.device) -> bool:
+    """A train-section device switch (true, false or `auto`) on `device`: `auto` is on with
+    CUDA, off elsewhere."""
+    if value == "auto":
+        return device.type == "cuda"
+    return bool(value)
+
+
+def compile_networks(model: CascadeVAE, mode: str) -> None:
+    """torch.compile the forward of the encoder and of the decoder in place: the modules and
+    their parameter names, and so checkpoints and DDP, stay those of the eager model. (With
+    torch 2.13, nn.Module.compile leaves these Sequential modules uncompiled: Dynamo skips
+    the frame of Module._call_impl.) mode: a torch.compile mode; `default` is torch's default."""
+    options = {} if mode == "default" else {"mode": mode}
+    for network in (model.encoder, model.decoder):
+        network.forward = torch.compile(network.forward, **options)  # type: ignore[method-assign]
+
+
 def build_optimizer(config: Config, model: torch.nn.Module):
     return make_optimizer(model, config.optim)
 

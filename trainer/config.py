@@ -66,6 +66,11 @@ DATA_SOURCES = ("render", "npz")
 
 Variant = Literal["cascade", "cascade_c", "beta_vae", "jointvae", "oracle"]
 DataSource = Literal["render", "npz"]
+OnOrAuto = bool | Literal["auto"]
+"""A device switch: true, false, or `auto` (on when the run's device is CUDA, off on CPU)."""
+CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
+Autocast = Literal["none", "bf16"]
+AdamImplementation = Literal["auto", "for_loop", "foreach", "fused"]
 
 
 def _folder_name(value: str) -> str:
@@ -195,6 +200,9 @@ class OptimConfig(Schema):
     """Staircase decay period in iterations (authors: 50,000)."""
     decay_rate: Float = Field(0.3, gt=0, le=1)
     """Learning-rate factor applied every `decay_every` iterations (authors: 0.3)."""
+    implementation: AdamImplementation = "auto"
+    """torch's Adam kernels: `for_loop` (one parameter at a time), `foreach` (grouped tensor
+    ops), `fused` (fused kernels, CUDA or CPU), or `auto`: fused on CUDA, foreach elsewhere."""
 
 
 class TrainConfig(Schema):
@@ -212,6 +220,20 @@ class TrainConfig(Schema):
     single-worker trials on one GPU (Ray divides the count, not the memory)."""
     cpus_per_worker: Float = Field(1.0, ge=0)
     """CPUs each worker asks Ray for (its torch threads follow it)."""
+    # --- the device data path and step speed (trainer.loop, trainer.core.step) ---
+    data_on_device: OnOrAuto = "auto"
+    """Keep the bit-packed images and latent classes on the device and unpack each batch there
+    (trainer.data.device); false: unpack on the host and copy each batch. `auto`: on CUDA."""
+    metrics_on_device: OnOrAuto = "auto"
+    """Keep each step's metrics on the device, summed there and read once per log interval; the
+    non-finite-loss check then runs at the interval end, before any report or checkpoint.
+    false: read every step, and a non-finite loss stops the step before its update. `auto`:
+    on CUDA."""
+    compile: CompileMode = "none"
+    """torch.compile mode of the encoder and decoder (`none`: eager)."""
+    autocast: Autocast = "none"
+    """`bf16`: the encoder and decoder run under bfloat16 autocast; losses and the unary
+    matrix stay float32."""
     log_every: int = Field(100, ge=1)
     """Steps per log interval: TensorBoard scalars, metrics table row, ray.train.report."""
     checkpoint_every: int = Field(5_000, ge=1)

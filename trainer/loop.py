@@ -15,7 +15,7 @@ Legend: B = this rank's batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,12 +27,15 @@ from trainer.build import (
     build_model,
     build_optimizer,
     build_schedule,
+    compile_networks,
+    device_switch,
     open_data,
 )
 from trainer.config import Config
 from trainer.core.agreement import agreement_keys, agreement_metrics
 from trainer.core.losses import loss_keys
-from trainer.core.step import STEP_KEYS, train_step
+from trainer.core.step import STEP_KEYS, NonFiniteLossError, host_to_device, train_step, unwrap
+from trainer.data.device import DeviceDSprites
 from trainer.data.dsprites import LATENT_NAMES, DSprites, batch_indices_for_step
 from trainer.distributed.codes import CodeTimings
 from trainer.distributed.codes import GlobalCodeClient as CodeClient
@@ -47,9 +50,10 @@ PERF_KEYS = ("perf/data_ms", "perf/train_step_ms", "perf/images_per_s", "perf/st
 
 
 def true_shape_codes(shapes_B: np.ndarray) -> Chooser:
-    """The oracle's chooser: ignores the unary matrix and returns the true shapes."""
+    """The oracle's chooser: ignores the unary matrix and returns the true shapes, on the host
+    (check_codes validates them there and copies them without waiting for the device)."""
     codes_B = torch.as_tensor(np.asarray(shapes_B, dtype=np.int64))
-    return lambda unary_BK: codes_B.to(unary_BK.device)
+    return lambda unary_BK: codes_B
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -72,7 +76,13 @@ def spread_indices(num_images: int, count: int = 240) -> np.ndarray:
 class TrainLoop:
     """One rank's step pipeline. `model` may be DDP-wrapped; `chooser` gives the codes in the
     discrete stage (a GlobalCodeClient for CascadeVAE; None for variants without one; the oracle
-    variant decodes with the true shapes instead)."""
+    variant decodes with the true shapes instead).
+
+    The train section's device switches take effect here: `data_on_device` (the packed dataset
+    on the device, trainer.data.device), `metrics_on_device` (StepMetrics left unread),
+    `compile` (the encoder and decoder compiled in place, so checkpoints keep their keys) and
+    `autocast`.
+    """
 
     def __init__(
         self,
@@ -99,9 +109,19 @@ class TrainLoop:
         self.schedule = build_schedule(config)
         self.capacities = build_capacities(config)
         self.oracle = config.model.variant == "oracle"
+        train = config.train
+        self.metrics_on_device = device_switch(train.metrics_on_device, device)
+        self.autocast_bf16 = train.autocast == "bf16"
+        self.device_data = (
+            DeviceDSprites(dataset, device) if device_switch(train.data_on_device, device) else None
+        )
+        if train.compile != "none":
+            compile_networks(unwrap(model), train.compile)
 
-    def step(self, step: int) -> dict[str, float]:
-        """Train step `step`; its metrics plus `perf/data_ms` and `perf/train_step_ms`."""
+    def step(self, step: int) -> MutableMapping[str, float]:
+        """Train step `step`; its metrics plus `perf/data_ms` and `perf/train_step_ms` (host
+        times: with the metrics on the device they time the launch of the work, which the
+        device may finish later)."""
         started = time.perf_counter()
         train = self.config.train
         indices = batch_indices_for_step(
@@ -112,10 +132,16 @@ class TrainLoop:
             world_size=self.world_size,
             global_batch=train.global_batch,
         )
-        x_B1HW = load_batch(self.dataset, indices, self.device)
-        shapes_B = self.dataset.latent_classes[indices, SHAPE_FACTOR]
+        shapes_host_B = self.dataset.latent_classes[indices, SHAPE_FACTOR]
+        shapes_B: np.ndarray | torch.Tensor = shapes_host_B
+        if self.device_data is not None:
+            indices_B = host_to_device(torch.from_numpy(indices), self.device)
+            x_B1HW = self.device_data.images(indices_B)
+            shapes_B = self.device_data.classes(indices_B, SHAPE_FACTOR)
+        else:
+            x_B1HW = load_batch(self.dataset, indices, self.device)
         data_done = time.perf_counter()
-        chooser = true_shape_codes(shapes_B) if self.oracle else self.chooser
+        chooser = true_shape_codes(shapes_host_B) if self.oracle else self.chooser
         if hasattr(chooser, "step"):
             chooser.step = step  # named in the chooser's error messages
         eps_generator = torch.Generator().manual_seed(step_seed(self.config.seed, step, self.rank))
@@ -131,6 +157,8 @@ class TrainLoop:
             weight_penalty_coef=self.config.model.weight_penalty,
             shapes_B=shapes_B,
             capacities=self.capacities,
+            metrics_on_device=self.metrics_on_device,
+            autocast_bf16=self.autocast_bf16,
         )
         metrics["perf/data_ms"] = 1000.0 * (data_done - started)
         metrics["perf/train_step_ms"] = 1000.0 * (time.perf_counter() - data_done)
@@ -240,27 +268,33 @@ class Hooks:
         for hook in self.before:
             hook.before_step(step)
 
-    def after_step(self, step: int, metrics: dict[str, float]) -> dict[str, float] | None:
+    def after_step(self, step: int, metrics: Mapping[str, float]) -> dict[str, float] | None:
         """Add the step's metrics; at an interval end, run the due hooks and return the
-        interval's metrics (None otherwise)."""
-        self.meter.add(metrics)
+        interval's metrics (None otherwise). Metrics left on the device are read there, once,
+        and a non-finite loss among them raises NonFiniteLossError naming its step before
+        any hook (report, checkpoint) runs."""
+        self.meter.add(metrics, step)
         done = step + 1
         last = done == self.num_steps
         if not any(cadence.due(done, last) for cadence in self.ends):
             return None
         interval_end = time.perf_counter()
-        interval = self.summary(interval_end)
+        interval = self.summary(interval_end, done)
         for hook in self.hooks:
             if hook.cadence.due(done, last):
                 hook.run(done, interval)
         self.meter = IntervalMeter(started=interval_end)
         return interval
 
-    def summary(self, interval_end: float) -> dict[str, float]:
-        """The interval's means over ranks, with agreement, perf and solver keys."""
+    def summary(self, interval_end: float, done: int | None = None) -> dict[str, float]:
+        """The interval's means over ranks, with agreement, perf and solver keys (`done`: the
+        steps done, named in a NonFiniteLossError)."""
         meter = self.meter
+        means, non_finite = meter.read()
+        if non_finite is not None:
+            raise NonFiniteLossError(*non_finite, stopped_at=done)
         shared, own = self.extra() if self.extra is not None else ({}, {})
-        interval = self.reduce({**meter.means(), **shared})
+        interval = self.reduce({**means, **shared})
         interval.update(agreement_metrics(interval))
         interval.update(own)
         elapsed = interval_end - meter.started

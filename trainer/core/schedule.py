@@ -93,17 +93,36 @@ class StaircaseDecay:
         return self.decay_rate ** (iteration // self.decay_every)
 
 
+def adam_implementation(implementation: str, device: torch.device) -> str:
+    """The Adam kernels a run uses on `device`: `implementation` itself, or for `auto` the fused
+    kernel on CUDA and the foreach one elsewhere (on CPU it gives the for-loop kernel's
+    numbers bit for bit: tests/test_schedule.py)."""
+    if implementation != "auto":
+        return implementation
+    return "fused" if device.type == "cuda" else "foreach"
+
+
 def make_optimizer(
     model: nn.Module, optim: OptimConfig | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """Adam with the authors' staircase decay (lr x0.3 every 50,000 iterations with the
-    OptimConfig defaults).
+    OptimConfig defaults), on the kernels `optim.implementation` names (see
+    adam_implementation; `auto` looks at the device of the model's first parameter).
 
     Step the scheduler once per iteration, after optimizer.step(): the lr of iteration t is
     then lr * decay_rate ** (t // decay_every), and it resumes from the scheduler state dict.
     """
     o = optim or OptimConfig()
-    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2))
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    chosen = adam_implementation(o.implementation, device)
+    optimizer = torch.optim.Adam(
+        params,
+        lr=o.lr,
+        betas=(o.adam_beta1, o.adam_beta2),
+        foreach=chosen == "foreach",
+        fused=chosen == "fused",
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, StaircaseDecay(o.decay_every, o.decay_rate)
     )

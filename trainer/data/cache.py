@@ -258,6 +258,16 @@ class MappedCache:
         ) * np.int64(PACKED_BYTES)
         return self.file_bytes[first_B[:, None] + np.arange(PACKED_BYTES, dtype=np.int64)]
 
+    def all_packed(self) -> np.ndarray:
+        """Packed images (N, Y) uint8 of every row in index order: one copy per record batch
+        (no index arrays, so the full grid takes its 377 MB and no more)."""
+        rows_E = np.diff(self.batch_starts_E)
+        parts = [
+            self.file_bytes[offset : offset + rows * PACKED_BYTES].reshape(rows, PACKED_BYTES)
+            for offset, rows in zip(self.image_offsets_E.tolist(), rows_E.tolist(), strict=True)
+        ]
+        return np.concatenate(parts) if parts else np.empty((0, PACKED_BYTES), dtype=np.uint8)
+
 
 def map_cache(path: Path, checked: VerifiedCache) -> MappedCache:
     """Memory-map a cache file that `verify_cache` just checked (only metadata pages are read)."""

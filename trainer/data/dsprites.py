@@ -116,6 +116,11 @@ class DSprites:
             )
         return unpack_images(self._cache.packed(idx_B))
 
+    def packed_images(self) -> np.ndarray:
+        """Every image bit-packed as stored, (N, 512) uint8 (np.packbits of the 64 x 64 rows):
+        what trainer.data.device moves to the device once."""
+        return self._cache.all_packed()
+
 
 def _reopen(cache_path: str, build_args: dict) -> DSprites:
     return open_dsprites(**build_args, cache_dir=Path(cache_path).parent)
