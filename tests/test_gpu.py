@@ -124,3 +124,24 @@ def test_steps_before_the_discrete_stage_never_wait_on_the_host(tmp_path):
         torch.cuda.set_sync_debug_mode("default")
     interval = hooks.after_step(9, loop.step(9))  # the one read of the interval
     assert interval is not None and interval["loss/total"] > 0
+
+
+def test_inductor_compiled_steps_match_eager_steps_on_cuda(tmp_path):
+    """`train.compile=default` with Inductor's CUDA kernels: a few steps, into the discrete
+    stage, give the eager loss and weights to float tolerance (the CPU test uses aot_eager)."""
+    base = [f"data.cache_dir={tmp_path}", "cascade.discrete_start_stage=0"]
+    device = torch.device("cuda")
+    results = {}
+    for name in ("none", "default"):
+        config = load_config(DEBUG, [*base, f"train.compile={name}"])
+        torch.manual_seed(config.seed)
+        dataset = open_data(config)
+        model = build_model(config).to(device)
+        optimizer, scheduler = build_optimizer(config, model)
+        loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=device,
+                         chooser=lambda unary_BK: unary_BK.argmin(dim=1))  # fmt: skip
+        losses = [float(dict(loop.step(step))["loss/total"]) for step in range(3)]
+        results[name] = (losses, [p.detach().clone() for p in model.parameters()])
+    assert results["default"][0] == pytest.approx(results["none"][0], rel=1e-3)
+    for p, q in zip(results["none"][1], results["default"][1], strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-3)
