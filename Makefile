@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/step.py
 	$(PY) benchmarks/solver.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/fast_step.py
+	$(PY) benchmarks/data_path.py
 
 clean-venv:
 	rm -rf $(VENV)
