@@ -1,5 +1,5 @@
-"""launch.cluster without starting Ray: what every process of a job is told, and the drills
-and environment helpers of the worker that need no cluster."""
+"""launch.cluster without starting Ray: what every process of a job is told; and the hold
+drill, which needs no cluster."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from launch.cluster import API_SERVER_VAR, JOB_ENV, cluster_env, free_port
 from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE, HoldDrill
-from trainer.distributed.worker import _environ
 
 
 def test_a_cluster_address_and_a_dashboard_url_reach_the_job_env(monkeypatch):
@@ -38,14 +37,6 @@ def test_free_port_is_bindable():
     port = free_port()
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
-
-
-def test_environ_sets_for_the_block_and_restores(monkeypatch):
-    monkeypatch.setenv("CASCADEVAE_A", "old")
-    monkeypatch.delenv("CASCADEVAE_B", raising=False)
-    with _environ({"CASCADEVAE_A": "new", "CASCADEVAE_B": "1"}):
-        assert os.environ["CASCADEVAE_A"] == "new" and os.environ["CASCADEVAE_B"] == "1"
-    assert os.environ["CASCADEVAE_A"] == "old" and "CASCADEVAE_B" not in os.environ
 
 
 def test_the_hold_drill_holds_rank_0_once_until_released(tmp_path):

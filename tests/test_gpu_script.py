@@ -14,26 +14,22 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "data.num_orientations=4", "--set", "data.num_scales=2", "--positions", "4"]
 
 
-def test_plain_bench_measures_the_worker_step_pipeline_and_writes_json(tmp_path):
-    out = tmp_path / "plain.json"
+def _bench(tmp_path, kind: str, steps: int, warmup: int, *extra: str) -> dict:
+    """Run `gpu_bench.py <kind>` on the tiny grid (batch 8) and return the JSON it wrote."""
+    out = tmp_path / f"{kind}.json"
     command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "gpu_bench.py"),
-        "plain",
-        "--steps",
-        "6",
-        "--warmup",
-        "2",
-        "--set",
-        "train.global_batch=8",
-        *TINY,
-        "--out",
-        str(out),
-    ]
+        sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), kind,
+        "--steps", str(steps), "--warmup", str(warmup), "--set", "train.global_batch=8",
+        *TINY, *extra, "--out", str(out),
+    ]  # fmt: skip
     env = {**os.environ, "CASCADEVAE_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    figures = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_plain_bench_measures_the_worker_step_pipeline_and_writes_json(tmp_path):
+    figures = _bench(tmp_path, "plain", 6, 2)
     assert figures["kind"] == "plain" and figures["stage"] == "discrete"
     assert figures["steps"] == 4 and figures["steps_per_s"] > 0
     assert figures["steps_per_s"] == figures["steps"] / figures["seconds"]
@@ -93,28 +89,8 @@ def test_switch_rungs_add_one_switch_each_to_all_off():
 
 
 def test_switches_bench_measures_each_rung_and_writes_json(tmp_path):
-    out = tmp_path / "switches.json"
     rungs = ["default", "data_on_device", "metrics_on_device", "fused_adam"]
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "gpu_bench.py"),
-        "switches",
-        "--steps",
-        "5",
-        "--warmup",
-        "1",
-        "--set",
-        "train.global_batch=8",
-        *TINY,
-        "--rungs",
-        *rungs,
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "CASCADEVAE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    figures = json.loads(out.read_text())
+    figures = _bench(tmp_path, "switches", 5, 1, "--rungs", *rungs)
     assert figures["kind"] == "switches" and figures["steps"] == 4
     assert [row["name"] for row in figures["rungs"]] == rungs
     for row in figures["rungs"]:

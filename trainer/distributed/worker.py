@@ -16,12 +16,12 @@ calls `ray.train.report` once per log interval (a report is a barrier across ran
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -380,23 +380,9 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
         ),
     )
     try:
-        with _environ({STALL_TIMEOUT_VAR: f"{train.stall_timeout_s:g}"}):
-            return trainer.fit()  # Train hands these variables to its controller
+        # Set for the call, then restored: Train hands the variable to its controller.
+        with mock.patch.dict(os.environ, {STALL_TIMEOUT_VAR: f"{train.stall_timeout_s:g}"}):
+            return trainer.fit()
     finally:
         if actor is not None:
             ray.kill(actor, no_restart=True)
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    """Set environment variables of this process for the block, then put the old ones back."""
-    old = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
