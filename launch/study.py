@@ -10,8 +10,9 @@ A study file::
     description: ...                    # the protocol, copied into results.md
     set: {train.num_steps: 4000}        # overrides for every run
     models:                             # model name -> its seeds and overrides
-      cascade: {seeds: [0, 1, 2], set: {model.variant: cascade}}
-      beta_vae: {seeds: [0, 1], set: {model.variant: beta_vae, model.beta: 4}}
+      cascade: {seeds: [0, 1, 2]}       # a variant's name: model.variant defaults to it
+      beta_vae: {seeds: [0, 1], set: {model.beta: 4}}
+      ours: {seeds: [0], set: {model.variant: cascade, solver.lam: 0.01}}
     selection_metric: eval/authors_factorvae
     metrics: [eval/authors_factorvae, eval/discrete_accuracy]
     curve_metrics: [eval/authors_factorvae, codes/shape_agreement]
@@ -48,8 +49,10 @@ from launch.sweep import Dimension, SweepConfig, resolve_base, trial_config
 from trainer.config import Config, ConfigError, read_yaml
 from trainer.eval.registry import output_keys
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
+from trainer.variants.registry import VARIANTS
 
 RUN_DIMENSION = "run"
+VARIANT_KEY = "model.variant"
 
 
 @dataclass
@@ -103,7 +106,9 @@ class StudyFile(Schema):
     description: str = ""
     set: dict[str, Any] = Field(default_factory=dict)
     models: dict[str, ModelRuns] = Field(min_length=1)
-    """Model name (letters, digits and _) -> its seeds and overrides."""
+    """Model name (letters, digits and _) -> its seeds and overrides. A model named after a
+    registered variant (trainer.variants.registry) trains that variant unless `model.variant`
+    is set for it or for the whole study."""
     selection_metric: str = "eval/authors_factorvae"
     metrics: list[str] | None = Field(None, min_length=1)
     """Default: [selection_metric]."""
@@ -136,8 +141,10 @@ class StudyFile(Schema):
         self._base_raw, _ = resolve_base(folder / self.base, self.set, problems, check=False)
         for model, spec in self.models.items():
             where = f"models.{model}"
+            named = model in VARIANTS and VARIANT_KEY not in {**self.set, **spec.set}
             for seed in spec.seeds:
-                overrides = {**spec.set, "seed": seed}
+                # A model named after a registered variant trains that variant by default.
+                overrides = {**({VARIANT_KEY: model} if named else {}), **spec.set, "seed": seed}
                 try:
                     self._configs.append(trial_config(self._base_raw, overrides, source=where))
                 except ConfigError as err:

@@ -26,7 +26,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from trainer.build import build_model, build_optimizer, open_data
+from trainer.build import build_extras, build_model, build_optimizer, open_data
 from trainer.checkpoint import (
     CorruptCheckpointError,
     TrainState,
@@ -52,6 +52,8 @@ from trainer.loop import (
 from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
+from trainer.variants.registry import variant_of
+from trainer.variants.types import Codes
 
 SOLVER_NAMESPACE = "cascadevae"
 STALL_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
@@ -106,11 +108,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     dataset = open_data(config)
     model = build_model(config).to(device)
     optimizer, scheduler = build_optimizer(config, model)
-    state = TrainState(model, optimizer, scheduler, next_step=0)
+    extras = build_extras(config, device)  # the variant's other trained modules, if any
+    state = TrainState(model, optimizer, scheduler, next_step=0, extras=extras)
     resumed = _restore(state, ray.train.get_checkpoint(), run_dir)
     start_step = state.next_step
     record_attempt(run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed)
     client = _code_client(config, loop_config.get("solver"), rank, world_size)
+    extras.wrap(ray.train.torch.prepare_model)  # DDP when world_size > 1, as the VAE
     loop = TrainLoop(
         config,
         dataset,
@@ -121,6 +125,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         chooser=client,
         rank=rank,
         world_size=world_size,
+        extras=extras,
     )
     log = RunLog(run_dir, config.to_yaml(), resume_step=start_step) if rank == 0 else NullRunLog()
     hooks, recorder = _hooks(
@@ -174,8 +179,9 @@ def _restore(state: TrainState, checkpoint, run_dir: Path) -> list[str]:
 
 
 def _code_client(config: Config, solver: dict | None, rank: int, world_size: int):
-    """The chooser of the cascade variant: rank 0 calls the solver actor named in `solver`."""
-    if config.model.variant != "cascade":
+    """The chooser of a variant whose codes come from the solver: rank 0 calls the solver actor
+    named in `solver` (None for the other variants)."""
+    if variant_of(config).codes is not Codes.SOLVER:
         return None
     solve = None
     if rank == 0 and solver:
@@ -347,7 +353,7 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
     open_data(config, progress=True)
 
     solver_info, actor = None, None
-    if config.model.variant == "cascade":
+    if variant_of(config).codes is Codes.SOLVER:
         from trainer.distributed.solver_actor import get_or_create_solver_actor
 
         name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"
