@@ -101,3 +101,25 @@ def test_every_config_file_names_a_registered_variant():
 
         variant = read_yaml(path).get("model", {}).get("variant", "cascade")
         assert variant in VARIANTS, path
+
+
+def test_a_study_model_named_after_a_variant_trains_that_variant(tmp_path):
+    import yaml
+
+    from launch.study import load_study
+
+    raw = {
+        "base": str(CONFIGS / "debug.yaml"),
+        "set": {"eval.protocols": ["authors_factorvae"]},
+        "models": {
+            "beta_vae": {"seeds": [0]},  # the variant by its name
+            "cascade_c": {"seeds": [0], "set": {"model.variant": "beta_vae"}},  # set wins
+            "mine": {"seeds": [0]},  # not a variant's name: the base's variant
+        },
+        "storage_path": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    study = load_study(path)
+    variant = {run: study.trial_config({"run": run}).model.variant for run in study.runs}
+    assert variant == {"beta_vae-s0": "beta_vae", "cascade_c-s0": "beta_vae", "mine-s0": "cascade"}

@@ -42,6 +42,7 @@ from trainer.schema import (
     rules_apply,
     validate,
 )
+from trainer.variants.factorvae import FactorVAEConfig
 from trainer.variants.jointvae import JointVAEConfig
 from trainer.variants.registry import VARIANTS
 
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "FactorVAEConfig",
     "JointVAEConfig",
     "ModelConfig",
     "OptimConfig",
@@ -125,13 +127,15 @@ class ModelConfig(Schema):
     """A variant of the registry (trainer.variants.registry.VARIANTS): `cascade` (CascadeVAE:
     continuous + discrete), `cascade_c` (CascadeVAE-C, continuous only), `beta_vae` (one KL
     weight `beta` on every dim, no discrete code), `jointvae` (Dupont 2018: Gumbel-softmax code
-    and controlled capacities, see the `jointvae` section) or `oracle` (CascadeVAE whose
-    discrete stage decodes with the TRUE shape: a supervised known answer)."""
+    and controlled capacities, see the `jointvae` section), `oracle` (CascadeVAE whose
+    discrete stage decodes with the TRUE shape: a supervised known answer) or `factorvae` (Kim
+    & Mnih 2018: the ELBO plus gamma times a discriminator's total-correlation estimate, no
+    discrete code, see the `factorvae` section)."""
     num_continuous: int = Field(6, ge=1)
     """m, the number of continuous latent dims."""
     num_categories: int = 3
     """S, the number of discrete categories (ignored, forced to 0, for a variant without a
-    discrete code: cascade_c, beta_vae)."""
+    discrete code: cascade_c, beta_vae, factorvae)."""
     weight_penalty: Float = Field(4e-5, ge=0)
     """Coefficient of the authors' L2 penalty coef * sum(w^2) / 2; 0 switches it off."""
     beta: Float = Field(4.0, ge=0)
@@ -260,6 +264,7 @@ class Config(Schema):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     jointvae: JointVAEConfig = Field(default_factory=JointVAEConfig)
+    factorvae: FactorVAEConfig = Field(default_factory=FactorVAEConfig)
 
     @model_validator(mode="after")
     def _across_sections(self, info: ValidationInfo) -> Config:
@@ -334,7 +339,9 @@ class Config(Schema):
         return validate(cls, raw, source)
 
 
-SECTIONS = ("data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae")
+SECTIONS = (
+    "data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae", "factorvae",
+)  # fmt: skip
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

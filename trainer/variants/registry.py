@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from trainer.variants import beta_vae, cascade, jointvae
+from trainer.variants import beta_vae, cascade, factorvae, jointvae
 from trainer.variants.types import Codes, Extras, StepFunction, no_extras
 
 if TYPE_CHECKING:
@@ -124,6 +124,21 @@ VARIANTS: dict[str, Variant] = {
             build_schedule=cascade.cascade_schedule,
             step=cascade.step,
             loss_keys=cascade.loss_keys,
+        ),
+        Variant(
+            name="factorvae",
+            description="FactorVAE (Kim & Mnih 2018): the ELBO plus gamma times a total "
+            "correlation estimate from a discriminator (the `factorvae` section), no discrete "
+            "code",
+            has_code=False,
+            schedule_kind="cascade_c",
+            codes=Codes.NONE,
+            build_model=factorvae.build_model,
+            build_schedule=factorvae.schedule,
+            step=factorvae.step,
+            loss_keys=factorvae.loss_keys,
+            build_extras=factorvae.build_extras,
+            section="factorvae",
         ),
     )
 }
