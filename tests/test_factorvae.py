@@ -281,3 +281,38 @@ def test_the_paper_config_holds_kim_and_mnih_settings():
     assert (config.optim.lr, config.optim.adam_beta1, config.optim.adam_beta2) == (
         1e-4, 0.9, 0.999,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- studies and sweeps
+def test_a_study_and_a_sweep_take_factorvae(tmp_path):
+    """A study model named `factorvae` trains the variant, and a Tune sweep searches its gamma
+    and ranks trials by its TC estimate (both checked before Ray starts)."""
+    import yaml
+
+    from launch.study import load_study
+    from launch.sweep import load_sweep
+
+    study = {
+        "base": str(DEBUG),
+        "models": {
+            "cascade": {"seeds": [0]},
+            "factorvae": {"seeds": [0, 1], "set": {"eval.protocols": ["authors_factorvae"]}},
+        },
+        "storage_path": str(tmp_path / "runs"),
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    loaded = load_study(tmp_path / "study.yaml")
+    config = loaded.trial_config({"run": "factorvae-s1"})
+    assert config.model.variant == "factorvae" and config.seed == 1
+    assert config.factorvae.gamma == 35.0
+    sweep = {
+        "base": str(ROOT / "configs" / "factorvae.yaml"),
+        "set": {"train.num_steps": 40, "data.num_positions": 4},
+        "search": {"space": {"gamma": {"grid": [10, 35]}}},
+        "metric": "tc/estimate",
+        "mode": "min",
+        "storage_path": str(tmp_path / "sweeps"),
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    loaded_sweep = load_sweep(tmp_path / "sweep.yaml")
+    assert loaded_sweep.num_trials() == 2
