@@ -96,25 +96,38 @@ def test_interval_means_are_reduced_then_rank0s_own_keys_added():
     assert interval["perf/code_wait_share"] == interval["solver/wait_ms"] / interval["perf/step_ms"]
 
 
-def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path):
-    config = _config(tmp_path, "cascade.discrete_start_stage=0")
+@pytest.mark.parametrize(
+    "precision",
+    [["train.autocast=none", "train.channels_last=false"],
+     ["train.autocast=bf16", "train.channels_last=true"]],
+)  # fmt: skip
+def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path, precision):
+    config = _config(tmp_path, "cascade.discrete_start_stage=0", *precision)
     dataset = open_data(config)
     model, optimizer, scheduler = _parts(config)
     chooser = lambda unary_BK: unary_BK.argmin(dim=1)  # noqa: E731
     loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=torch.device("cpu"),
                      chooser=chooser)  # fmt: skip
+    bf16 = config.train.autocast == "bf16"
+    assert (loop.precision.autocast_bf16, loop.precision.channels_last) == (bf16, bf16)
+    assert model.encoder[2].weight.is_contiguous(memory_format=torch.channels_last) == bf16
     reference, ref_opt, ref_sched = _parts(config)
+    if bf16:
+        reference.to(memory_format=torch.channels_last)
     for step in range(3):
         metrics = loop.step(step)
         indices = batch_indices_for_step(len(dataset), seed=config.seed, step=step, rank=0,
                                          world_size=1, global_batch=16)  # fmt: skip
+        x_B1HW = load_batch(dataset, indices, torch.device("cpu"))
+        if bf16:
+            x_B1HW = x_B1HW.contiguous(memory_format=torch.channels_last)
         expected = train_step(
-            reference, ref_opt, ref_sched, load_batch(dataset, indices, torch.device("cpu")),
+            reference, ref_opt, ref_sched, x_B1HW,
             iteration=step, schedule=build_schedule(config),
             eps_generator=torch.Generator().manual_seed(step_seed(config.seed, step, 0)),
             choose_codes=chooser, weight_penalty_coef=config.model.weight_penalty,
             shapes_B=dataset.latent_classes[indices, SHAPE_FACTOR],
-            capacities=build_capacities(config),
+            capacities=build_capacities(config), autocast_bf16=bf16,
         )  # fmt: skip
         assert {k: v for k, v in metrics.items() if not k.startswith("perf/")} == expected
         assert metrics["perf/data_ms"] >= 0.0 and metrics["perf/train_step_ms"] > 0.0

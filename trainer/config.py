@@ -69,7 +69,7 @@ DataSource = Literal["render", "npz"]
 OnOrAuto = bool | Literal["auto"]
 """A device switch: true, false, or `auto` (on when the run's device is CUDA, off on CPU)."""
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
-Autocast = Literal["none", "bf16"]
+Autocast = Literal["auto", "none", "bf16"]
 AdamImplementation = Literal["auto", "for_loop", "foreach", "fused"]
 
 
@@ -231,9 +231,14 @@ class TrainConfig(Schema):
     on CUDA."""
     compile: CompileMode = "none"
     """torch.compile mode of the encoder and decoder (`none`: eager)."""
-    autocast: Autocast = "none"
+    autocast: Autocast = "auto"
     """`bf16`: the encoder and decoder run under bfloat16 autocast; losses and the unary
-    matrix stay float32."""
+    matrix stay float32. `none`: float32 throughout. `auto`: bf16 on a CPU with AMX or
+    AVX512-BF16 (trainer.build.cpu_bf16_feature), float32 on other CPUs and on CUDA."""
+    channels_last: OnOrAuto = "auto"
+    """The convolution kernels and images in channels_last (NHWC) memory format. `auto`: on
+    where the run uses bf16 autocast on CPU (oneDNN's bf16 kernels are fastest there), off
+    with float32 and on CUDA."""
     log_every: int = Field(100, ge=1)
     """Steps per log interval: TensorBoard scalars, metrics table row, ray.train.report."""
     checkpoint_every: int = Field(5_000, ge=1)

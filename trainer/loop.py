@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from trainer.build import (
+    apply_memory_format,
     build_capacities,
     build_model,
     build_optimizer,
@@ -30,6 +31,7 @@ from trainer.build import (
     compile_networks,
     device_switch,
     open_data,
+    resolve_precision,
 )
 from trainer.config import Config
 from trainer.core.agreement import agreement_keys, agreement_metrics
@@ -80,8 +82,10 @@ class TrainLoop:
 
     The train section's device switches take effect here: `data_on_device` (the packed dataset
     on the device, trainer.data.device), `metrics_on_device` (StepMetrics left unread),
-    `compile` (the encoder and decoder compiled in place, so checkpoints keep their keys) and
-    `autocast`.
+    `compile` (the encoder and decoder compiled in place, so checkpoints keep their keys),
+    `autocast` and `channels_last` (resolved on the device into `self.precision`; the model's
+    kernels are converted here unless the caller did it before wrapping the model in DDP, as
+    the Train worker does).
     """
 
     def __init__(
@@ -111,7 +115,8 @@ class TrainLoop:
         self.oracle = config.model.variant == "oracle"
         train = config.train
         self.metrics_on_device = device_switch(train.metrics_on_device, device)
-        self.autocast_bf16 = train.autocast == "bf16"
+        self.precision = resolve_precision(train, device)
+        apply_memory_format(unwrap(model), self.precision)
         self.device_data = (
             DeviceDSprites(dataset, device) if device_switch(train.data_on_device, device) else None
         )
@@ -140,6 +145,8 @@ class TrainLoop:
             shapes_B = self.device_data.classes(indices_B, SHAPE_FACTOR)
         else:
             x_B1HW = load_batch(self.dataset, indices, self.device)
+        if self.precision.channels_last:
+            x_B1HW = x_B1HW.contiguous(memory_format=torch.channels_last)
         data_done = time.perf_counter()
         chooser = true_shape_codes(shapes_host_B) if self.oracle else self.chooser
         if hasattr(chooser, "step"):
@@ -158,7 +165,7 @@ class TrainLoop:
             shapes_B=shapes_B,
             capacities=self.capacities,
             metrics_on_device=self.metrics_on_device,
-            autocast_bf16=self.autocast_bf16,
+            autocast_bf16=self.precision.autocast_bf16,
         )
         metrics["perf/data_ms"] = 1000.0 * (data_done - started)
         metrics["perf/train_step_ms"] = 1000.0 * (time.perf_counter() - data_done)

@@ -26,7 +26,13 @@ from unittest import mock
 import numpy as np
 import torch
 
-from trainer.build import build_model, build_optimizer, open_data
+from trainer.build import (
+    apply_memory_format,
+    build_model,
+    build_optimizer,
+    open_data,
+    resolve_precision,
+)
 from trainer.checkpoint import (
     CorruptCheckpointError,
     TrainState,
@@ -109,7 +115,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = TrainState(model, optimizer, scheduler, next_step=0)
     resumed = _restore(state, ray.train.get_checkpoint(), run_dir)
     start_step = state.next_step
-    record_attempt(run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed)
+    precision = resolve_precision(config.train, device)
+    apply_memory_format(model, precision)  # before DDP lays out its gradient buckets
+    record_attempt(
+        run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed,
+        precision=precision.dtype_name, memory_format=precision.memory_format_name,
+    )  # fmt: skip
     client = _code_client(config, loop_config.get("solver"), rank, world_size)
     loop = TrainLoop(
         config,
@@ -132,7 +143,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         say(
             f"[cascadevae] rank 0 of {world_size} on {device}: steps {start_step}->"
             f"{config.train.num_steps}, global batch {config.train.global_batch}, "
-            f"{len(dataset)} images, run dir {run_dir}"
+            f"{len(dataset)} images, {precision.describe()}, run dir {run_dir}"
         )
 
     last_interval: dict[str, float] = {}
@@ -146,7 +157,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         scores = output_keys(config.eval.protocols)
         final = {k: v for k, v in last_interval.items() if k in scores or k.startswith("loss/")}
-        log.hparams(_hparams(config), final)
+        used = {  # what `auto` resolved to on this machine
+            "train.precision": precision.dtype_name,
+            "train.memory_format": precision.memory_format_name,
+        }
+        log.hparams(_hparams(config) | used, final)
         log.close()
 
 
