@@ -76,7 +76,7 @@ def test_a_rule_over_an_invalid_field_is_not_checked():
     problems = _problems({"model": {"variant": "beta_vae"}, "eval": {"protocols": ["mig", "x"]}})
     assert problems == [
         "eval.protocols: unknown ['x']; choose from "
-        "['authors_factorvae', 'factorvae', 'discrete_accuracy', 'mig']"
+        "['authors_factorvae', 'factorvae', 'discrete_accuracy', 'mig', 'factor_dim_mi']"
     ]
 
 

@@ -39,7 +39,7 @@ from trainer.core.agreement import JOINT_PREFIX
 from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.drills import CodeRecorder, FaultDrill, HoldDrill
 from trainer.distributed.runtime import keep_freed_memory
-from trainer.eval import output_keys
+from trainer.eval import TABLE_NAMESPACES, output_keys
 from trainer.loop import (
     Cadence,
     Hook,
@@ -257,7 +257,8 @@ class ReportHook:
         import ray.train
 
         last = done == self.config.train.num_steps
-        self.latest_eval.update({k: v for k, v in interval.items() if k.startswith("eval/")})
+        evaluated = ("eval/", *TABLE_NAMESPACES)
+        self.latest_eval.update({k: v for k, v in interval.items() if k.startswith(evaluated)})
         report = {"step": done, **self.latest_eval, **interval}
         checkpoint_due = self.checkpoints.due(done, last)
         if self.keep_best_by:

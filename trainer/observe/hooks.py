@@ -12,7 +12,7 @@ from trainer.build import evaluation_kwargs
 from trainer.config import Config
 from trainer.core.model import CascadeVAE
 from trainer.data.dsprites import DSprites
-from trainer.eval import evaluate_model, output_keys
+from trainer.eval import evaluate_model, output_keys, table_keys
 from trainer.loop import Cadence
 from trainer.observe.images import category_means, reconstructions, traversals
 from trainer.observe.progress import codes_text, eval_text, format_eta, say
@@ -20,8 +20,10 @@ from trainer.observe.run_log import NullRunLog
 
 
 def evaluation_keys(config: Config) -> set[str]:
-    """The keys EvaluationHook adds."""
-    return set(output_keys(config.eval.protocols)) | {"perf/eval_s"}
+    """The keys EvaluationHook adds: the protocols' outputs and tables, and `perf/eval_s`."""
+    protocols, model = config.eval.protocols, config.model
+    tables = table_keys(protocols, model.num_continuous, model.effective_categories)
+    return set(output_keys(protocols)) | set(tables) | {"perf/eval_s"}
 
 
 class EvaluationHook:
