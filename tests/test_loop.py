@@ -13,7 +13,15 @@ from trainer.build import build_capacities, build_model, build_optimizer, build_
 from trainer.config import load_config
 from trainer.core.step import train_step
 from trainer.data.dsprites import batch_indices_for_step
-from trainer.loop import SHAPE_FACTOR, Cadence, Hooks, TrainLoop, load_batch, step_seed
+from trainer.loop import (
+    SHAPE_FACTOR,
+    Cadence,
+    Hooks,
+    TrainLoop,
+    evaluation_cadence,
+    load_batch,
+    step_seed,
+)
 
 DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 
@@ -37,6 +45,19 @@ def _parts(config):
 )  # fmt: skip
 def test_cadence(every, at_end, done, last, due):
     assert Cadence(every, at_end).due(done, last) is due
+
+
+def test_the_evaluation_cadence_adds_the_discrete_start(tmp_path):
+    # debug: 5-step stages, the discrete stage from stage 4, 40 steps, evaluation at the end only.
+    plain = evaluation_cadence(_config(tmp_path))
+    assert [done for done in range(1, 41) if plain.due(done, done == 40)] == [40]
+    config = _config(tmp_path, "train.eval_at_discrete_start=true", "train.eval_every=15")
+    cadence = evaluation_cadence(config)
+    assert [done for done in range(1, 41) if cadence.due(done, done == 40)] == [15, 20, 30, 40]
+    hooks = Hooks([], ends=[Cadence(8), cadence], num_steps=40, global_batch=16)
+    intervals = [hooks.after_step(step, {"loss/total": 1.0}) for step in range(40)]
+    ends = [step + 1 for step, interval in enumerate(intervals) if interval is not None]
+    assert ends == [8, 15, 16, 20, 24, 30, 32, 40]
 
 
 class _Recorder:

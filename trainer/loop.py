@@ -207,14 +207,28 @@ def local_loop(
 
 @dataclass(frozen=True)
 class Cadence:
-    """When a hook runs: every `every` steps (0: never on the way) and, with `at_end`, after the
-    last step. `due(done, last)` takes the number of steps done."""
+    """When a hook runs: every `every` steps (0: never on the way), after the steps done listed
+    in `at_steps` and, with `at_end`, after the last step. `due(done, last)` takes the number of
+    steps done."""
 
     every: int
     at_end: bool = True
+    at_steps: frozenset[int] = frozenset()
 
     def due(self, done: int, last: bool) -> bool:
-        return (last and self.at_end) or (self.every > 0 and done % self.every == 0)
+        return (
+            (last and self.at_end)
+            or (self.every > 0 and done % self.every == 0)
+            or done in self.at_steps
+        )
+
+
+def evaluation_cadence(config: Config) -> Cadence:
+    """When a run evaluates: every `train.eval_every` steps, at the end and, with
+    `train.eval_at_discrete_start`, after the steps before the discrete stage."""
+    train = config.train
+    extra = {config.cascade.discrete_start_step} if train.eval_at_discrete_start else set()
+    return Cadence(train.eval_every, at_steps=frozenset(extra))
 
 
 class Hook(Protocol):

@@ -45,6 +45,7 @@ from trainer.loop import (
     Hook,
     Hooks,
     TrainLoop,
+    evaluation_cadence,
     interval_keys,
     load_batch,
     spread_indices,
@@ -205,7 +206,7 @@ def _hooks(
     hooks: list[Hook] = []
     if rank == 0:  # the log after the evaluation, so that its scalars and line include it
         hooks += [
-            EvaluationHook(Cadence(train.eval_every), config, model, dataset, device),
+            EvaluationHook(evaluation_cadence(config), config, model, dataset, device),
             ImageHook(Cadence(train.image_every), model, preview_x, log),
             LogHook(Cadence(1), log, num_steps=train.num_steps, start_step=start_step),
         ]
@@ -216,7 +217,7 @@ def _hooks(
     recorder = None
     if client is not None and train.record_codes_steps:
         recorder = CodeRecorder(client, train.record_codes_steps, run_dir, rank)
-    checkpoints, evaluations = Cadence(train.checkpoint_every), Cadence(train.eval_every)
+    checkpoints, evaluations = Cadence(train.checkpoint_every), evaluation_cadence(config)
     runner = Hooks(
         hooks,
         ends=[Cadence(train.log_every), checkpoints, evaluations, Cadence(train.image_every)],
@@ -249,7 +250,7 @@ class ReportHook:
         self.config, self.state, self.log, self.rank = config, state, log, rank
         self.keep_best_by = train.keep_best_by
         self.checkpoints = Cadence(train.checkpoint_every)
-        self.evaluations = Cadence(train.eval_every)
+        self.evaluations = evaluation_cadence(config)
         self.cadence = Cadence(1)  # every interval end
         self.latest_eval: dict[str, float] = {}
 
