@@ -17,6 +17,7 @@ from trainer.loop import Cadence
 from trainer.observe.images import category_means, reconstructions, traversals
 from trainer.observe.progress import codes_text, eval_text, format_eta, say
 from trainer.observe.run_log import NullRunLog
+from trainer.observe.tables import confusion_table, factor_dim_table, heatmap_image
 
 
 def evaluation_keys(config: Config) -> set[str]:
@@ -77,8 +78,22 @@ class ImageHook:
         log.flush()
 
 
+def log_tables(log: NullRunLog, done: int, interval: dict[str, float]) -> None:
+    """The factor x dim table (`tables/factor_dim_mi`) and the category x shape confusion matrix
+    (`tables/code_shape`) of an evaluation in `interval`, as heatmap images; nothing when the
+    interval holds no evaluation of them."""
+    drawn = (
+        ("tables/factor_dim_mi", factor_dim_table(interval, f"MI / H(factor), step {done}")),
+        ("tables/code_shape", confusion_table(interval, f"code x shape, step {done}")),
+    )
+    for tag, table in drawn:
+        if table is not None:
+            log.image(tag, done, heatmap_image(table))
+
+
 class LogHook:
-    """The interval's scalars to TensorBoard and the metrics table, and one progress line."""
+    """The interval's scalars to TensorBoard and the metrics table, the evaluation's tables as
+    images, and one progress line."""
 
     def __init__(self, cadence: Cadence, log: NullRunLog, *, num_steps: int, start_step: int):
         self.cadence = cadence
@@ -89,6 +104,7 @@ class LogHook:
 
     def run(self, done: int, interval: dict[str, float]) -> None:
         self.log.scalars(done, interval)
+        log_tables(self.log, done, interval)
         rate = (done - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
         line = (
             f"[cascadevae] step {done}/{self.num_steps} | "
