@@ -198,10 +198,12 @@ def collect_runs(study: StudyConfig) -> tuple[list[RunRecord], list[str]]:
         if name not in study.runs:
             continue
         model, seed, _ = study.runs[name]
-        record = read_run(model, seed, params_path.parent / "train" / "metrics.parquet")
+        config = study.trial_config({RUN_DIMENSION: name})
+        table = params_path.parent / "train" / "metrics.parquet"
+        record = read_run(model, seed, table, config.cascade.discrete_start_step)
         if record is None:
             continue
-        num_steps = study.trial_config({RUN_DIMENSION: name}).train.num_steps
+        num_steps = config.train.num_steps
         if record.last_step < num_steps:  # still running or interrupted: not in the table
             lines.append(f"`{name}`: unfinished at step {record.last_step} of {num_steps}")
             continue
