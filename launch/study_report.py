@@ -37,6 +37,7 @@ METRIC_NAMES = {
     "eval/discrete_accuracy": "shape accuracy",
     "eval/mig": "MIG",
     "eval/active_dims": "active dims",
+    "eval/mi_shape_z": "shape in one z dim",
     "codes/shape_agreement": "training-code agreement",
 }
 
@@ -254,7 +255,7 @@ def write_factor_dim_tables(out_dir: Path, runs: Sequence[RunRecord]) -> list[Pa
         "discretised into equal-width bins as MIG does) and of the discrete code (the category",
         "at z = mu) with each factor that varies, on the evaluation sample: 1 = the column",
         "determines the factor, 0 = independent (plug-in estimate). Column labels: the training",
-        "KL of the dim (nats, mean over the log interval) and its KL weight beta there. Counts:",
+        "KL of the dim (nats) and its KL weight beta, both means over the log interval. Counts:",
         "images of the evaluation sample by learned category and true shape.",
     ]
     for run, picks in sorted(readings, key=lambda item: (item[0].model, item[0].seed)):
