@@ -47,6 +47,7 @@ from launch.study_report import RunRecord, read_run, write_report
 from launch.sweep import Dimension, SweepConfig, resolve_base, trial_config
 from trainer.config import Config, ConfigError, read_yaml
 from trainer.eval.registry import output_keys
+from trainer.loop import extra_evaluation_steps
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
 
 RUN_DIMENSION = "run"
@@ -200,7 +201,8 @@ def collect_runs(study: StudyConfig) -> tuple[list[RunRecord], list[str]]:
         model, seed, _ = study.runs[name]
         config = study.trial_config({RUN_DIMENSION: name})
         table = params_path.parent / "train" / "metrics.parquet"
-        record = read_run(model, seed, table, config.cascade.discrete_start_step)
+        start, diagnostic = config.cascade.discrete_start_step, extra_evaluation_steps(config)
+        record = read_run(model, seed, table, start, diagnostic)
         if record is None:
             continue
         num_steps = config.train.num_steps

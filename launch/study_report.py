@@ -51,6 +51,9 @@ class RunRecord:
     rows: list[dict[str, float]]
     discrete_start: int | None = None
     """The step the discrete stage starts at (cascade.stage_length x discrete_start_stage)."""
+    diagnostic_steps: frozenset[int] = frozenset()
+    """Evaluations off the run's eval_every cadence (`train.eval_at_discrete_start`): in the
+    curves and the factor x dim tables, never a best or last reading."""
 
     @property
     def last_step(self) -> int:
@@ -58,12 +61,17 @@ class RunRecord:
 
 
 def read_run(
-    model: str, seed: int, table_path: Path, discrete_start: int | None = None
+    model: str,
+    seed: int,
+    table_path: Path,
+    discrete_start: int | None = None,
+    diagnostic_steps: frozenset[int] = frozenset(),
 ) -> RunRecord | None:
     """The run's metrics table, or None when it has none yet."""
     if not table_path.exists():
         return None
-    return RunRecord(model, seed, read_metrics(table_path.parent).to_pylist(), discrete_start)
+    rows = read_metrics(table_path.parent).to_pylist()
+    return RunRecord(model, seed, rows, discrete_start, diagnostic_steps)
 
 
 def _finite(value) -> bool:
@@ -71,8 +79,13 @@ def _finite(value) -> bool:
 
 
 def eval_rows(run: RunRecord, metrics: Sequence[str]) -> list[dict[str, float]]:
-    """Rows holding at least one of `metrics` (the evaluations), in step order."""
-    rows = [r for r in run.rows if any(_finite(r.get(m)) for m in metrics)]
+    """Rows holding at least one of `metrics` (the evaluations) in step order, less the
+    diagnostic ones (`RunRecord.diagnostic_steps`)."""
+    rows = [
+        r
+        for r in run.rows
+        if any(_finite(r.get(m)) for m in metrics) and int(r["step"]) not in run.diagnostic_steps
+    ]
     return sorted(rows, key=lambda r: r["step"])
 
 

@@ -3,6 +3,7 @@ and where log intervals end."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,33 @@ def test_the_evaluation_cadence_adds_the_discrete_start(tmp_path):
     intervals = [hooks.after_step(step, {"loss/total": 1.0}) for step in range(40)]
     ends = [step + 1 for step, interval in enumerate(intervals) if interval is not None]
     assert ends == [8, 15, 16, 20, 24, 30, 32, 40]
+
+
+def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
+    import ray.train
+
+    from trainer.distributed.worker import CHECKPOINT_SCORE, ReportHook
+    from trainer.loop import extra_evaluation_steps
+
+    flag = "train.eval_at_discrete_start=true"
+    assert extra_evaluation_steps(_config(tmp_path)) == frozenset()
+    assert extra_evaluation_steps(_config(tmp_path, flag, "train.eval_every=10")) == frozenset()
+    config = _config(
+        tmp_path,
+        flag,
+        "train.eval_every=15",
+        "train.checkpoint_every=30",
+        "train.keep_best_by=eval/authors_factorvae",
+    )
+    assert extra_evaluation_steps(config) == frozenset({20})
+    # At the discrete start (step 20) the evaluation is reported but ranks no checkpoint.
+    reports: list = []
+    monkeypatch.setattr(ray.train, "report", lambda report, **kw: reports.append((report, kw)))
+    hook = ReportHook(config, state=None, log=None, rank=0)  # type: ignore[arg-type]
+    hook.run(20, {"eval/authors_factorvae": 0.9, "mi/shape/z0": 0.5})
+    ((report, kwargs),) = reports
+    assert kwargs == {} and report[CHECKPOINT_SCORE] == -math.inf
+    assert report["eval/authors_factorvae"] == 0.9 and report["mi/shape/z0"] == 0.5
 
 
 class _Recorder:

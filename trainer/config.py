@@ -249,7 +249,8 @@ class TrainConfig(Schema):
     eval_at_discrete_start: bool = False
     """Also evaluate after cascade.stage_length x cascade.discrete_start_stage steps: the model the
     discrete stage starts from (for a variant without a discrete stage, the same step, so runs
-    can be compared there); it must fall within the run."""
+    can be compared there); it must fall within the run. Diagnostic: off the eval_every cadence
+    it ranks no checkpoint (`keep_best_by`) and no best-by-metric reading of a study."""
     image_every: int = Field(20_000, ge=0)
     """Steps between reconstruction / traversal images in TensorBoard (0: only at the end)."""
     max_failures: int = Field(3, ge=0)

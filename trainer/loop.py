@@ -223,12 +223,20 @@ class Cadence:
         )
 
 
+def extra_evaluation_steps(config: Config) -> frozenset[int]:
+    """The evaluation `train.eval_at_discrete_start` adds to the `train.eval_every` cadence (none
+    when the discrete start is on it). It is diagnostic: it ranks no checkpoint
+    (`train.keep_best_by`) and no best-by-metric reading of a study."""
+    train = config.train
+    start = config.cascade.discrete_start_step
+    on_cadence = train.eval_every > 0 and start % train.eval_every == 0
+    return frozenset({start} if train.eval_at_discrete_start and not on_cadence else ())
+
+
 def evaluation_cadence(config: Config) -> Cadence:
     """When a run evaluates: every `train.eval_every` steps, at the end and, with
     `train.eval_at_discrete_start`, after the steps before the discrete stage."""
-    train = config.train
-    extra = {config.cascade.discrete_start_step} if train.eval_at_discrete_start else set()
-    return Cadence(train.eval_every, at_steps=frozenset(extra))
+    return Cadence(config.train.eval_every, at_steps=extra_evaluation_steps(config))
 
 
 class Hook(Protocol):

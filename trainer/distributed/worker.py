@@ -242,15 +242,16 @@ def _solver_timings(client: GlobalCodeClient) -> tuple[dict[str, float], dict[st
 class ReportHook:
     """`ray.train.report` at every interval end, on every rank (a report is a barrier): with a
     checkpoint every `train.checkpoint_every` steps, at the end, and, with `train.keep_best_by`,
-    after every evaluation. The latest evaluation is carried forward in every report, so that
-    a Tune scheduler ranking trials on an eval metric sees it each time."""
+    after every evaluation of the `train.eval_every` cadence. The latest evaluation is carried
+    forward in every report, so that a Tune scheduler ranking trials on an eval metric sees it
+    each time."""
 
     def __init__(self, config: Config, state: TrainState, log, rank: int):
         train = config.train
         self.config, self.state, self.log, self.rank = config, state, log, rank
         self.keep_best_by = train.keep_best_by
         self.checkpoints = Cadence(train.checkpoint_every)
-        self.evaluations = evaluation_cadence(config)
+        self.ranked_evaluations = Cadence(train.eval_every)  # not the extra, diagnostic one
         self.cadence = Cadence(1)  # every interval end
         self.latest_eval: dict[str, float] = {}
 
@@ -264,9 +265,12 @@ class ReportHook:
         checkpoint_due = self.checkpoints.due(done, last)
         if self.keep_best_by:
             # Keeping the best model by a metric needs a checkpoint of every evaluated model;
-            # only a model evaluated at this very step is ranked, the others rank last.
-            checkpoint_due = checkpoint_due or self.evaluations.due(done, last)
-            report[CHECKPOINT_SCORE] = float(interval.get(self.keep_best_by, -math.inf))
+            # only a model evaluated at this very step on the eval_every cadence is ranked, the
+            # others rank last.
+            ranked = self.ranked_evaluations.due(done, last)
+            checkpoint_due = checkpoint_due or ranked
+            score = interval.get(self.keep_best_by, -math.inf) if ranked else -math.inf
+            report[CHECKPOINT_SCORE] = float(score)
         if not checkpoint_due:
             ray.train.report(report)
             return
