@@ -6,12 +6,12 @@ what gives the official even-sided boxes (a square of side 20 x scale covers exa
 pixels at orientation 0).
 
 - Each (shape, scale, orientation) is rasterised ONCE into a square mask of side `MASK_SIDE` (32)
-  whose middle corner is the shape's centre. A pixel is on when at least half of its 4x4
+  whose middle corner is the shape's centre. A pixel is on when at least half of its 8x8
   sub-samples fall inside the outline (binary, like dSprites).
 - Every shape fits in a disc of radius `MAX_SHAPE_RADIUS_PX` (the square's half-diagonal,
   10 sqrt(2) = 14.14 px at scale 1) about its centre at every orientation, so the mask's outer ring
-  is always empty and the mask, placed at any centre in 16..48, lies inside the frame (pixels
-  1..62 at most): no position or orientation ever clips a shape.
+  is always empty and the mask, placed at any centre in 16..48, lies inside the frame and never
+  touches its outer rows and columns: no position or orientation ever clips a shape.
 - posX moves the centre along image COLUMNS, posY along ROWS. The official file spreads 32
   positions over 0..1 and the centre over 16..48 px (0.25 x 64 .. 0.75 x 64), i.e. 32/31 px per
   step. Positions here are integer pixel shifts of the same mask, so a placed image is an exact
@@ -22,14 +22,18 @@ pixels at orientation 0).
   2*pi, so orientation 0 and 2*pi give bit-identical images (as in the official file).
 
 Shape outlines at scale 1, in pixels about the centre (u to the right, v up; `scale` multiplies
-every length). Sizes follow the official frames (/work/shared/spec/cascadevae.md, "Official pixel
-geometry"; issue 18's table):
+every length). Sizes follow the official frames (the 64x64 frames of `dsprites.gif` in
+google-deepmind/dsprites-dataset, measured in issue 18):
 - square:  max(|u|, |v|) <= 10                   (side 20 x scale: 10, 12, .., 20 px)
-- ellipse: (u / 12.7)^2 + (v / 7.2)^2 <= 1        (semi-axes of the official second moments,
-           ratio 1.76; long axis horizontal at orientation 0; box 26 x 14 at scale 1)
-- heart:   two lobe discs of radius 5.25 centred 4.75 px either side of the middle, 11.75 px
-           above the point, joined to the point by their tangent lines: a 20 x 17 box, area ~222
-           (lobes up, point down); shifted so its area centroid is the centre.
+- ellipse: (u / 12.65)^2 + (v / 7.15)^2 <= 1    (long axis horizontal at orientation 0);
+           rasterised at scale 1: box 26 x 14, second-moment semi-axes 12.7 x 7.1 px (official
+           frames: 26 x 14, 12.7 x 7.2, ratio ~1.75)
+- heart:   two lobe discs of radius 4.9 px centred 5.1 px either side of the middle line and
+           12.6 px above the point, joined to the point by their tangent lines, and the band and
+           triangle between them: a 20 x 17.5 px outline, rasterised 20 x 17 px, area 222 at
+           scale 1 (lobes up, point down); shifted so its area centroid is the centre.
+The sizes are chosen so that the rasterised boxes and areas at orientation 0 match the official
+ones per scale (within 1 px and 6 %; tests/test_render.py).
 
 Shape suffixes (the project legend is in CONTRIBUTING.md): B images of a chunk, H/W image
 rows/columns (64), Q mask side, P positions per axis, Y packed bytes per image (512), F factors.
