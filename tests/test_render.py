@@ -163,3 +163,15 @@ def test_full_grid_fits_the_frame_and_has_the_official_pixel_mean():
     assert count == 737_280
     mean = on_pixels / (count * IMAGE_SIZE * IMAGE_SIZE)
     assert abs(mean / OFFICIAL_PIXEL_MEAN - 1) <= 0.03, mean
+
+
+def test_position_count_is_bounded_by_distinct_centres():
+    from trainer.config import Config, ConfigError
+
+    assert GridSpec(num_positions=33).num_positions == 33
+    with pytest.raises(ValueError, match="num_positions must be <= 33.*got 34"):
+        GridSpec(num_positions=34)
+    assert Config.from_dict({"data": {"num_positions": 33}}).data.num_positions == 33
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({"data": {"num_positions": 34}})
+    assert info.value.problems == ["data.num_positions: must be <= 33, got 34"]
