@@ -76,7 +76,7 @@ def test_a_rule_over_an_invalid_field_is_not_checked():
     problems = _problems({"model": {"variant": "beta_vae"}, "eval": {"protocols": ["mig", "x"]}})
     assert problems == [
         "eval.protocols: unknown ['x']; choose from "
-        "['authors_factorvae', 'factorvae', 'discrete_accuracy', 'mig']"
+        "['authors_factorvae', 'factorvae', 'discrete_accuracy', 'mig', 'factor_dim_mi']"
     ]
 
 
@@ -125,6 +125,25 @@ def test_discrete_start_after_the_last_stage_is_refused():
         {"train": {"num_steps": 100}, "cascade": {"stage_length": 50, "discrete_start_stage": 4}}
     )
     assert any("after the last stage 1 of train.num_steps=100" in p for p in problems)
+
+
+def test_an_evaluation_at_the_discrete_start_must_fall_within_the_run():
+    steps = {"stage_length": 50, "discrete_start_stage": 2}
+    config = Config.from_dict(
+        {"train": {"num_steps": 150, "eval_at_discrete_start": True}, "cascade": steps}
+    )
+    assert config.cascade.discrete_start_step == 100 and config.train.eval_at_discrete_start
+    # beta_vae has no discrete stage; its run still evaluates at the same step, which must fall
+    # within the run.
+    raw = {"model": {"variant": "beta_vae"}, "cascade": steps, "eval": {"protocols": ["mig"]}}
+    (problem,) = _problems({**raw, "train": {"num_steps": 100, "eval_at_discrete_start": True}})
+    assert problem == (
+        "train.eval_at_discrete_start: the discrete start, step 100 (cascade.stage_length x "
+        "cascade.discrete_start_stage), is not within the run's steps 1..99"
+    )
+    start_at_zero = {"stage_length": 50, "discrete_start_stage": 0}
+    problems = _problems({"train": {"eval_at_discrete_start": True}, "cascade": start_at_zero})
+    assert any("the discrete start, step 0 " in p for p in problems)
 
 
 @pytest.mark.parametrize(

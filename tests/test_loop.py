@@ -3,6 +3,7 @@ and where log intervals end."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,15 @@ from trainer.build import build_capacities, build_model, build_optimizer, build_
 from trainer.config import load_config
 from trainer.core.step import train_step
 from trainer.data.dsprites import batch_indices_for_step
-from trainer.loop import SHAPE_FACTOR, Cadence, Hooks, TrainLoop, load_batch, step_seed
+from trainer.loop import (
+    SHAPE_FACTOR,
+    Cadence,
+    Hooks,
+    TrainLoop,
+    evaluation_cadence,
+    load_batch,
+    step_seed,
+)
 
 DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 
@@ -37,6 +46,46 @@ def _parts(config):
 )  # fmt: skip
 def test_cadence(every, at_end, done, last, due):
     assert Cadence(every, at_end).due(done, last) is due
+
+
+def test_the_evaluation_cadence_adds_the_discrete_start(tmp_path):
+    # debug: 5-step stages, the discrete stage from stage 4, 40 steps, evaluation at the end only.
+    plain = evaluation_cadence(_config(tmp_path))
+    assert [done for done in range(1, 41) if plain.due(done, done == 40)] == [40]
+    config = _config(tmp_path, "train.eval_at_discrete_start=true", "train.eval_every=15")
+    cadence = evaluation_cadence(config)
+    assert [done for done in range(1, 41) if cadence.due(done, done == 40)] == [15, 20, 30, 40]
+    hooks = Hooks([], ends=[Cadence(8), cadence], num_steps=40, global_batch=16)
+    intervals = [hooks.after_step(step, {"loss/total": 1.0}) for step in range(40)]
+    ends = [step + 1 for step, interval in enumerate(intervals) if interval is not None]
+    assert ends == [8, 15, 16, 20, 24, 30, 32, 40]
+
+
+def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
+    import ray.train
+
+    from trainer.distributed.worker import CHECKPOINT_SCORE, ReportHook
+    from trainer.loop import extra_evaluation_steps
+
+    flag = "train.eval_at_discrete_start=true"
+    assert extra_evaluation_steps(_config(tmp_path)) == frozenset()
+    assert extra_evaluation_steps(_config(tmp_path, flag, "train.eval_every=10")) == frozenset()
+    config = _config(
+        tmp_path,
+        flag,
+        "train.eval_every=15",
+        "train.checkpoint_every=30",
+        "train.keep_best_by=eval/authors_factorvae",
+    )
+    assert extra_evaluation_steps(config) == frozenset({20})
+    # At the discrete start (step 20) the evaluation is reported but ranks no checkpoint.
+    reports: list = []
+    monkeypatch.setattr(ray.train, "report", lambda report, **kw: reports.append((report, kw)))
+    hook = ReportHook(config, state=None, log=None, rank=0)  # type: ignore[arg-type]
+    hook.run(20, {"eval/authors_factorvae": 0.9, "mi/shape/z0": 0.5})
+    ((report, kwargs),) = reports
+    assert kwargs == {} and report[CHECKPOINT_SCORE] == -math.inf
+    assert report["eval/authors_factorvae"] == 0.9 and report["mi/shape/z0"] == 0.5
 
 
 class _Recorder:

@@ -214,14 +214,36 @@ def local_loop(
 
 @dataclass(frozen=True)
 class Cadence:
-    """When a hook runs: every `every` steps (0: never on the way) and, with `at_end`, after the
-    last step. `due(done, last)` takes the number of steps done."""
+    """When a hook runs: every `every` steps (0: never on the way), after the steps done listed
+    in `at_steps` and, with `at_end`, after the last step. `due(done, last)` takes the number of
+    steps done."""
 
     every: int
     at_end: bool = True
+    at_steps: frozenset[int] = frozenset()
 
     def due(self, done: int, last: bool) -> bool:
-        return (last and self.at_end) or (self.every > 0 and done % self.every == 0)
+        return (
+            (last and self.at_end)
+            or (self.every > 0 and done % self.every == 0)
+            or done in self.at_steps
+        )
+
+
+def extra_evaluation_steps(config: Config) -> frozenset[int]:
+    """The evaluation `train.eval_at_discrete_start` adds to the `train.eval_every` cadence (none
+    when the discrete start is on it). It is diagnostic: it ranks no checkpoint
+    (`train.keep_best_by`) and no best-by-metric reading of a study."""
+    train = config.train
+    start = config.cascade.discrete_start_step
+    on_cadence = train.eval_every > 0 and start % train.eval_every == 0
+    return frozenset({start} if train.eval_at_discrete_start and not on_cadence else ())
+
+
+def evaluation_cadence(config: Config) -> Cadence:
+    """When a run evaluates: every `train.eval_every` steps, at the end and, with
+    `train.eval_at_discrete_start`, after the steps before the discrete stage."""
+    return Cadence(config.train.eval_every, at_steps=extra_evaluation_steps(config))
 
 
 class Hook(Protocol):

@@ -45,12 +45,13 @@ from trainer.core.agreement import JOINT_PREFIX
 from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.drills import CodeRecorder, FaultDrill, HoldDrill
 from trainer.distributed.runtime import keep_freed_memory
-from trainer.eval import output_keys
+from trainer.eval import TABLE_NAMESPACES, output_keys
 from trainer.loop import (
     Cadence,
     Hook,
     Hooks,
     TrainLoop,
+    evaluation_cadence,
     interval_keys,
     load_batch,
     spread_indices,
@@ -220,7 +221,7 @@ def _hooks(
     hooks: list[Hook] = []
     if rank == 0:  # the log after the evaluation, so that its scalars and line include it
         hooks += [
-            EvaluationHook(Cadence(train.eval_every), config, model, dataset, device),
+            EvaluationHook(evaluation_cadence(config), config, model, dataset, device),
             ImageHook(Cadence(train.image_every), model, preview_x, log),
             LogHook(Cadence(1), log, num_steps=train.num_steps, start_step=start_step),
         ]
@@ -231,7 +232,7 @@ def _hooks(
     recorder = None
     if client is not None and train.record_codes_steps:
         recorder = CodeRecorder(client, train.record_codes_steps, run_dir, rank)
-    checkpoints, evaluations = Cadence(train.checkpoint_every), Cadence(train.eval_every)
+    checkpoints, evaluations = Cadence(train.checkpoint_every), evaluation_cadence(config)
     runner = Hooks(
         hooks,
         ends=[Cadence(train.log_every), checkpoints, evaluations, Cadence(train.image_every)],
@@ -256,15 +257,16 @@ def _solver_timings(client: GlobalCodeClient) -> tuple[dict[str, float], dict[st
 class ReportHook:
     """`ray.train.report` at every interval end, on every rank (a report is a barrier): with a
     checkpoint every `train.checkpoint_every` steps, at the end, and, with `train.keep_best_by`,
-    after every evaluation. The latest evaluation is carried forward in every report, so that
-    a Tune scheduler ranking trials on an eval metric sees it each time."""
+    after every evaluation of the `train.eval_every` cadence. The latest evaluation is carried
+    forward in every report, so that a Tune scheduler ranking trials on an eval metric sees it
+    each time."""
 
     def __init__(self, config: Config, state: TrainState, log, rank: int):
         train = config.train
         self.config, self.state, self.log, self.rank = config, state, log, rank
         self.keep_best_by = train.keep_best_by
         self.checkpoints = Cadence(train.checkpoint_every)
-        self.evaluations = Cadence(train.eval_every)
+        self.ranked_evaluations = Cadence(train.eval_every)  # not the extra, diagnostic one
         self.cadence = Cadence(1)  # every interval end
         self.latest_eval: dict[str, float] = {}
 
@@ -272,14 +274,18 @@ class ReportHook:
         import ray.train
 
         last = done == self.config.train.num_steps
-        self.latest_eval.update({k: v for k, v in interval.items() if k.startswith("eval/")})
+        evaluated = ("eval/", *TABLE_NAMESPACES)
+        self.latest_eval.update({k: v for k, v in interval.items() if k.startswith(evaluated)})
         report = {"step": done, **self.latest_eval, **interval}
         checkpoint_due = self.checkpoints.due(done, last)
         if self.keep_best_by:
             # Keeping the best model by a metric needs a checkpoint of every evaluated model;
-            # only a model evaluated at this very step is ranked, the others rank last.
-            checkpoint_due = checkpoint_due or self.evaluations.due(done, last)
-            report[CHECKPOINT_SCORE] = float(interval.get(self.keep_best_by, -math.inf))
+            # only a model evaluated at this very step on the eval_every cadence is ranked, the
+            # others rank last.
+            ranked = self.ranked_evaluations.due(done, last)
+            checkpoint_due = checkpoint_due or ranked
+            score = interval.get(self.keep_best_by, -math.inf) if ranked else -math.inf
+            report[CHECKPOINT_SCORE] = float(score)
         if not checkpoint_due:
             ray.train.report(report)
             return
