@@ -35,6 +35,12 @@ class CascadeConfig(Schema):
     beta_low: Float = Field(0.1, ge=0)
     """beta_l, the KL weight of relieved dims (authors: 0.1)."""
 
+    @property
+    def discrete_start_step(self) -> int:
+        """The iteration at which the discrete stage starts: stage_length x discrete_start_stage
+        (the steps done before the first discrete step)."""
+        return self.stage_length * self.discrete_start_stage
+
 
 class OptimConfig(Schema):
     """The `optim` section of a run config: the VAE's Adam and its staircase decay."""
