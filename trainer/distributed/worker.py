@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,20 @@ SOLVER_NAMESPACE = "cascadevae"
 STALL_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
 """Ray Train marks a worker dead when its health check hangs this long (train.stall_timeout_s)."""
 CHECKPOINT_SCORE = "checkpoint/score"
+UNRANKED_SCORE = -sys.float_info.max
+"""The `checkpoint/score` of a checkpoint with no evaluation to rank it: below every real score,
+and finite, because Ray Train's checkpoint snapshot is pydantic JSON, which writes -inf and NaN
+as null and then cannot read them back on resume."""
+
+
+def checkpoint_score(interval: dict[str, float], key: str, ranked: bool) -> float:
+    """The ranking score of the checkpoint at the end of `interval`: the value of `key` when the
+    model was evaluated on the ranked cadence, else (or when that value is not finite)
+    UNRANKED_SCORE."""
+    score = interval.get(key, UNRANKED_SCORE) if ranked else UNRANKED_SCORE
+    return float(score) if math.isfinite(score) else UNRANKED_SCORE
+
+
 """Report key Ray Train ranks checkpoints by when `train.keep_best_by` is set."""
 
 
@@ -291,8 +306,7 @@ class ReportHook:
             # others rank last.
             ranked = self.ranked_evaluations.due(done, last)
             checkpoint_due = checkpoint_due or ranked
-            score = interval.get(self.keep_best_by, -math.inf) if ranked else -math.inf
-            report[CHECKPOINT_SCORE] = float(score)
+            report[CHECKPOINT_SCORE] = checkpoint_score(interval, self.keep_best_by, ranked)
         if not checkpoint_due:
             ray.train.report(report)
             return
