@@ -2,6 +2,7 @@
 
     python -m launch.study --config configs/studies/cpu_budget.yaml            # run / resume
     python -m launch.study --config configs/studies/cpu_budget.yaml --report   # report only
+    python -m launch.study --config configs/studies/cpu_tenth.yaml --storage-path /data/studies
 
 A study file::
 
@@ -67,6 +68,8 @@ class StudyConfig(SweepConfig):
     metrics: list[str] = field(default_factory=list)
     curve_metrics: list[str] = field(default_factory=list)
     results_dir: str = "results"
+    storage_flag: str | None = None
+    """`--storage-path` when given: it replaces `storage_path` and belongs to the rerun command."""
 
     def trial_config(self, params: dict[str, Any]) -> Config:
         _, _, overrides = self.runs[params[RUN_DIMENSION]]
@@ -247,7 +250,8 @@ def report(study: StudyConfig) -> list[Path]:
         runs,
         title=f"Study `{study.name}`",
         preamble=study.description
-        + f"\n\nRerun: `python -m launch.study --config {study.source}`.",
+        + f"\n\nRerun: `python -m launch.study --config {study.source}"
+        + (f" --storage-path {study.storage_flag}`." if study.storage_flag else "`."),
         models=study.models,
         selection_metric=study.metric,
         metrics=study.metrics,
@@ -264,9 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="only (re)write the report from finished runs"
     )
+    parser.add_argument(
+        "--storage-path",
+        help="folder of the study's experiment instead of the file's storage_path (e.g. one "
+        "outside the work tree, so a long study outlives a checkout); give the same one to resume",
+    )
     args = parser.parse_args(argv)
     try:
         study = load_study(args.config)
+        if args.storage_path:
+            study.storage_path = study.storage_flag = args.storage_path
         if not args.report:  # a report reads the run folders only
             study.base.check_files(f"{args.config} (base config)")
     except ConfigError as err:
