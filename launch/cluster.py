@@ -46,7 +46,7 @@ def free_port(host: str = LOCAL_HOST) -> int:
         return probe.getsockname()[1]
 
 
-def connect(*, num_cpus: float | None = None, resources: dict[str, float] | None = None) -> str:
+def connect(*, num_cpus: int | None = None, resources: dict[str, float] | None = None) -> str:
     """Start or join Ray; returns "cluster <address>", "local <dashboard URL>" or "existing".
     Idempotent."""
     import ray

@@ -305,7 +305,7 @@ class Config(Schema):
     def _across_sections(self, info: ValidationInfo) -> Config:
         problems = []
         cascade, train, model, protocols = self.cascade, self.train, self.model, self.eval.protocols
-        reads = (
+        reads: tuple[str, ...] = (
             "model.variant",
             "cascade.stage_length",
             "cascade.discrete_start_stage",

@@ -142,7 +142,7 @@ class TrainLoop:
             x_B1HW = load_batch(self.dataset, indices, self.device)
         data_done = time.perf_counter()
         chooser = true_shape_codes(shapes_host_B) if self.oracle else self.chooser
-        if hasattr(chooser, "step"):
+        if chooser is not None and hasattr(chooser, "step"):
             chooser.step = step  # named in the chooser's error messages
         eps_generator = torch.Generator().manual_seed(step_seed(self.config.seed, step, self.rank))
         metrics = train_step(

@@ -234,7 +234,9 @@ def _solver_timings(client: GlobalCodeClient) -> tuple[dict[str, float], dict[st
     Every rank waits for codes; only rank 0 talks to the solver."""
     timings = client.timings.summary()
     client.timings.clear()
-    shared = {k: timings.pop(k) for k in ("solver/wait_ms", "solver/gather_ms") if k in timings}
+    shared: dict[str, float] = {
+        k: timings.pop(k) for k in ("solver/wait_ms", "solver/gather_ms") if k in timings
+    }
     return shared, timings
 
 
@@ -376,7 +378,9 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
             checkpoint_config=_checkpoint_config(train),
             callbacks=callbacks,
             # Train's INFO logs echo every report; the rank-0 progress line says what matters.
-            logging_config=LoggingConfig(log_level="WARNING"),
+            # (ray.train exports Train V2's RunConfig, Ray's default, which takes logging_config;
+            # a type checker reads the V1 class of the other import branch.)
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
         ),
     )
     try:

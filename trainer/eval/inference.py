@@ -47,7 +47,9 @@ class ModelRepresenter(Representer):
         self.channels_last = self.device.type == "cpu"
         net = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
         if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format (torch's documented signature); its typed
+            # overloads do not list it.
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         for layer in net.modules():
             if isinstance(layer, torch.nn.ReLU):
                 layer.inplace = True  # same values, less memory traffic (15 % less CPU time)
