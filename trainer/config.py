@@ -237,7 +237,9 @@ class TrainConfig(Schema):
     log_every: int = Field(100, ge=1)
     """Steps per log interval: TensorBoard scalars, metrics table row, ray.train.report."""
     checkpoint_every: int = Field(5_000, ge=1)
-    """Steps between checkpoints (rounded to log boundaries: a checkpoint rides on a report)."""
+    """Steps between checkpoints: one after every multiple of it and one at the end (a log
+    interval ends there, and its report carries the checkpoint); with `keep_best_by`, also one
+    after every evaluation."""
     eval_every: int = Field(20_000, ge=0)
     """Steps between evaluations of the disentanglement metrics (0: only at the end)."""
     image_every: int = Field(20_000, ge=0)

@@ -67,12 +67,6 @@ def load_batch(dataset: DSprites, indices: np.ndarray, device: torch.device) -> 
     return torch.from_numpy(images_BHW).to(device=device, dtype=torch.float32).unsqueeze(1)
 
 
-def spread_indices(num_images: int, count: int = 240) -> np.ndarray:
-    """`count` image indices spread over the whole grid with a stride coprime to the factor
-    sizes' products, so they mix shapes, scales, orientations and positions."""
-    return (np.arange(count, dtype=np.int64) * 7_919 + 13) % num_images
-
-
 class TrainLoop:
     """One rank's step pipeline. `model` may be DDP-wrapped; `chooser` gives the codes in the
     discrete stage (a GlobalCodeClient for CascadeVAE; None for variants without one; the oracle

@@ -47,9 +47,9 @@ from trainer.loop import (
     TrainLoop,
     interval_keys,
     load_batch,
-    spread_indices,
 )
 from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
+from trainer.observe.images import preview_indices
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
 
@@ -199,9 +199,7 @@ def _hooks(
     """The run's hooks in order: evaluation and pictures and the log on rank 0, the report
     (with a checkpoint when due) on every rank; the drills when the config asks for them."""
     train = config.train
-    # Evenly spaced over the grid, so every shape and scale is in the preview.
-    preview_x = load_batch(dataset, np.linspace(0, len(dataset) - 1, 8).astype(np.int64), device)
-    preview_x = torch.cat([preview_x, load_batch(dataset, spread_indices(len(dataset)), device)])
+    preview_x = load_batch(dataset, preview_indices(len(dataset), num_spread=240), device)
     hooks: list[Hook] = []
     if rank == 0:  # the log after the evaluation, so that its scalars and line include it
         hooks += [
