@@ -36,12 +36,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
-	$(PY) benchmarks/data.py
-	$(PY) benchmarks/step.py
+	$(PY) -m benchmarks.data
+	$(PY) -m benchmarks.step
 	$(PY) benchmarks/solver.py
-	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/fast_step.py
-	$(PY) benchmarks/data_path.py
+	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.fast_step
+	$(PY) -m benchmarks.data_path
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,7 +4,7 @@ against K decoder passes, and (when trainer/metrics.py is present) metric evalua
 
 All on CPU, after warm-up; every figure is the median of several timed runs. The discrete
 chooser is a per-row argmin, so the "discrete" step measures the model's cost only (no solver).
-Usage: python benchmarks/step.py [--batch-size 64] [--runs 5] [--steps-per-run 4] [--threads N]
+Usage: python -m benchmarks.step [--batch-size 64] [--runs 5] [--steps-per-run 4] [--threads N]
        [--eval-scales 6 --eval-orientations 10 --eval-positions 16] [--skip-metrics]
 The last line printed is `SUMMARY images_per_s_plain=.. images_per_s_discrete=..
 discrete_cost=.. unary_k_pass_over_batched=.. [metrics_s=..]`.
@@ -17,22 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from trainer.core.model import CascadeVAE  # noqa: E402
-from trainer.core.schedule import CascadeSchedule, make_optimizer  # noqa: E402
-from trainer.core.step import train_step  # noqa: E402
-from trainer.core.unary import unary_matrix, unary_matrix_k_passes  # noqa: E402
-from trainer.distributed.runtime import keep_freed_memory  # noqa: E402
+from trainer.core.model import CascadeVAE
+from trainer.core.schedule import CascadeSchedule, make_optimizer
+from trainer.core.step import train_step
+from trainer.core.unary import unary_matrix, unary_matrix_k_passes
+from trainer.distributed.runtime import keep_freed_memory
 
 
 def squares(count: int, seed: int) -> torch.Tensor:
