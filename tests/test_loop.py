@@ -3,6 +3,7 @@ and where log intervals end."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +97,25 @@ def test_interval_means_are_reduced_then_rank0s_own_keys_added():
     assert interval["perf/code_wait_share"] == interval["solver/wait_ms"] / interval["perf/step_ms"]
 
 
-def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path):
+def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path, monkeypatch):
     config = _config(tmp_path, "cascade.discrete_start_stage=0")
     dataset = open_data(config)
     model, optimizer, scheduler = _parts(config)
     chooser = lambda unary_BK: unary_BK.argmin(dim=1)  # noqa: E731
+    # Known delays in the data part and in the train step: the loop's times must include them.
+    data_delay_s, step_delay_s = 0.05, 0.08
+
+    def slow_load(*args):
+        time.sleep(data_delay_s)
+        return load_batch(*args)
+
+    def slow_chooser(unary_BK):
+        time.sleep(step_delay_s)
+        return chooser(unary_BK)
+
+    monkeypatch.setattr("trainer.loop.load_batch", slow_load)
     loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=torch.device("cpu"),
-                     chooser=chooser)  # fmt: skip
+                     chooser=slow_chooser)  # fmt: skip
     reference, ref_opt, ref_sched = _parts(config)
     for step in range(3):
         metrics = loop.step(step)
@@ -117,7 +130,8 @@ def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path):
             capacities=build_capacities(config),
         )  # fmt: skip
         assert {k: v for k, v in metrics.items() if not k.startswith("perf/")} == expected
-        assert metrics["perf/data_ms"] >= 0.0 and metrics["perf/train_step_ms"] > 0.0
+        assert metrics["perf/data_ms"] >= 1000 * data_delay_s
+        assert metrics["perf/train_step_ms"] >= 1000 * step_delay_s
         assert metrics["discrete/active"] == 1.0
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(p, q)
