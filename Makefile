@@ -1,4 +1,5 @@
-# Two commands do all set-up: `make run` (the main job) and `make test` (the whole suite).
+# Two commands do all set-up: `make run` (the main job) and `make test` (the whole suite);
+# `make test-fast` runs the tests that start no Ray.
 # Each creates .venv when missing and installs what is needed, idempotently.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quick.yaml
 
-.PHONY: run test lint bench setup clean-venv
+.PHONY: run test test-fast lint bench setup clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +28,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Every test that starts no Ray (the inner loop): a Ray node started in the pytest process
+# fails the test (tests/conftest.py), so a Ray test without the slow mark cannot hide here.
+test-fast: $(STAMP)
+	CASCADEVAE_TEST_NO_RAY=1 $(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

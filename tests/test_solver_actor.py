@@ -23,6 +23,8 @@ from trainer.distributed.solver_actor import (
     solve_remote,
 )
 
+pytestmark = pytest.mark.slow  # every test uses the session's Ray cluster
+
 NAMESPACE = "cascadevae-tests"
 
 
