@@ -67,6 +67,7 @@ def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
 
     from trainer.distributed.worker import CHECKPOINT_SCORE, ReportHook
     from trainer.loop import extra_evaluation_steps
+    from trainer.provenance import Provenance
 
     flag = "train.eval_at_discrete_start=true"
     assert extra_evaluation_steps(_config(tmp_path)) == frozenset()
@@ -82,7 +83,8 @@ def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
     # At the discrete start (step 20) the evaluation is reported but ranks no checkpoint.
     reports: list = []
     monkeypatch.setattr(ray.train, "report", lambda report, **kw: reports.append((report, kw)))
-    hook = ReportHook(config, state=None, log=None, rank=0)  # type: ignore[arg-type]
+    provenance = Provenance("a" * 40, False)
+    hook = ReportHook(config, state=None, log=None, rank=0, provenance=provenance)  # type: ignore[arg-type]
     hook.run(20, {"eval/authors_factorvae": 0.9, "mi/shape/z0": 0.5})
     ((report, kwargs),) = reports
     assert kwargs == {} and report[CHECKPOINT_SCORE] == -math.inf
