@@ -1,4 +1,5 @@
-# Two commands do all set-up: `make run` (the main job) and `make test` (the whole suite).
+# Two commands do all set-up: `make run` (the main job) and `make test` (the whole suite);
+# `make test-fast` runs the tests that start no Ray.
 # Each creates .venv when missing and installs what is needed, idempotently.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quick.yaml
 
-.PHONY: run test lint bench setup clean-venv
+.PHONY: run test test-fast lint bench setup clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +29,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Every test that starts no Ray (the inner loop): a Ray node started in the pytest process
+# fails the test (tests/conftest.py), so a Ray test without the slow mark cannot hide here.
+test-fast: $(STAMP)
+	CASCADEVAE_TEST_NO_RAY=1 $(PY) -m pytest -m "not slow"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -36,12 +42,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
-	$(PY) benchmarks/data.py
-	$(PY) benchmarks/step.py
+	$(PY) -m benchmarks.data
+	$(PY) -m benchmarks.step
 	$(PY) benchmarks/solver.py
-	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/fast_step.py
-	$(PY) benchmarks/data_path.py
+	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.fast_step
+	$(PY) -m benchmarks.data_path
 
 clean-venv:
 	rm -rf $(VENV)

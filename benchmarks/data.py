@@ -6,7 +6,7 @@ Each phase runs in a fresh Python process so its memory figures are its own:
          a training loop does (batch_indices_for_step -> images -> float32 tensor (B, 1, 64, 64))
 
 Memory is read from /proc/self/status: VmRSS (resident now) and VmHWM (peak resident).
-Usage: python benchmarks/data.py [--cache-dir DIR] [--positions 32 --orientations 40 ...]
+Usage: python -m benchmarks.data [--cache-dir DIR] [--positions 32 --orientations 40 ...]
 The last line printed is `SUMMARY build_s=.. reopen_s=.. rss_mb=.. images_per_s=..`, where
 rss_mb is the training process's peak resident memory (VmHWM) after streaming.
 """
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def proc_status_mb() -> dict[str, float]:
@@ -112,7 +111,8 @@ def phase_train(args: argparse.Namespace) -> dict:
 def run_phase(phase: str, argv: list[str]) -> dict:
     """Run one phase in a child process; it prints its result as the last line (JSON)."""
     out = subprocess.run(
-        [sys.executable, __file__, "--phase", phase, *argv],
+        [sys.executable, "-m", "benchmarks.data", "--phase", phase, *argv],
+        cwd=ROOT,
         check=True,
         stdout=subprocess.PIPE,
         text=True,

@@ -13,7 +13,7 @@
 Prints both medians and their ratio per part (host / device: above 1 means the device path is
 faster).
 
-    python benchmarks/data_path.py [--batch 64] [--calls 300] [--steps 160] [--log-every 20]
+    python -m benchmarks.data_path [--batch 64] [--calls 300] [--steps 160] [--log-every 20]
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from trainer.config import load_config
+from trainer.data.device import DeviceDSprites
+from trainer.loop import Cadence, Hooks, load_batch, local_loop
 
-from trainer.config import load_config  # noqa: E402
-from trainer.data.device import DeviceDSprites  # noqa: E402
-from trainer.loop import Cadence, Hooks, load_batch, local_loop  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _sync(device: torch.device) -> None:

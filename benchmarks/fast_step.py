@@ -30,7 +30,7 @@ The parts add up to the step (with 2 workers the solver parts are rank 0's and w
 means over ranks, so `glue` takes the difference). Columns "+(b)" and "+(c)" are the system's
 extra cost over (a) per part; the last line is the summary with the ratios.
 
-    python benchmarks/fast_step.py [--steps 400] [--log-every 100] [--batch 2] [--calls 300]
+    python -m benchmarks.fast_step [--steps 400] [--log-every 100] [--batch 2] [--calls 300]
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,12 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.overhead import make_config  # noqa: E402
-from trainer.build import open_data  # noqa: E402
-from trainer.loop import local_loop  # noqa: E402
+from benchmarks.overhead import make_config
+from trainer.build import open_data
+from trainer.loop import local_loop
 
 PARTS = (
     "data",

@@ -10,7 +10,7 @@ is shared and its speed drifts over minutes, so (a) runs before (b), between (b)
 after (c): each system run is compared with the mean of the two (a) runs around it. Prints
 (b)/(a), (c)/(a) and the share of step time spent waiting for codes; summary line last.
 
-    python benchmarks/overhead.py [--steps 300] [--log-every 50] [--batch 64]
+    python -m benchmarks.overhead [--steps 300] [--log-every 50] [--batch 64]
 """
 
 from __future__ import annotations
@@ -18,18 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from trainer.build import open_data  # noqa: E402
-from trainer.config import load_config  # noqa: E402
-from trainer.loop import local_loop  # noqa: E402
+from trainer.build import open_data
+from trainer.config import load_config
+from trainer.loop import local_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ the median and range of those paired ratios are printed. The discrete chooser is
 argmin, so the "discrete" step measures the model's cost only (no solver). `--compile` adds an
 arm with the fast path's encoder and decoder compiled by torch.compile (Inductor), and prints
 its warm-up (compile) time.
-Usage: python benchmarks/step.py [--batch-size 64] [--runs 7] [--steps-per-run 4] [--threads N]
+Usage: python -m benchmarks.step [--batch-size 64] [--runs 7] [--steps-per-run 4] [--threads N]
        [--compile] [--skip-metrics] [--eval-scales 6 --eval-orientations 10 --eval-positions 16]
 The last line printed is `SUMMARY fast=<precision> images_per_s_plain_fp32=..
 images_per_s_plain_fast=.. ratio_plain=.. images_per_s_discrete_fp32=..
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,10 +33,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from trainer.build import (  # noqa: E402
+from trainer.build import (
     Precision,
     apply_memory_format,
     build_model,
@@ -46,11 +42,13 @@ from trainer.build import (  # noqa: E402
     compile_networks,
     resolve_precision,
 )
-from trainer.config import Config, load_config  # noqa: E402
-from trainer.core.model import CascadeVAE  # noqa: E402
-from trainer.core.step import train_step  # noqa: E402
-from trainer.core.unary import unary_matrix, unary_matrix_k_passes  # noqa: E402
-from trainer.distributed.runtime import keep_freed_memory  # noqa: E402
+from trainer.config import Config, load_config
+from trainer.core.model import CascadeVAE
+from trainer.core.step import train_step
+from trainer.core.unary import unary_matrix, unary_matrix_k_passes
+from trainer.distributed.runtime import keep_freed_memory
+
+ROOT = Path(__file__).resolve().parents[1]
 
 QUICK = ROOT / "configs" / "quick.yaml"
 FP32 = Precision(autocast_bf16=False, channels_last=False)

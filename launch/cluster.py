@@ -13,7 +13,7 @@ import socket
 
 JOB_ENV = {
     # Train V2 paces `ray.train.report` by the controller's poll interval (2 s by default,
-    # about 1.7 s per report measured here); a short poll keeps reporting cheap.
+    # about 1.7 s per report on a 2-core CPU machine); a short poll keeps reporting cheap.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
     # When a worker group restarts, the controller waits this long for every worker to tear
     # down its torch process group (30 s by default); a stopped or frozen worker never does,
@@ -46,7 +46,7 @@ def free_port(host: str = LOCAL_HOST) -> int:
         return probe.getsockname()[1]
 
 
-def connect(*, num_cpus: float | None = None, resources: dict[str, float] | None = None) -> str:
+def connect(*, num_cpus: int | None = None, resources: dict[str, float] | None = None) -> str:
     """Start or join Ray; returns "cluster <address>", "local <dashboard URL>" or "existing".
     Idempotent."""
     import ray

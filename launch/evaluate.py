@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.eval import evaluate_model, metric_option_overrides
     from trainer.eval.registry import METRICS
     from trainer.loop import load_batch
-    from trainer.observe.images import reconstructions, traversals
+    from trainer.observe.images import preview_indices, reconstructions, traversals
 
     keep_freed_memory()
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = folder.parent if folder.is_file() else folder
     out = Path(args.out) if args.out else folder / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    preview = load_batch(dataset, np.linspace(0, len(dataset) - 1, 8).astype(np.int64), device)
+    preview = load_batch(dataset, preview_indices(len(dataset)), device)
     save_png(reconstructions(model, preview), out / "reconstructions.png")
     for category, grid in traversals(model, preview[:1]).items():
         name = "traversal.png" if category is None else f"traversal_category{category}.png"

@@ -72,7 +72,9 @@ def build_tuner(sweep: SweepConfig, experiment_dir: Path, restore: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     has_driver_resource = ray.cluster_resources().get(TRIAL_DRIVER, 0) > 0
-    driver_resources = {"cpu": 0, TRIAL_DRIVER: 1} if has_driver_resource else {"cpu": 0.001}
+    driver_resources: dict[str, float] = (
+        {"cpu": 0, TRIAL_DRIVER: 1} if has_driver_resource else {"cpu": 0.001}
+    )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=sweep), resources=driver_resources
     )

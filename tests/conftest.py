@@ -17,6 +17,44 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+NO_RAY_VAR = "CASCADEVAE_TEST_NO_RAY"
+"""Set to 1 (`make test-fast` does): starting a Ray node in this process fails the test."""
+RAY_FIXTURES = ("ray_session", "fit_debug", "two_workers_run")
+"""Fixtures that start (or need) the session's Ray cluster."""
+
+
+def pytest_configure(config):
+    """With NO_RAY_VAR=1, a test that starts or joins a Ray cluster in this process fails with
+    an error naming the variable (a test that starts Ray must be marked slow)."""
+    if os.environ.get(NO_RAY_VAR) != "1":
+        return
+    import ray._private.node
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            f"a Ray node was started with {NO_RAY_VAR}=1 (make test-fast): a test that starts "
+            "Ray must be marked @pytest.mark.slow"
+        )
+
+    ray._private.node.Node.__init__ = refuse
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a Ray fixture must be marked slow, so that `make test-fast` (-m "not
+    slow") starts no Ray: one that is not is a collection error naming it."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if set(RAY_FIXTURES) & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that use a Ray fixture (" + ", ".join(RAY_FIXTURES) + ") must be marked "
+            "@pytest.mark.slow: " + ", ".join(unmarked)
+        )
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray cluster shared by every test that needs one (started on first use).

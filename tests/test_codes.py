@@ -25,6 +25,19 @@ SOLVE_S = 0.2  # the fake solver's wall time
 LATE_S = 0.5  # how late the late rank joins the exchange
 
 
+DONE = "rank{rank}.done"  # written by a rank after its result file
+READY = "rank0.entering"  # written by rank 0 just before it enters the exchange
+
+
+def _wait_for(path: str, timeout_s: float) -> None:
+    """Return once `path` exists; TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.05)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,9 +81,13 @@ def _worker(
     client = GlobalCodeClient(solve if rank == 0 else None, rank=rank, world_size=world)
     client.step = 7
     result: dict[str, object] = {}
-    if late_rank is not None:
-        dist.barrier()
-        if rank == late_rank:
+    if late_rank is not None:  # rank 0 says it is entering the exchange; the late rank waits
+        ready = os.path.join(out_dir, READY)  # for that, then LATE_S more
+        if rank == 0:
+            with open(ready, "w"):
+                pass
+        elif rank == late_rank:
+            _wait_for(ready, timeout_s=120)
             time.sleep(LATE_S)
     if rank != skip_rank:
         shard = _shard(rank)
@@ -81,10 +98,12 @@ def _worker(
             result["timings"] = client.timings.summary()
         except (CodeExchangeError, NonFiniteUnaryError) as err:
             result["error"] = f"{type(err).__name__}: {err}"
-    else:
-        time.sleep(6)  # a hung peer: never joins the exchange
+    else:  # a hung peer: alive, but never joins the exchange, until rank 0 has its result
+        _wait_for(os.path.join(out_dir, DONE.format(rank=0)), timeout_s=120)
     result["seen"] = seen.get("unary")
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    with open(os.path.join(out_dir, DONE.format(rank=rank)), "w"):
+        pass  # the result file is complete
     # Leave without running gloo's destructors: after a timed-out collective (or racing the
     # peer's exit) they can abort the process, which would fail the test for the wrong reason.
     os._exit(0)
@@ -117,8 +136,9 @@ def test_two_ranks_get_their_slices_of_one_assignment(tmp_path):
     assert results[0]["timings"]["solver/solve_ms"] == 1.5  # what the solver reported
     assert "solver/solve_ms" not in results[1]["timings"]  # only rank 0 calls the solver
     # Wall times have lower bounds set by the sleeps: the solve call takes SOLVE_S; every rank
-    # waits for it after the gather; rank 0 gathers until rank 1 joins, LATE_S after a barrier
-    # (half of it is the bound, leaving room for the ranks leaving the barrier apart).
+    # waits for it after the gather; rank 0 gathers until rank 1 joins, LATE_S after rank 0
+    # said it was entering the exchange (half of it is the bound, leaving room for the time
+    # rank 0 takes from that marker into the gather).
     assert results[0]["timings"]["solver/round_trip_ms"] >= 1000 * SOLVE_S
     for r in results:
         assert r["timings"]["solver/wait_ms"] >= 1000 * SOLVE_S

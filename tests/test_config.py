@@ -10,7 +10,9 @@ import yaml
 
 from trainer.config import SECTIONS, Config, ConfigError, apply_overrides, load_config
 
-CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+DEBUG = CONFIG_DIR / "debug.yaml"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -22,7 +24,7 @@ def test_shipped_configs_are_valid(path):
 
 
 def test_paper_config_holds_the_authors_settings():
-    c = load_config(Path("configs/dsprites.yaml"))
+    c = load_config(CONFIG_DIR / "dsprites.yaml")
     assert (c.train.num_steps, c.train.global_batch) == (300_000, 64)
     assert (c.cascade.stage_length, c.cascade.discrete_start_stage) == (20_000, 4)
     assert (c.cascade.beta_high, c.cascade.beta_low, c.solver.lam) == (10.0, 0.1, 0.001)
@@ -31,7 +33,7 @@ def test_paper_config_holds_the_authors_settings():
     assert (c.train.eval_every, c.train.keep_best_by) == (10_000, "eval/authors_factorvae")
     assert (c.data.num_scales, c.data.num_orientations, c.data.num_positions) == (6, 40, 32)
     assert c.model.weight_penalty == 4e-5
-    assert load_config(Path("configs/dsprites_c.yaml")).model.effective_categories == 0
+    assert load_config(CONFIG_DIR / "dsprites_c.yaml").model.effective_categories == 0
 
 
 def _problems(raw: dict) -> list[str]:
@@ -191,9 +193,7 @@ def test_bad_yaml_file_names_the_file(tmp_path):
 def test_launch_refuses_a_bad_config_before_any_ray_work(capsys, no_ray):
     from launch.train import main
 
-    code = main(
-        ["--config", "configs/debug.yaml", "--set", "train.num_workers=3", "--set", "train.bogus=1"]
-    )
+    code = main(["--config", str(DEBUG), "--set", "train.num_workers=3", "--set", "train.bogus=1"])
     assert code == 2
     err = capsys.readouterr().err
     assert "2 problem(s)" in err and "train.bogus: unknown key" in err
@@ -248,7 +248,7 @@ def test_non_finite_override_is_refused(tmp_path, text):
 def test_launch_exits_2_on_a_non_finite_value(capsys, no_ray):
     from launch.train import main
 
-    assert main(["--config", "configs/debug.yaml", "--set", "solver.lam=.nan"]) == 2
+    assert main(["--config", str(DEBUG), "--set", "solver.lam=.nan"]) == 2
     assert "solver.lam: must be a finite number, got nan" in capsys.readouterr().err
 
 
@@ -296,7 +296,7 @@ def test_device_switches_default_to_auto():
      ("optim.implementation=fused", "fused")],
 )  # fmt: skip
 def test_device_switches_take_their_values(override, value):
-    config = load_config(Path("configs/debug.yaml"), [override])
+    config = load_config((CONFIG_DIR / "debug.yaml"), [override])
     section, field = override.split("=")[0].split(".")
     assert getattr(getattr(config, section), field) == value
 

@@ -700,7 +700,8 @@ def test_npz_bad_file_stops_launch_train_with_status_2(tmp_path, capsys, no_ray)
 
     path = tmp_path / "dsprites.npz"
     path.write_bytes(b"")
-    argv = ["--config", "configs/debug.yaml", "--set", "data.source=npz"]
+    debug = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
+    argv = ["--config", str(debug), "--set", "data.source=npz"]
     assert main([*argv, "--set", f"data.npz_path={path}"]) == 2
     err = capsys.readouterr().err
     assert f"data.npz_path: {path}: not a valid .npz archive" in err

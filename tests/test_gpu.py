@@ -51,6 +51,7 @@ def test_every_variant_trains_on_the_gpu(tmp_path, variant):
         assert len(seen) == 20 and seen[0].shape == (16, 3)  # the unary came to the host
 
 
+@pytest.mark.slow  # starts Ray
 def test_one_nccl_worker_runs_the_debug_config(tmp_path):
     pytest.importorskip("ray")
     from launch.cluster import connect

@@ -1,10 +1,10 @@
-"""The image grid: tile placement and mid-grey padding, by known pixels."""
+"""The image grid: tile placement and mid-grey padding, by known pixels; the preview batch."""
 
 from __future__ import annotations
 
 import torch
 
-from trainer.observe.images import make_grid
+from trainer.observe.images import make_grid, preview_indices
 
 
 def test_grid_places_tiles_row_major_between_grey_padding():
@@ -19,3 +19,15 @@ def test_grid_places_tiles_row_major_between_grey_padding():
     for y, r in ((1, 0), (2, 0), (4, 1), (5, 1)):
         expected = [0.5] + sum(([10.0 * r + c] * 4 + [0.5] for c in range(3)), [])
         assert grid_1HW[0, y].tolist() == expected
+
+
+def test_preview_indices_are_evenly_spaced_then_spread():
+    # linspace(0, 99, 8) truncated, then (13 + 7919 i) % 100 for i = 0, 1, 2.
+    expected = [0, 14, 28, 42, 56, 70, 84, 99, 13, 32, 51]
+    assert preview_indices(100, num_spread=3).tolist() == expected
+    assert preview_indices(100).tolist() == [0, 14, 28, 42, 56, 70, 84, 99]
+    # On the full dSprites grid the 240 spread indices are distinct and cover the 3 shapes.
+    full = preview_indices(737_280, num_spread=240)
+    assert str(full.dtype) == "int64"
+    assert len(set(full[8:].tolist())) == 240
+    assert set((full[8:] // (6 * 40 * 32 * 32)).tolist()) == {0, 1, 2}

@@ -4,6 +4,7 @@ and where log intervals end."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
 
     from trainer.distributed.worker import CHECKPOINT_SCORE, UNRANKED_SCORE, ReportHook
     from trainer.loop import extra_evaluation_steps
+    from trainer.provenance import Provenance
 
     flag = "train.eval_at_discrete_start=true"
     assert extra_evaluation_steps(_config(tmp_path)) == frozenset()
@@ -81,7 +83,8 @@ def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
     # At the discrete start (step 20) the evaluation is reported but ranks no checkpoint.
     reports: list = []
     monkeypatch.setattr(ray.train, "report", lambda report, **kw: reports.append((report, kw)))
-    hook = ReportHook(config, state=None, log=None, rank=0)  # type: ignore[arg-type]
+    provenance = Provenance("a" * 40, False)
+    hook = ReportHook(config, state=None, log=None, rank=0, provenance=provenance)  # type: ignore[arg-type]
     hook.run(20, {"eval/authors_factorvae": 0.9, "mi/shape/z0": 0.5})
     ((report, kwargs),) = reports
     assert kwargs == {} and report[CHECKPOINT_SCORE] == UNRANKED_SCORE
@@ -177,13 +180,27 @@ def test_interval_means_are_reduced_then_rank0s_own_keys_added():
     [["train.autocast=none", "train.channels_last=false"],
      ["train.autocast=bf16", "train.channels_last=true"]],
 )  # fmt: skip
-def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path, precision):
+def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(
+    tmp_path, precision, monkeypatch
+):
     config = _config(tmp_path, "cascade.discrete_start_stage=0", *precision)
     dataset = open_data(config)
     model, optimizer, scheduler = _parts(config)
     chooser = lambda unary_BK: unary_BK.argmin(dim=1)  # noqa: E731
+    # Known delays in the data part and in the train step: the loop's times must include them.
+    data_delay_s, step_delay_s = 0.05, 0.08
+
+    def slow_load(*args):
+        time.sleep(data_delay_s)
+        return load_batch(*args)
+
+    def slow_chooser(unary_BK):
+        time.sleep(step_delay_s)
+        return chooser(unary_BK)
+
+    monkeypatch.setattr("trainer.loop.load_batch", slow_load)
     loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=torch.device("cpu"),
-                     chooser=chooser)  # fmt: skip
+                     chooser=slow_chooser)  # fmt: skip
     bf16 = config.train.autocast == "bf16"
     assert (loop.precision.autocast_bf16, loop.precision.channels_last) == (bf16, bf16)
     assert model.encoder[2].weight.is_contiguous(memory_format=torch.channels_last) == bf16
@@ -206,7 +223,8 @@ def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path, 
             capacities=build_capacities(config), autocast_bf16=bf16,
         )  # fmt: skip
         assert {k: v for k, v in metrics.items() if not k.startswith("perf/")} == expected
-        assert metrics["perf/data_ms"] >= 0.0 and metrics["perf/train_step_ms"] > 0.0
+        assert metrics["perf/data_ms"] >= 1000 * data_delay_s
+        assert metrics["perf/train_step_ms"] >= 1000 * step_delay_s
         assert metrics["discrete/active"] == 1.0
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(p, q)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +64,18 @@ def test_kl_per_dim_hand_values():
     torch.testing.assert_close(
         kl_M, torch.tensor([1.1590735903, 0.6534264097], dtype=torch.float64), atol=1e-7, rtol=0
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_evaluations_kl_is_the_training_kl_on_arrays(dtype):
+    from trainer.eval.statistics import mean_kl_per_dim
+
+    mu_BM, sigma_BM = _mu_sigma()
+    kl_M = mean_kl_per_dim(mu_BM.numpy().astype(dtype), sigma_BM.numpy().astype(dtype))
+    assert isinstance(kl_M, np.ndarray) and kl_M.dtype == dtype
+    np.testing.assert_allclose(kl_M, [1.1590735903, 0.6534264097], atol=1e-6, rtol=0)
+    zero = np.zeros((1, 1), dtype=dtype)  # the same 1e-8 inside the log: finite at sigma 0
+    np.testing.assert_allclose(mean_kl_per_dim(zero, zero), [17.9206807440], rtol=1e-6)
 
 
 def test_kl_uses_the_log_epsilon():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +23,25 @@ from trainer.distributed.solver_actor import (
     solve_remote,
 )
 
+pytestmark = pytest.mark.slow  # every test uses the session's Ray cluster
+
 NAMESPACE = "cascadevae-tests"
 
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def started_pids(log: Path, count: int, timeout_s: float = 60) -> list[int]:
+    """The pids of the solves that have started inside a DelayedSolverActor with
+    `started_log=log`, once there are at least `count` of them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) >= count:
+            return [int(line) for line in lines]
+        assert time.monotonic() < deadline, f"{count} solve(s) did not start in {timeout_s} s"
+        time.sleep(0.05)
 
 
 def problem(seed: int, n: int = 96, k: int = 3) -> np.ndarray:
@@ -67,7 +82,7 @@ def test_bad_input_is_rejected_before_sending(ray_session) -> None:
     ray_session.kill(actor, no_restart=True)
 
 
-def test_killed_actor_restarts_and_calls_in_flight_are_retried(ray_session) -> None:
+def test_killed_actor_restarts_and_calls_in_flight_are_retried(ray_session, tmp_path) -> None:
     ray = ray_session
     name = unique_name("solver-kill")
     actor = get_or_create_solver_actor(name, namespace=NAMESPACE)
@@ -85,22 +100,24 @@ def test_killed_actor_restarts_and_calls_in_flight_are_retried(ray_session) -> N
     assert ray.get(actor.stats.remote())["calls"] == 1  # the restarted actor answered
 
     # A call in flight during the kill: the actor sleeps 3 s before solving.
+    log = tmp_path / "started"
     slow = (
         remote_solver_actor_class(DelayedSolverActor)
         .options(name=unique_name("solver-slow"), namespace=NAMESPACE)
-        .remote(delay_s=3.0)
+        .remote(delay_s=3.0, started_log=str(log))
     )
     assert ray.get(slow.ping.remote()) is True
     slow_pid = ray.get(slow.stats.remote())["pid"]
     other_NK = problem(11)
     ref = slow.solve.remote(other_NK, 1.0)
-    time.sleep(0.5)  # the call is now sleeping inside the actor
+    assert started_pids(log, 1) == [slow_pid]  # the call is sleeping inside the actor
     ray.kill(slow, no_restart=False)
     got_N, solve_ms = ray.get(ref, timeout=60)
     np.testing.assert_array_equal(got_N, assign(other_NK, 1.0))
     assert solve_ms > 0
     stats = ray.get(slow.stats.remote())
     assert stats["pid"] != slow_pid and stats["calls"] == 1  # retried on the restarted actor
+    assert started_pids(log, 2) == [slow_pid, stats["pid"]]
     ray.kill(actor, no_restart=True)
     ray.kill(slow, no_restart=True)
 
@@ -181,25 +198,30 @@ def test_compiled_solve_times_out_naming_the_shape_then_answers(ray_session) -> 
     ray_session.kill(slow, no_restart=True)
 
 
-def test_compiled_solve_call_in_flight_during_a_kill_is_answered(ray_session) -> None:
+def test_compiled_solve_call_in_flight_during_a_kill_is_answered(ray_session, tmp_path) -> None:
     import threading
 
     ray = ray_session
+    log = tmp_path / "started"
     slow = (
         remote_solver_actor_class(DelayedSolverActor)
         .options(name=unique_name("solver-graph-kill"), namespace=NAMESPACE)
-        .remote(delay_s=3.0)
+        .remote(delay_s=3.0, started_log=str(log))
     )
     client = CompiledSolve(slow)
     unary_NK = problem(25)
     client(unary_NK, 1.0, timeout_s=60)  # compiled
+    slow_pid = ray.get(slow.stats.remote())["pid"]
     got: dict[str, np.ndarray] = {}
     call = threading.Thread(target=lambda: got.setdefault("labels", client(unary_NK, 1.0, 60)[0]))
     call.start()
-    time.sleep(0.5)  # the call is now sleeping inside the actor
+    assert started_pids(log, 2) == [slow_pid, slow_pid]  # the call is sleeping inside the actor
     ray.kill(slow, no_restart=False)
     call.join(timeout=90)
     np.testing.assert_array_equal(got["labels"], assign(unary_NK, 1.0))
     assert client.fallback_calls == 1  # answered by an ordinary call on the restarted actor
+    restarted_pid = ray.get(slow.stats.remote())["pid"]
+    assert restarted_pid != slow_pid
+    assert started_pids(log, 3) == [slow_pid, slow_pid, restarted_pid]
     client.close()
     ray.kill(slow, no_restart=True)

@@ -185,8 +185,9 @@ def test_lr_reported_is_the_one_used_and_decays():
 
 def test_ddp_wrapped_step_equals_plain_step(tmp_path):
     """World size 1 over gloo: the wrapper must change nothing (same metrics, same weights)."""
-    if dist.is_initialized():
-        pytest.skip("another test left a default process group in this process")
+    assert not dist.is_initialized(), (
+        "an earlier test left a default process group in this process (it must destroy it)"
+    )
     images = _squares(4, seed=6)
     plain = _setup(seed=3)
     wrapped_inner, opt_wrapped, sched_wrapped = _setup(seed=3)

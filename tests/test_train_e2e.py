@@ -8,13 +8,15 @@ Crashes, stops and interrupts of real processes are in test_real_faults.py.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from trainer.checkpoint import read_checkpoint
+from trainer.checkpoint import read_checkpoint, read_meta
 from trainer.observe.run_log import read_metrics
+from trainer.provenance import PROJECT_ROOT, UNKNOWN, Provenance, read_provenance
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +27,25 @@ def runs(fit_debug, two_workers_run, tmp_path_factory):
     keep_best = ["train.eval_every=10", "train.keep_best_by=eval/authors_factorvae"]
     one_worker = fit_debug(root, "one_worker", [*keep_best, "train.num_checkpoints_kept=1"])
     return {"one_worker": one_worker, "two_workers": two_workers_run}
+
+
+def _recorded_provenance(run_dir: Path) -> Provenance:
+    """The provenance every checkpoint of the run records (the same in all), checked to be this
+    repository's: HEAD or, when a commit was made while the tests ran, an ancestor of it."""
+    folders = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    assert folders
+    metas = [read_meta(folder) for folder in folders]
+    recorded = {Provenance.from_dict(meta) for meta in metas if meta is not None}
+    assert len(metas) == len(folders) and len(recorded) == 1, recorded
+    provenance = recorded.pop()
+    now = read_provenance()
+    if now.git_revision == UNKNOWN:
+        assert provenance.git_revision == UNKNOWN and provenance.git_dirty is None
+    else:
+        ancestry = ["git", "-C", str(PROJECT_ROOT), "merge-base", "--is-ancestor"]
+        subprocess.run([*ancestry, provenance.git_revision, "HEAD"], check=True)
+        assert isinstance(provenance.git_dirty, bool)
+    return provenance
 
 
 def _table(run_dir: Path) -> list[dict]:
@@ -47,7 +68,10 @@ def test_loss_falls_and_run_finishes(runs, name):
     assert sum(rows[-1][f"codes/count_{k}"] for k in range(3)) == pytest.approx(16)
     payload, config_yaml = read_checkpoint(result.checkpoint.path)
     assert payload["next_step"] == 40 and "name: debug" in config_yaml
-    assert (run_dir / "config.yaml").read_text() == config.to_yaml()
+    # The code's git revision is in every state.json and heads config.yaml (comments).
+    provenance = _recorded_provenance(run_dir)
+    run_yaml = provenance.yaml_header() + config.to_yaml()
+    assert (run_dir / "config.yaml").read_text() == run_yaml == config_yaml
 
 
 def test_codes_are_slices_of_one_global_assignment(runs):
@@ -74,6 +98,7 @@ def test_codes_are_slices_of_one_global_assignment(runs):
 
 def test_tensorboard_holds_scalars_images_and_hparams(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     _, _, run_dir = runs["one_worker"]
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
@@ -103,8 +128,12 @@ def test_tensorboard_holds_scalars_images_and_hparams(runs):
         "images/traversal_category2",
     } <= images
     # hparams (for TensorBoard's HPARAMS view) live in the same event folder as the scalars.
-    hparams = set(acc.PluginTagToContent("hparams"))
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams
+    hparams = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    start = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    values = {k: v.string_value for k, v in start.session_start_info.hparams.items()}
+    recorded = _recorded_provenance(run_dir).hparams()
+    assert {k: values[k] for k in ("git.revision", "git.dirty")} == recorded
     assert "config/text_summary" in acc.Tags()["tensors"]  # the resolved config, as text
     assert "hparam/loss/total" in scalars
     # The cascade is visible in the betas (5-step stages, discrete from stage 4): dim 0 is

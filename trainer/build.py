@@ -147,7 +147,9 @@ def apply_memory_format(model: torch.nn.Module, precision: Precision) -> None:
     parameter objects stay the same, so an optimizer built before keeps working, and a
     checkpoint's tensors load into a model of either format."""
     if precision.channels_last:
-        model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (torch's documented signature); its typed overloads
+        # do not list it.
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def compile_networks(model: CascadeVAE, mode: str) -> None:
@@ -155,9 +157,9 @@ def compile_networks(model: CascadeVAE, mode: str) -> None:
     their parameter names, and so checkpoints and DDP, stay those of the eager model. (With
     torch 2.13, nn.Module.compile leaves these Sequential modules uncompiled: Dynamo skips
     the frame of Module._call_impl.) mode: a torch.compile mode; `default` is torch's default."""
-    options = {} if mode == "default" else {"mode": mode}
+    compile_mode = None if mode == "default" else mode
     for network in (model.encoder, model.decoder):
-        network.forward = torch.compile(network.forward, **options)  # type: ignore[method-assign]
+        network.forward = torch.compile(network.forward, mode=compile_mode)  # type: ignore[method-assign]
 
 
 def build_optimizer(config: Config, model: torch.nn.Module):

@@ -2,8 +2,9 @@
 
 A checkpoint folder holds `state.pt` (model, optimizer, learning-rate schedule, next step, RNG
 states), `config.yaml` (the resolved config that made it) and `state.json` (the sha256 and
-size of state.pt, and its next step), so every checkpoint can be evaluated or resumed on its
-own and a damaged state.pt is recognised before it is used.
+size of state.pt, its next step, and the git revision of the code that wrote it), so every
+checkpoint can be evaluated or resumed on its own and a damaged state.pt is recognised before
+it is used.
 
 Each file is written under a temporary name, flushed to disk and renamed, so a crash while
 saving leaves either no file or a complete one under the final name. A folder without
@@ -29,7 +30,8 @@ import torch
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 META_FILE = "state.json"
-"""{"sha256": hex digest of state.pt, "bytes": its size, "next_step": the payload's}."""
+"""{"sha256": hex digest of state.pt, "bytes": its size, "next_step": the payload's}, plus the
+`extra_meta` of `save_checkpoint` (training writes git_revision, git_dirty, unknown_reason)."""
 
 
 class CorruptCheckpointError(ValueError):
@@ -61,8 +63,14 @@ class TrainState:
     `extras` in state.pt when there are any."""
 
 
-def save_checkpoint(folder: str | os.PathLike, state: TrainState, config_yaml: str) -> Path:
-    """Write `state` and the config into `folder` (created); returns the folder."""
+def save_checkpoint(
+    folder: str | os.PathLike,
+    state: TrainState,
+    config_yaml: str,
+    extra_meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write `state` and the config into `folder` (created); returns the folder. `extra_meta`:
+    more JSON fields for state.json (the run's provenance)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -83,6 +91,7 @@ def save_checkpoint(folder: str | os.PathLike, state: TrainState, config_yaml: s
     torch.save(payload, buffer)
     data = buffer.getvalue()
     meta = {
+        **(extra_meta or {}),
         "sha256": hashlib.sha256(data).hexdigest(),
         "bytes": len(data),
         "next_step": state.next_step,

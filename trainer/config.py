@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
@@ -64,7 +64,10 @@ __all__ = [
     "read_yaml",
 ]
 
-Variant = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # a Literal built at run time is no static type; mypy sees the str it is
+    Variant = str
+else:
+    Variant = Literal[tuple(VARIANTS)]
 """`model.variant`: a name of the variant registry (trainer.variants.registry.VARIANTS)."""
 DataSource = Literal["render", "npz"]
 OnOrAuto = bool | Literal["auto"]
@@ -206,7 +209,9 @@ class TrainConfig(Schema):
     log_every: int = Field(100, ge=1)
     """Steps per log interval: TensorBoard scalars, metrics table row, ray.train.report."""
     checkpoint_every: int = Field(5_000, ge=1)
-    """Steps between checkpoints (rounded to log boundaries: a checkpoint rides on a report)."""
+    """Steps between checkpoints: one after every multiple of it and one at the end (a log
+    interval ends there, and its report carries the checkpoint); with `keep_best_by`, also one
+    after every evaluation."""
     eval_every: int = Field(20_000, ge=0)
     """Steps between evaluations of the disentanglement metrics (0: only at the end)."""
     eval_at_discrete_start: bool = False
@@ -280,7 +285,7 @@ class Config(Schema):
     def _across_sections(self, info: ValidationInfo) -> Config:
         problems = []
         cascade, train, model, protocols = self.cascade, self.train, self.model, self.eval.protocols
-        reads = (
+        reads: tuple[str, ...] = (
             "model.variant",
             "cascade.stage_length",
             "cascade.discrete_start_stage",

@@ -70,12 +70,6 @@ def load_batch(dataset: DSprites, indices: np.ndarray, device: torch.device) -> 
     return torch.from_numpy(images_BHW).to(device=device, dtype=torch.float32).unsqueeze(1)
 
 
-def spread_indices(num_images: int, count: int = 240) -> np.ndarray:
-    """`count` image indices spread over the whole grid with a stride coprime to the factor
-    sizes' products, so they mix shapes, scales, orientations and positions."""
-    return (np.arange(count, dtype=np.int64) * 7_919 + 13) % num_images
-
-
 class TrainLoop:
     """One rank's step pipeline for the config's model variant (trainer.variants.registry).
     `model` may be DDP-wrapped; `chooser` gives the codes in the discrete stage of a variant
@@ -154,7 +148,7 @@ class TrainLoop:
             x_B1HW = x_B1HW.contiguous(memory_format=torch.channels_last)
         data_done = time.perf_counter()
         chooser = true_shape_codes(shapes_host_B) if self.oracle else self.chooser
-        if hasattr(chooser, "step"):
+        if chooser is not None and hasattr(chooser, "step"):
             chooser.step = step  # named in the chooser's error messages
         eps_generator = torch.Generator().manual_seed(step_seed(self.config.seed, step, self.rank))
         metrics = self.variant.step(

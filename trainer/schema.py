@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
+from pydantic_core import ErrorDetails
 
 
 class ConfigError(ValueError):
@@ -143,7 +144,8 @@ def _drop(cls: type[BaseModel], data: dict, loc: tuple) -> str | None:
     """Remove the invalid input at `loc`: a field, or the whole entry of a mapping or list field
     that holds it (a model with one bad field inside a mapping goes as a whole, so that the
     model around it can still run its rules). Its dotted path, or None when nothing was there."""
-    node, path, model = data, [], cls
+    node, path = data, []
+    model: type[BaseModel] | None = cls
     for part in loc:
         if not isinstance(part, str):  # an item of a list: drop the list
             break
@@ -229,7 +231,7 @@ _BOUNDS = {
 }
 
 
-def describe(cls: type[BaseModel], error: dict) -> str:
+def describe(cls: type[BaseModel], error: ErrorDetails) -> str:
     """One pydantic error as `dotted.path: what is wrong, got <value>`."""
     loc = error["loc"]
     path = ".".join(str(p) for p in loc)

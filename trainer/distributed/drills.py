@@ -7,6 +7,7 @@ call (for the fault tests).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -88,12 +89,18 @@ class CodeRecorder:
 
 class DelayedSolverActor(SolverActor):
     """A SolverActor that sleeps `delay_s` before every solve, so that a test can kill it with
-    a call in flight or see a call time out."""
+    a call in flight or see a call time out. With `started_log` (a file path), every solve
+    appends a line with the actor's pid when it starts, before its sleep: a test that reads
+    the line knows a call is inside the actor."""
 
-    def __init__(self, delay_s: float):
+    def __init__(self, delay_s: float, started_log: str | None = None):
         super().__init__()
         self._delay_s = float(delay_s)
+        self._started_log = started_log
 
     def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        if self._started_log is not None:
+            with open(self._started_log, "a") as log:
+                log.write(f"{os.getpid()}\n")
         time.sleep(self._delay_s)
         return super().solve(unary_NK, lam)

@@ -56,11 +56,12 @@ from trainer.loop import (
     evaluation_cadence,
     interval_keys,
     load_batch,
-    spread_indices,
 )
 from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
+from trainer.observe.images import preview_indices
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
+from trainer.provenance import Provenance, read_provenance
 from trainer.variants.registry import variant_of
 from trainer.variants.types import Codes
 
@@ -113,7 +114,8 @@ def average_across_ranks(metrics: dict[str, float], world_size: int) -> dict[str
 
 # --------------------------------------------------------------------------- the worker loop
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point of every Ray Train worker. `loop_config`: {"config", "run_dir", "solver"}."""
+    """Entry point of every Ray Train worker. `loop_config`: {"config", "run_dir", "solver",
+    "provenance"}."""
     import ray.train
     import ray.train.torch
 
@@ -121,6 +123,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     keep_freed_memory()  # large activation buffers are reused instead of re-faulted every step
     config = Config.from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
+    provenance = Provenance.from_dict(loop_config["provenance"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -155,9 +158,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         world_size=world_size,
         extras=extras,
     )
-    log = RunLog(run_dir, config.to_yaml(), resume_step=start_step) if rank == 0 else NullRunLog()
+    run_yaml = provenance.yaml_header() + config.to_yaml()
+    log = RunLog(run_dir, run_yaml, resume_step=start_step) if rank == 0 else NullRunLog()
     hooks, recorder = _hooks(
-        config, model, dataset, device, log, state, run_dir, client, rank, world_size, start_step
+        config,
+        model,
+        dataset,
+        device,
+        log,
+        state,
+        run_dir,
+        client,
+        rank,
+        world_size,
+        start_step,
+        provenance,
     )
     if rank == 0:
         for line in resumed:
@@ -183,7 +198,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train.precision": precision.dtype_name,
             "train.memory_format": precision.memory_format_name,
         }
-        log.hparams(_hparams(config) | used, final)
+        log.hparams(_hparams(config) | used | provenance.hparams(), final)
         log.close()
 
 
@@ -232,14 +247,23 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
 
 
 def _hooks(
-    config, model, dataset, device, log, state, run_dir, client, rank, world_size, start_step
+    config,
+    model,
+    dataset,
+    device,
+    log,
+    state,
+    run_dir,
+    client,
+    rank,
+    world_size,
+    start_step,
+    provenance: Provenance,
 ):
     """The run's hooks in order: evaluation and pictures and the log on rank 0, the report
     (with a checkpoint when due) on every rank; the drills when the config asks for them."""
     train = config.train
-    # Evenly spaced over the grid, so every shape and scale is in the preview.
-    preview_x = load_batch(dataset, np.linspace(0, len(dataset) - 1, 8).astype(np.int64), device)
-    preview_x = torch.cat([preview_x, load_batch(dataset, spread_indices(len(dataset)), device)])
+    preview_x = load_batch(dataset, preview_indices(len(dataset), num_spread=240), device)
     hooks: list[Hook] = []
     if rank == 0:  # the log after the evaluation, so that its scalars and line include it
         hooks += [
@@ -247,7 +271,7 @@ def _hooks(
             ImageHook(Cadence(train.image_every), model, preview_x, log),
             LogHook(Cadence(1), log, num_steps=train.num_steps, start_step=start_step),
         ]
-    hooks.append(ReportHook(config, state, log, rank))
+    hooks.append(ReportHook(config, state, log, rank, provenance))
     before: list = [FaultDrill(train.fail_at_step, run_dir, rank)] if train.fail_at_step else []
     if train.hold_at_step:
         before.append(HoldDrill(train.hold_at_step, run_dir, rank))
@@ -272,7 +296,9 @@ def _solver_timings(client: GlobalCodeClient) -> tuple[dict[str, float], dict[st
     Every rank waits for codes; only rank 0 talks to the solver."""
     timings = client.timings.summary()
     client.timings.clear()
-    shared = {k: timings.pop(k) for k in ("solver/wait_ms", "solver/gather_ms") if k in timings}
+    shared: dict[str, float] = {
+        k: timings.pop(k) for k in ("solver/wait_ms", "solver/gather_ms") if k in timings
+    }
     return shared, timings
 
 
@@ -283,9 +309,10 @@ class ReportHook:
     forward in every report, so that a Tune scheduler ranking trials on an eval metric sees it
     each time."""
 
-    def __init__(self, config: Config, state: TrainState, log, rank: int):
+    def __init__(self, config: Config, state: TrainState, log, rank: int, provenance: Provenance):
         train = config.train
         self.config, self.state, self.log, self.rank = config, state, log, rank
+        self.provenance = provenance
         self.keep_best_by = train.keep_best_by
         self.checkpoints = Cadence(train.checkpoint_every)
         self.ranked_evaluations = Cadence(train.eval_every)  # not the extra, diagnostic one
@@ -315,7 +342,8 @@ class ReportHook:
             if self.rank == 0:
                 self.log.flush()
                 self.state.next_step = done
-                save_checkpoint(folder, self.state, self.config.to_yaml())
+                run_yaml = self.provenance.yaml_header() + self.config.to_yaml()
+                save_checkpoint(folder, self.state, run_yaml, self.provenance.as_dict())
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(report, checkpoint=checkpoint)
 
@@ -365,12 +393,19 @@ def _checkpoint_config(train):
     )
 
 
-def fit(config: Config, *, storage_path: str | None = None, callbacks: list | None = None):
+def fit(
+    config: Config,
+    *,
+    storage_path: str | None = None,
+    callbacks: list | None = None,
+    provenance: Provenance | None = None,
+):
     """Run (or resume) one training run on the connected Ray cluster; returns the Train Result.
 
     The run folder is `<storage_path>/<run name>`; a second call with the same folder resumes
     from its last checkpoint. Builds the data cache on the driver first so that workers only
-    memory-map it.
+    memory-map it. `provenance` (read here when not given) goes into config.yaml, every
+    checkpoint's state.json and the TensorBoard hparams.
     """
     import ray
     from ray.train import (
@@ -385,7 +420,8 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
     storage = Path(storage_path or train.storage_path).expanduser().resolve()
     run_dir = storage / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
+    provenance = provenance or read_provenance()
+    (run_dir / "config.yaml").write_text(provenance.yaml_header() + config.to_yaml())
     open_data(config, progress=True)
 
     solver_info, actor = None, None
@@ -401,6 +437,7 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
             "config": config.to_dict(),
             "run_dir": str(run_dir),
             "solver": solver_info,
+            "provenance": provenance.as_dict(),
         },
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
@@ -418,7 +455,9 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
             checkpoint_config=_checkpoint_config(train),
             callbacks=callbacks,
             # Train's INFO logs echo every report; the rank-0 progress line says what matters.
-            logging_config=LoggingConfig(log_level="WARNING"),
+            # (ray.train exports Train V2's RunConfig, Ray's default, which takes logging_config;
+            # a type checker reads the V1 class of the other import branch.)
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
         ),
     )
     try:

@@ -71,7 +71,6 @@ def compute_discrete_accuracy(
         raise ValueError("discrete_accuracy needs a discrete code (num_categories >= 1)")
     if global_sample is None:
         global_sample = draw_global_sample(represent, dataset, rng, num_samples, codes=True)
-    global_sample = with_codes(global_sample, represent)
-    return _discrete_accuracy_core(
-        global_sample.rep.codes_N, global_sample.classes_NL[:, SHAPE_FACTOR]
-    )
+    codes_N = with_codes(global_sample, represent).rep.codes_N
+    assert codes_N is not None  # with_codes fills them in for a representer that has codes
+    return _discrete_accuracy_core(codes_N, global_sample.classes_NL[:, SHAPE_FACTOR])

@@ -78,7 +78,9 @@ def _factorvae_core(
     global_var_M = global_mu_NM.var(axis=0, ddof=1)
     active = np.flatnonzero(np.sqrt(global_var_M) >= std_threshold)
     with_codes = global_codes_N is not None and train_codes_VP is not None
-    gini_global = gini_variance(global_codes_N) if with_codes else 0.0
+    gini_global = 0.0
+    if global_codes_N is not None and with_codes:
+        gini_global = gini_variance(global_codes_N)
     use_discrete = with_codes and np.sqrt(gini_global) >= std_threshold
     settings = {
         "std_threshold": std_threshold,

@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import torch
+
+from trainer.core.losses import kl_per_dim
 
 
 def varying_factors(latent_sizes: Iterable[int]) -> list[int]:
@@ -30,10 +33,9 @@ def gini_variance(codes_N: np.ndarray) -> float:
 
 
 def mean_kl_per_dim(mu_NM: np.ndarray, sigma_NM: np.ndarray) -> np.ndarray:
-    """(M,) mean over N of KL(N(mu, sigma^2) || N(0, 1)) per dim, with the training loss's
-    log(sigma + 1e-8)."""
-    kl_NM = 0.5 * (mu_NM**2 + sigma_NM**2 - 2.0 * np.log(sigma_NM + 1e-8) - 1.0)
-    return kl_NM.mean(axis=0)
+    """(M,) mean over N of KL(N(mu, sigma^2) || N(0, 1)) per dim: the training loss's
+    `kl_per_dim` (trainer.core.losses) on the arrays, in their dtype."""
+    return kl_per_dim(torch.from_numpy(mu_NM), torch.from_numpy(sigma_NM)).numpy()
 
 
 def majority_vote_accuracy(votes_DF: np.ndarray) -> float:

@@ -11,6 +11,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+PREVIEW_SIZE = 8
+"""Images of the reconstruction row; the first is the traversals' image."""
+
+
+def preview_indices(num_images: int, num_spread: int = 0) -> np.ndarray:
+    """(PREVIEW_SIZE + num_spread,) image indices of the preview batch of a dataset of
+    `num_images`: PREVIEW_SIZE evenly spaced over the grid (so every shape and scale is in the
+    reconstructions), then `num_spread` spread over the whole grid with a stride coprime to the
+    factor sizes' products (mixing shapes, scales, orientations and positions: the sample of
+    the category means)."""
+    evenly_P = np.linspace(0, num_images - 1, PREVIEW_SIZE).astype(np.int64)
+    spread_S = (np.arange(num_spread, dtype=np.int64) * 7_919 + 13) % num_images
+    return np.concatenate([evenly_P, spread_S])
+
 
 def make_grid(images_RC1HW: torch.Tensor, pad: int = 2) -> torch.Tensor:
     """Tile a (rows, cols, 1, H, W) tensor into one (1, rows*(H+pad)+pad, cols*(W+pad)+pad) image.
