@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +104,8 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # Ray's socket paths live under its temp folder and must stay under 108 bytes.
+        self.ray_temp = Path(tempfile.mkdtemp(prefix="raynodes-", dir="/tmp"))
         token = self.root / "auth_token"
         token.write_text(secrets.token_hex(32))
         other_cluster = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
@@ -156,7 +160,7 @@ class LocalCluster:
                 f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
                 f"--num-cpus={cpus:g}", "--object-store-memory=100000000",
                 "--resources=" + json.dumps({f"node_{name}": 1, **(resources or {})}),
-                "--disable-usage-stats", f"--temp-dir={self.root / 'ray'}",
+                "--disable-usage-stats", f"--temp-dir={self.ray_temp}",
             ]  # fmt: skip
             env = {**self.env, "CASCADEVAE_CACHE": str(self.cache_dir(name))}
             started = subprocess.Popen(
@@ -183,9 +187,17 @@ class LocalCluster:
             str(RAY), "list", kind, "--detail", "--format=json", "--limit=10000",
             f"--address={self.dashboard_url}", *(f"--filter={f}" for f in filters),
         ]  # fmt: skip
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        return json.loads(done.stdout)
+        deadline = time.monotonic() + 120.0
+        while True:  # the dashboard may still be starting (no API server yet)
+            done = subprocess.run(
+                command, env=self.env, capture_output=True, text=True, timeout=120
+            )
+            output = done.stdout[-2000:] + done.stderr[-2000:]
+            if done.returncode == 0:
+                return json.loads(done.stdout)
+            assert "Failed to connect to API server" in output, output
+            assert time.monotonic() < deadline, output
+            time.sleep(1.0)
 
     def node_names(self) -> dict[str, str]:
         """Node id -> node name (from the custom resource `node_<name>` each node carries)."""
@@ -234,4 +246,6 @@ class LocalCluster:
         for node in sorted(self.nodes.values(), key=lambda n: n.head):
             left += stop_group(node.pgid)
         self.nodes.clear()
+        if not left:
+            shutil.rmtree(self.ray_temp, ignore_errors=True)
         return left
