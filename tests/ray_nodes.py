@@ -104,7 +104,10 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        # Ray's socket paths live under its temp folder and must stay under 108 bytes.
+        # Ray's socket paths live under its temp folder and must stay under 108 bytes. Each
+        # node gets a folder of its own: nodes sharing one would also share the folder where
+        # each unpacks a job's working_dir, and one node's unpacking removes files another's
+        # processes are importing.
         self.ray_temp = Path(tempfile.mkdtemp(prefix="raynodes-", dir="/tmp"))
         token = self.root / "auth_token"
         token.write_text(secrets.token_hex(32))
@@ -160,7 +163,7 @@ class LocalCluster:
                 f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
                 f"--num-cpus={cpus:g}", "--object-store-memory=100000000",
                 "--resources=" + json.dumps({f"node_{name}": 1, **(resources or {})}),
-                "--disable-usage-stats", f"--temp-dir={self.ray_temp}",
+                "--disable-usage-stats", f"--temp-dir={self.ray_temp / name}",
             ]  # fmt: skip
             env = {**self.env, "CASCADEVAE_CACHE": str(self.cache_dir(name))}
             started = subprocess.Popen(
