@@ -217,9 +217,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             states = [
-                n["state"]
-                for n in self.state("nodes")
-                if f"node_{name}" in n["resources_total"]
+                n["state"] for n in self.state("nodes") if f"node_{name}" in n["resources_total"]
             ]
             if want in states and (alive or "ALIVE" not in states):
                 return time.monotonic()
@@ -229,9 +227,7 @@ class LocalCluster:
     def death_time(self, name: str) -> float:
         """Wall-clock time at which the GCS marked node `name` dead (from the State API)."""
         [node] = [
-            n
-            for n in self.state("nodes", "state=DEAD")
-            if f"node_{name}" in n["resources_total"]
+            n for n in self.state("nodes", "state=DEAD") if f"node_{name}" in n["resources_total"]
         ]
         return node["end_time_ms"] / 1000.0
 

@@ -385,7 +385,9 @@ def test_several_processes_with_and_without_locks_build_one_intact_cache(tmp_pat
     assert results[0][0] == 3 * 3 * 6 * 36
     # Every unlocked process wrote the file itself (so writes really overlapped or followed
     # one another on the same name).
-    assert all(built for (_, locked), (_, _, built) in zip(jobs, results, strict=True) if not locked)
+    assert all(
+        built for (_, locked), (_, _, built) in zip(jobs, results, strict=True) if not locked
+    )
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
         ".dsprites-render-r1-sc3-or6-pos6-f1.arrow.lock",

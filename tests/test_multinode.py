@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ray_nodes import LocalCluster
+
 from trainer.checkpoint import read_checkpoint
 from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE
 from trainer.observe.run_log import read_attempts, read_metrics

@@ -20,13 +20,20 @@ def _node(node_id: str, cpus: float, *extra: str, head: bool = False) -> dict:
     resources |= {name: 1.0 for name in extra}
     if head:
         resources[nodes.HEAD_RESOURCE] = 1.0
-    return {"NodeID": node_id, "Alive": True, "NodeManagerAddress": "10.0.0.7", "Resources": resources}
+    return {
+        "NodeID": node_id,
+        "Alive": True,
+        "NodeManagerAddress": "10.0.0.7",
+        "Resources": resources,
+    }
 
 
 def test_placement_settings_are_validated():
     config = load_config(DEBUG)
     assert config.train.placement_strategy == "PACK" and config.solver.placement == "head"
-    config = load_config(DEBUG, ["train.placement_strategy=STRICT_SPREAD", "solver.placement=rank0"])
+    config = load_config(
+        DEBUG, ["train.placement_strategy=STRICT_SPREAD", "solver.placement=rank0"]
+    )
     assert config.train.placement_strategy == "STRICT_SPREAD"
     assert config.solver.placement == "rank0"
     with pytest.raises(ConfigError) as err:
@@ -79,9 +86,7 @@ def test_probe_reads_the_token_and_writes_its_own_file(tmp_path, monkeypatch):
     assert missing.startswith("cannot read the driver's probe file")
 
 
-def test_train_exits_2_naming_the_nodes_that_cannot_see_the_storage(
-    tmp_path, monkeypatch, capsys
-):
+def test_train_exits_2_naming_the_nodes_that_cannot_see_the_storage(tmp_path, monkeypatch, capsys):
     import launch.cluster
     import launch.train
     import trainer.distributed.worker

@@ -138,7 +138,9 @@ def probe_storage(storage: Path, timeout_s: float = PROBE_TIMEOUT_S) -> list[Nod
     return reports
 
 
-def strict_spread_problem(nodes: list[dict], num_workers: int, cpus_per_worker: float) -> str | None:
+def strict_spread_problem(
+    nodes: list[dict], num_workers: int, cpus_per_worker: float
+) -> str | None:
     """With train.placement_strategy=STRICT_SPREAD each worker needs a node of its own: the
     message when fewer live `nodes` (`ray.nodes()` entries) have `cpus_per_worker` CPUs."""
     fitting = [n for n in nodes if n.get("Resources", {}).get("CPU", 0) >= cpus_per_worker]

@@ -352,14 +352,14 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
 
     solver_info, actor = None, None
     if config.model.variant == "cascade":
-        from trainer.distributed.solver_actor import get_or_create_solver_actor
-
         from trainer.distributed.nodes import head_node_id
+        from trainer.distributed.solver_actor import get_or_create_solver_actor
 
         name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"
         solver_info = {"name": name, "beside_rank0": config.solver.placement == "rank0"}
         if not solver_info["beside_rank0"]:
-            actor = get_or_create_solver_actor(name, SOLVER_NAMESPACE, head_node_id())
+            # Pinned: the head lives as long as the cluster, so the actor never moves.
+            actor = get_or_create_solver_actor(name, SOLVER_NAMESPACE, head_node_id(), soft=False)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
