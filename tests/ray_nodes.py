@@ -151,9 +151,10 @@ class LocalCluster:
 
     def _start(self, name, cpus, resources, role_args, head: bool = False) -> Node:
         """`ray start` for one node; a failed start (a port taken between the probe and the
-        bind) is retried once on new ports, a second failure raises with both outputs."""
+        bind, or a raylet that did not register within Ray's 30 s on a loaded machine) is
+        retried on new ports, twice; a third failure raises with every output."""
         outputs = []
-        for _ in range(2):
+        for _ in range(3):
             agent, agent_grpc, manager, objects, runtime_env, metrics, low = free_ports(7)
             command = [
                 str(RAY), "start", *role_args(), "--node-ip-address=127.0.0.1",
@@ -182,7 +183,7 @@ class LocalCluster:
                 return node
             outputs.append(f"{command}\nexit {started.returncode}:\n{output[-3000:]}")
             assert not stop_group(started.pid), f"a failed start of {name} left processes"
-        raise RuntimeError(f"ray start for node {name} failed twice:\n" + "\n".join(outputs))
+        raise RuntimeError(f"ray start for node {name} failed 3 times:\n" + "\n".join(outputs))
 
     def state(self, kind: str, *filters: str) -> list[dict]:
         """`ray list <kind> --detail` of this cluster through the State API, as records."""

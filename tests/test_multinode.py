@@ -134,7 +134,9 @@ def reference(two_workers_run):
 
 def test_two_workers_on_two_nodes_train_as_on_one(cluster, reference, tmp_path):
     storage = tmp_path / "runs"
-    overrides = ["train.num_workers=2", "train.placement_strategy=STRICT_SPREAD"]
+    overrides = [
+        "train.num_workers=2", "train.placement_strategy=STRICT_SPREAD", "solver.placement=rank0"
+    ]  # fmt: skip
     output = _finish(_submit(cluster, "launch.train", _train_args(storage, "two_nodes", overrides)))
     assert "=== CascadeVAE run 'two_nodes' finished" in output, output[-3000:]
     run_dir = storage / "two_nodes"
@@ -142,8 +144,8 @@ def test_two_workers_on_two_nodes_train_as_on_one(cluster, reference, tmp_path):
     placed = {rank: node for rank, _, node in _worker_nodes(cluster, run_dir)}
     assert sorted(placed) == [0, 1]
     assert sorted(placed.values()) == ["head", "w1"], placed  # one worker on each node
-    assert _solver_nodes(cluster, "two_nodes") == ["head"]  # solver.placement: head
-    print(f"\ntwo_nodes: ranks on {placed}, solver actor on the head")
+    assert _solver_nodes(cluster, "two_nodes") == [placed[0]]  # solver.placement: rank0
+    print(f"\ntwo_nodes: ranks on {placed}, the solver actor beside rank 0")
     # Every node built the data cache in its own folder (CASCADEVAE_CACHE of the node).
     for name in ("head", "w1"):
         assert len(list(cluster.cache_dir(name).glob("dsprites-*.arrow"))) == 1, name
@@ -247,6 +249,7 @@ def test_a_lost_worker_node_restarts_the_group_from_the_last_checkpoint(
     after = [(rank, t, node) for rank, t, node in _worker_nodes(cluster, run_dir) if t > killed_at]
     assert sorted(rank for rank, _, _ in after) == [0, 1], after
     assert {node for _, _, node in after} == {"head"}
+    assert _solver_nodes(cluster, "node_lost") == ["head"]  # solver.placement: head
     restart_s = min(t for _, t, _ in after) - killed_at
     starts = [a["start_step"] for a in read_attempts(run_dir) if a["time"] > killed_at]
     assert starts == [20, 20]

@@ -184,8 +184,10 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
         from trainer.distributed.solver_actor import get_or_create_solver_actor, solve_remote
 
         if solver.get("beside_rank0"):  # owned by this worker: it ends with the worker group
+            # A name per worker process: a restarted group never finds its dead predecessor's.
+            name = f"{solver['name']}-rank0-{os.getpid()}"
             node_id = ray.get_runtime_context().get_node_id()
-            actor = get_or_create_solver_actor(solver["name"], SOLVER_NAMESPACE, node_id)
+            actor = get_or_create_solver_actor(name, SOLVER_NAMESPACE, node_id)
         else:
             actor = ray.get_actor(solver["name"], namespace=SOLVER_NAMESPACE)
         lam, timeout_s = config.solver.lam, config.solver.timeout_s
