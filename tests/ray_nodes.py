@@ -99,6 +99,7 @@ class LocalCluster:
     root: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
+    replaced: list[Node] = field(default_factory=list)
     gcs_port: int = 0
     dashboard_port: int = 0
 
@@ -178,6 +179,8 @@ class LocalCluster:
             output, _ = started.communicate(timeout=START_TIMEOUT_S)
             if started.returncode == 0:
                 node = Node(name, started.pid, head)
+                if name in self.nodes:  # a replacement: the lost node's group is stopped last
+                    self.replaced.append(self.nodes[name])
                 self.nodes[name] = node
                 self.wait_for_node(name)
                 return node
@@ -220,7 +223,7 @@ class LocalCluster:
             states = [
                 n["state"] for n in self.state("nodes") if f"node_{name}" in n["resources_total"]
             ]
-            if want in states and (alive or "ALIVE" not in states):
+            if want in states:
                 return time.monotonic()
             assert time.monotonic() < deadline, f"node {name} not {want} after {timeout_s} s"
             time.sleep(0.2)
@@ -243,9 +246,10 @@ class LocalCluster:
     def stop(self) -> list[int]:
         """Stop every node, the head last; returns pids left running (none expected)."""
         left: list[int] = []
-        for node in sorted(self.nodes.values(), key=lambda n: n.head):
+        for node in [*self.replaced, *sorted(self.nodes.values(), key=lambda n: n.head)]:
             left += stop_group(node.pgid)
         self.nodes.clear()
+        self.replaced.clear()
         if not left:
             shutil.rmtree(self.ray_temp, ignore_errors=True)
         return left

@@ -388,12 +388,10 @@ def test_several_processes_with_and_without_locks_build_one_intact_cache(tmp_pat
     assert all(
         built for (_, locked), (_, _, built) in zip(jobs, results, strict=True) if not locked
     )
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [
-        ".dsprites-render-r1-sc3-or6-pos6-f1.arrow.lock",
-        "dsprites-render-r1-sc3-or6-pos6-f1.arrow",
-    ]
-    checked = data_cache.verify_cache(tmp_path / names[1], "render-r1-sc3-or6-pos6")
+    source_id = f"render-r{data.RENDER_VERSION}-sc3-or6-pos6"
+    cache_name = f"dsprites-{source_id}-f{data_cache.FORMAT_VERSION}.arrow"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{cache_name}.lock", cache_name]
+    checked = data_cache.verify_cache(tmp_path / cache_name, source_id)
     assert checked.classes_NF.shape == (3 * 3 * 6 * 36, 6)
 
 

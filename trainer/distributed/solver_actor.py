@@ -89,18 +89,18 @@ def remote_solver_actor_class(actor_class: type = SolverActor) -> Any:
 
 
 def get_or_create_solver_actor(
-    name: str, namespace: str | None = None, node_id: str | None = None, soft: bool = True
+    name: str, namespace: str | None = None, node_id: str | None = None
 ) -> Any:
     """Handle of the named solver actor, created when it does not exist yet.
 
     Zero CPUs (the solve is short and must not take a worker's CPU), restarted without limit
     and its calls retried. Pass `namespace` explicitly: every `ray job submit` job gets a
-    random one. `node_id`: run on that node; with `soft`, Ray may start it elsewhere (and
-    does when that node is lost: the restarted actor goes to a live node), without, only there.
+    random one. `node_id`: only on that node (a hard affinity: Ray 2.60 placed actors with a
+    soft one on another node while the named node was alive and idle).
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    strategy = NodeAffinitySchedulingStrategy(node_id, soft=soft) if node_id else None
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else None
     return (
         remote_solver_actor_class()
         .options(

@@ -361,7 +361,7 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
         solver_info = {"name": name, "beside_rank0": config.solver.placement == "rank0"}
         if not solver_info["beside_rank0"]:
             # Pinned: the head lives as long as the cluster, so the actor never moves.
-            actor = get_or_create_solver_actor(name, SOLVER_NAMESPACE, head_node_id(), soft=False)
+            actor = get_or_create_solver_actor(name, SOLVER_NAMESPACE, head_node_id())
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
