@@ -47,6 +47,7 @@ from launch.study_report import RunRecord, read_run, write_report
 from launch.sweep import Dimension, SweepConfig, resolve_base, trial_config
 from trainer.config import Config, ConfigError, read_yaml
 from trainer.eval.registry import output_keys
+from trainer.loop import extra_evaluation_steps
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
 
 RUN_DIMENSION = "run"
@@ -198,10 +199,13 @@ def collect_runs(study: StudyConfig) -> tuple[list[RunRecord], list[str]]:
         if name not in study.runs:
             continue
         model, seed, _ = study.runs[name]
-        record = read_run(model, seed, params_path.parent / "train" / "metrics.parquet")
+        config = study.trial_config({RUN_DIMENSION: name})
+        table = params_path.parent / "train" / "metrics.parquet"
+        start, diagnostic = config.cascade.discrete_start_step, extra_evaluation_steps(config)
+        record = read_run(model, seed, table, start, diagnostic)
         if record is None:
             continue
-        num_steps = study.trial_config({RUN_DIMENSION: name}).train.num_steps
+        num_steps = config.train.num_steps
         if record.last_step < num_steps:  # still running or interrupted: not in the table
             lines.append(f"`{name}`: unfinished at step {record.last_step} of {num_steps}")
             continue

@@ -5,11 +5,14 @@ benchmarks.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer.config import Config
+from trainer.config import Config, TrainConfig
 from trainer.core.model import CascadeVAE, JointVAE
 from trainer.core.schedule import CascadeSchedule, make_optimizer
 from trainer.core.step import CapacitySchedule
@@ -66,6 +69,92 @@ def device_switch(value: bool | str, device: torch.device) -> bool:
     if value == "auto":
         return device.type == "cuda"
     return bool(value)
+
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+"""CPU features whose bfloat16 kernels oneDNN runs natively (AMX tiles, AVX512-BF16 dot
+products); without them a bfloat16 convolution is emulated and slower than float32."""
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags: torch's own detection (torch.cpu.get_capabilities, oneDNN's
+    cpuinfo) where this torch has it, else the `flags` line of /proc/cpuinfo (Linux)."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is not None:
+        try:
+            return {name for name, value in get_capabilities().items() if value is True}
+        except Exception:  # an unexpected answer: fall back to the kernel's list
+            pass
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+@functools.cache
+def cpu_bf16_feature() -> str | None:
+    """The CPU feature that gives this process fast bfloat16 convolutions (`amx_bf16` or
+    `avx512_bf16`, the first of BF16_CPU_FLAGS present), or None: no such feature, or a torch
+    built without oneDNN (mkldnn)."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    flags = _cpu_flags()
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What the networks of a run compute in, as resolved from `train.autocast` and
+    `train.channels_last` on the run's device: bfloat16 autocast or float32, and the memory
+    format of the convolution weights and activations (NCHW or channels_last, NHWC)."""
+
+    autocast_bf16: bool
+    channels_last: bool
+
+    @property
+    def dtype_name(self) -> str:
+        return "bf16" if self.autocast_bf16 else "fp32"
+
+    @property
+    def memory_format_name(self) -> str:
+        return "channels_last" if self.channels_last else "contiguous"
+
+    def describe(self) -> str:
+        """`bf16 autocast, channels_last` or `fp32, contiguous`, for the progress output."""
+        dtype = "bf16 autocast" if self.autocast_bf16 else "fp32"
+        return f"{dtype}, {self.memory_format_name}"
+
+
+def resolve_precision(train: TrainConfig, device: torch.device) -> Precision:
+    """The precision a run with `train` uses on `device`. `autocast: auto` is bf16 on a CPU
+    with a bfloat16 feature (cpu_bf16_feature) and fp32 elsewhere, CUDA included;
+    `channels_last: auto` follows it on CPU (oneDNN's bf16 kernels are fastest in NHWC, its
+    fp32 ones in NCHW for these layers) and is off on CUDA. `none` / false force fp32 / NCHW."""
+    device = torch.device(device)
+    on_cpu = device.type == "cpu"
+    if train.autocast == "auto":
+        bf16 = on_cpu and cpu_bf16_feature() is not None
+    else:
+        bf16 = train.autocast == "bf16"
+    if train.channels_last == "auto":
+        channels_last = on_cpu and bf16
+    else:
+        channels_last = bool(train.channels_last)
+    return Precision(autocast_bf16=bf16, channels_last=channels_last)
+
+
+def apply_memory_format(model: torch.nn.Module, precision: Precision) -> None:
+    """Convert the 4-D parameters (convolution kernels) of `model` to channels_last in place
+    when `precision` asks for it; a no-op otherwise and on a model already converted. Call it
+    before DDP wraps the model (DDP lays its gradient buckets out after the parameters). The
+    parameter objects stay the same, so an optimizer built before keeps working, and a
+    checkpoint's tensors load into a model of either format."""
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
 
 
 def compile_networks(model: CascadeVAE, mode: str) -> None:

@@ -69,7 +69,7 @@ DataSource = Literal["render", "npz"]
 OnOrAuto = bool | Literal["auto"]
 """A device switch: true, false, or `auto` (on when the run's device is CUDA, off on CPU)."""
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
-Autocast = Literal["none", "bf16"]
+Autocast = Literal["auto", "none", "bf16"]
 AdamImplementation = Literal["auto", "for_loop", "foreach", "fused"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
 SolverPlacement = Literal["head", "rank0"]
@@ -183,6 +183,12 @@ class CascadeConfig(Schema):
     beta_low: Float = Field(0.1, ge=0)
     """beta_l, the KL weight of relieved dims (authors: 0.1)."""
 
+    @property
+    def discrete_start_step(self) -> int:
+        """The iteration at which the discrete stage starts: stage_length x discrete_start_stage
+        (the steps done before the first discrete step)."""
+        return self.stage_length * self.discrete_start_stage
+
 
 class SolverConfig(Schema):
     lam: Float = Field(0.001, ge=0)
@@ -241,15 +247,25 @@ class TrainConfig(Schema):
     on CUDA."""
     compile: CompileMode = "none"
     """torch.compile mode of the encoder and decoder (`none`: eager)."""
-    autocast: Autocast = "none"
+    autocast: Autocast = "auto"
     """`bf16`: the encoder and decoder run under bfloat16 autocast; losses and the unary
-    matrix stay float32."""
+    matrix stay float32. `none`: float32 throughout. `auto`: bf16 on a CPU with AMX or
+    AVX512-BF16 (trainer.build.cpu_bf16_feature), float32 on other CPUs and on CUDA."""
+    channels_last: OnOrAuto = "auto"
+    """The convolution kernels and images in channels_last (NHWC) memory format. `auto`: on
+    where the run uses bf16 autocast on CPU (oneDNN's bf16 kernels are fastest there), off
+    with float32 and on CUDA."""
     log_every: int = Field(100, ge=1)
     """Steps per log interval: TensorBoard scalars, metrics table row, ray.train.report."""
     checkpoint_every: int = Field(5_000, ge=1)
     """Steps between checkpoints (rounded to log boundaries: a checkpoint rides on a report)."""
     eval_every: int = Field(20_000, ge=0)
     """Steps between evaluations of the disentanglement metrics (0: only at the end)."""
+    eval_at_discrete_start: bool = False
+    """Also evaluate after cascade.stage_length x cascade.discrete_start_stage steps: the model the
+    discrete stage starts from (for a variant without a discrete stage, the same step, so runs
+    can be compared there); it must fall within the run. Diagnostic: off the eval_every cadence
+    it ranks no checkpoint (`keep_best_by`) and no best-by-metric reading of a study."""
     image_every: int = Field(20_000, ge=0)
     """Steps between reconstruction / traversal images in TensorBoard (0: only at the end)."""
     max_failures: int = Field(3, ge=0)
@@ -322,13 +338,27 @@ class Config(Schema):
             "train.num_steps",
         )
         if rules_apply(info, self, *reads) and model.variant in CASCADE_SCHEDULE_VARIANTS:
-            start = cascade.discrete_start_stage * cascade.stage_length
+            start = cascade.discrete_start_step
             if start >= train.num_steps:
                 last_stage = (train.num_steps - 1) // cascade.stage_length
                 problems.append(
                     f"cascade.discrete_start_stage: the discrete stage starts at iteration {start} "
                     f"(stage {cascade.discrete_start_stage}), after the last stage {last_stage} of "
                     f"train.num_steps={train.num_steps}"
+                )
+        reads = (
+            "train.eval_at_discrete_start",
+            "cascade.stage_length",
+            "cascade.discrete_start_stage",
+            "train.num_steps",
+        )
+        if rules_apply(info, self, *reads) and train.eval_at_discrete_start:
+            start = cascade.discrete_start_step
+            if not 0 < start < train.num_steps:
+                problems.append(
+                    f"train.eval_at_discrete_start: the discrete start, step {start} "
+                    f"(cascade.stage_length x cascade.discrete_start_stage), is not within the "
+                    f"run's steps 1..{train.num_steps - 1}"
                 )
         reads = ("train.keep_best_by", "eval.protocols")
         if rules_apply(info, self, *reads) and train.keep_best_by:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from trainer.build import (
+    apply_memory_format,
     build_capacities,
     build_model,
     build_optimizer,
@@ -30,6 +31,7 @@ from trainer.build import (
     compile_networks,
     device_switch,
     open_data,
+    resolve_precision,
 )
 from trainer.config import Config
 from trainer.core.agreement import agreement_keys, agreement_metrics
@@ -80,8 +82,10 @@ class TrainLoop:
 
     The train section's device switches take effect here: `data_on_device` (the packed dataset
     on the device, trainer.data.device), `metrics_on_device` (StepMetrics left unread),
-    `compile` (the encoder and decoder compiled in place, so checkpoints keep their keys) and
-    `autocast`.
+    `compile` (the encoder and decoder compiled in place, so checkpoints keep their keys),
+    `autocast` and `channels_last` (resolved on the device into `self.precision`; the model's
+    kernels are converted here unless the caller did it before wrapping the model in DDP, as
+    the Train worker does).
     """
 
     def __init__(
@@ -111,7 +115,8 @@ class TrainLoop:
         self.oracle = config.model.variant == "oracle"
         train = config.train
         self.metrics_on_device = device_switch(train.metrics_on_device, device)
-        self.autocast_bf16 = train.autocast == "bf16"
+        self.precision = resolve_precision(train, device)
+        apply_memory_format(unwrap(model), self.precision)
         self.device_data = (
             DeviceDSprites(dataset, device) if device_switch(train.data_on_device, device) else None
         )
@@ -140,6 +145,8 @@ class TrainLoop:
             shapes_B = self.device_data.classes(indices_B, SHAPE_FACTOR)
         else:
             x_B1HW = load_batch(self.dataset, indices, self.device)
+        if self.precision.channels_last:
+            x_B1HW = x_B1HW.contiguous(memory_format=torch.channels_last)
         data_done = time.perf_counter()
         chooser = true_shape_codes(shapes_host_B) if self.oracle else self.chooser
         if hasattr(chooser, "step"):
@@ -158,7 +165,7 @@ class TrainLoop:
             shapes_B=shapes_B,
             capacities=self.capacities,
             metrics_on_device=self.metrics_on_device,
-            autocast_bf16=self.autocast_bf16,
+            autocast_bf16=self.precision.autocast_bf16,
         )
         metrics["perf/data_ms"] = 1000.0 * (data_done - started)
         metrics["perf/train_step_ms"] = 1000.0 * (time.perf_counter() - data_done)
@@ -207,14 +214,36 @@ def local_loop(
 
 @dataclass(frozen=True)
 class Cadence:
-    """When a hook runs: every `every` steps (0: never on the way) and, with `at_end`, after the
-    last step. `due(done, last)` takes the number of steps done."""
+    """When a hook runs: every `every` steps (0: never on the way), after the steps done listed
+    in `at_steps` and, with `at_end`, after the last step. `due(done, last)` takes the number of
+    steps done."""
 
     every: int
     at_end: bool = True
+    at_steps: frozenset[int] = frozenset()
 
     def due(self, done: int, last: bool) -> bool:
-        return (last and self.at_end) or (self.every > 0 and done % self.every == 0)
+        return (
+            (last and self.at_end)
+            or (self.every > 0 and done % self.every == 0)
+            or done in self.at_steps
+        )
+
+
+def extra_evaluation_steps(config: Config) -> frozenset[int]:
+    """The evaluation `train.eval_at_discrete_start` adds to the `train.eval_every` cadence (none
+    when the discrete start is on it). It is diagnostic: it ranks no checkpoint
+    (`train.keep_best_by`) and no best-by-metric reading of a study."""
+    train = config.train
+    start = config.cascade.discrete_start_step
+    on_cadence = train.eval_every > 0 and start % train.eval_every == 0
+    return frozenset({start} if train.eval_at_discrete_start and not on_cadence else ())
+
+
+def evaluation_cadence(config: Config) -> Cadence:
+    """When a run evaluates: every `train.eval_every` steps, at the end and, with
+    `train.eval_at_discrete_start`, after the steps before the discrete stage."""
+    return Cadence(config.train.eval_every, at_steps=extra_evaluation_steps(config))
 
 
 class Hook(Protocol):

@@ -26,7 +26,13 @@ from unittest import mock
 import numpy as np
 import torch
 
-from trainer.build import build_model, build_optimizer, open_data
+from trainer.build import (
+    apply_memory_format,
+    build_model,
+    build_optimizer,
+    open_data,
+    resolve_precision,
+)
 from trainer.checkpoint import (
     CorruptCheckpointError,
     TrainState,
@@ -39,12 +45,13 @@ from trainer.core.agreement import JOINT_PREFIX
 from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.drills import CodeRecorder, FaultDrill, HoldDrill
 from trainer.distributed.runtime import keep_freed_memory
-from trainer.eval import output_keys
+from trainer.eval import TABLE_NAMESPACES, output_keys
 from trainer.loop import (
     Cadence,
     Hook,
     Hooks,
     TrainLoop,
+    evaluation_cadence,
     interval_keys,
     load_batch,
     spread_indices,
@@ -109,7 +116,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = TrainState(model, optimizer, scheduler, next_step=0)
     resumed = _restore(state, ray.train.get_checkpoint(), run_dir)
     start_step = state.next_step
-    record_attempt(run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed)
+    precision = resolve_precision(config.train, device)
+    apply_memory_format(model, precision)  # before DDP lays out its gradient buckets
+    record_attempt(
+        run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed,
+        precision=precision.dtype_name, memory_format=precision.memory_format_name,
+    )  # fmt: skip
     client = _code_client(config, loop_config.get("solver"), rank, world_size)
     loop = TrainLoop(
         config,
@@ -132,7 +144,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         say(
             f"[cascadevae] rank 0 of {world_size} on {device}: steps {start_step}->"
             f"{config.train.num_steps}, global batch {config.train.global_batch}, "
-            f"{len(dataset)} images, run dir {run_dir}"
+            f"{len(dataset)} images, {precision.describe()}, run dir {run_dir}"
         )
 
     last_interval: dict[str, float] = {}
@@ -146,7 +158,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         scores = output_keys(config.eval.protocols)
         final = {k: v for k, v in last_interval.items() if k in scores or k.startswith("loss/")}
-        log.hparams(_hparams(config), final)
+        used = {  # what `auto` resolved to on this machine
+            "train.precision": precision.dtype_name,
+            "train.memory_format": precision.memory_format_name,
+        }
+        log.hparams(_hparams(config) | used, final)
         log.close()
 
 
@@ -211,7 +227,7 @@ def _hooks(
     hooks: list[Hook] = []
     if rank == 0:  # the log after the evaluation, so that its scalars and line include it
         hooks += [
-            EvaluationHook(Cadence(train.eval_every), config, model, dataset, device),
+            EvaluationHook(evaluation_cadence(config), config, model, dataset, device),
             ImageHook(Cadence(train.image_every), model, preview_x, log),
             LogHook(Cadence(1), log, num_steps=train.num_steps, start_step=start_step),
         ]
@@ -222,7 +238,7 @@ def _hooks(
     recorder = None
     if client is not None and train.record_codes_steps:
         recorder = CodeRecorder(client, train.record_codes_steps, run_dir, rank)
-    checkpoints, evaluations = Cadence(train.checkpoint_every), Cadence(train.eval_every)
+    checkpoints, evaluations = Cadence(train.checkpoint_every), evaluation_cadence(config)
     runner = Hooks(
         hooks,
         ends=[Cadence(train.log_every), checkpoints, evaluations, Cadence(train.image_every)],
@@ -247,15 +263,16 @@ def _solver_timings(client: GlobalCodeClient) -> tuple[dict[str, float], dict[st
 class ReportHook:
     """`ray.train.report` at every interval end, on every rank (a report is a barrier): with a
     checkpoint every `train.checkpoint_every` steps, at the end, and, with `train.keep_best_by`,
-    after every evaluation. The latest evaluation is carried forward in every report, so that
-    a Tune scheduler ranking trials on an eval metric sees it each time."""
+    after every evaluation of the `train.eval_every` cadence. The latest evaluation is carried
+    forward in every report, so that a Tune scheduler ranking trials on an eval metric sees it
+    each time."""
 
     def __init__(self, config: Config, state: TrainState, log, rank: int):
         train = config.train
         self.config, self.state, self.log, self.rank = config, state, log, rank
         self.keep_best_by = train.keep_best_by
         self.checkpoints = Cadence(train.checkpoint_every)
-        self.evaluations = Cadence(train.eval_every)
+        self.ranked_evaluations = Cadence(train.eval_every)  # not the extra, diagnostic one
         self.cadence = Cadence(1)  # every interval end
         self.latest_eval: dict[str, float] = {}
 
@@ -263,14 +280,18 @@ class ReportHook:
         import ray.train
 
         last = done == self.config.train.num_steps
-        self.latest_eval.update({k: v for k, v in interval.items() if k.startswith("eval/")})
+        evaluated = ("eval/", *TABLE_NAMESPACES)
+        self.latest_eval.update({k: v for k, v in interval.items() if k.startswith(evaluated)})
         report = {"step": done, **self.latest_eval, **interval}
         checkpoint_due = self.checkpoints.due(done, last)
         if self.keep_best_by:
             # Keeping the best model by a metric needs a checkpoint of every evaluated model;
-            # only a model evaluated at this very step is ranked, the others rank last.
-            checkpoint_due = checkpoint_due or self.evaluations.due(done, last)
-            report[CHECKPOINT_SCORE] = float(interval.get(self.keep_best_by, -math.inf))
+            # only a model evaluated at this very step on the eval_every cadence is ranked, the
+            # others rank last.
+            ranked = self.ranked_evaluations.due(done, last)
+            checkpoint_due = checkpoint_due or ranked
+            score = interval.get(self.keep_best_by, -math.inf) if ranked else -math.inf
+            report[CHECKPOINT_SCORE] = float(score)
         if not checkpoint_due:
             ray.train.report(report)
             return
