@@ -9,6 +9,7 @@ explicitly, for every listening service of a node.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import secrets
@@ -233,7 +234,10 @@ class LocalCluster:
         [node] = [
             n for n in self.state("nodes", "state=DEAD") if f"node_{name}" in n["resources_total"]
         ]
-        return node["end_time_ms"] / 1000.0
+        end = node["end_time_ms"]  # the CLI prints it as local time, "YYYY-MM-DD HH:MM:SS.f"
+        if isinstance(end, str):
+            return datetime.datetime.fromisoformat(end).timestamp()
+        return end / 1000.0
 
     def kill_node(self, name: str) -> float:
         """SIGKILL the raylet of node `name` (the node is lost with all its workers); returns
