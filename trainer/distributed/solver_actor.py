@@ -96,7 +96,7 @@ def get_or_create_solver_actor(
     Zero CPUs (the solve is short and must not take a worker's CPU), restarted without limit
     and its calls retried. Pass `namespace` explicitly: every `ray job submit` job gets a
     random one. `node_id`: only on that node (a hard affinity: Ray 2.60 placed actors with a
-    soft one on another node while the named node was alive and idle).
+    soft one on another node while the named node was alive).
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
