@@ -70,8 +70,8 @@ def test_a_rule_over_an_invalid_field_is_not_checked():
         {"model": {"variant": "gan"}, "eval": {"protocols": ["discrete_accuracy"]}}
     )
     assert problems == [
-        "model.variant: 'gan' is not one of 'cascade', 'cascade_c', 'beta_vae', 'jointvae' or "
-        "'oracle'"
+        "model.variant: 'gan' is not one of 'cascade', 'cascade_c', 'beta_vae', 'jointvae', "
+        "'oracle' or 'factorvae'"
     ]
     problems = _problems({"model": {"variant": "beta_vae"}, "eval": {"protocols": ["mig", "x"]}})
     assert problems == [
@@ -112,7 +112,7 @@ def test_unknown_protocol_is_refused_listing_the_registry():
         ({"train": {"lr": 1e-3}}, "train.lr: unknown key (known: autocast, channels_last, "),
         ({"eval": {"num_vote": 3}}, "eval.num_vote: unknown key (known: batch_size, "),
         ({"jointvae": {"gamma": 1.0, "beta": 2}}, "jointvae.beta: unknown key (known: "),
-        ({"colour": "red"}, "colour: unknown key (known: cascade, data, eval, jointvae, model, "),
+        ({"colour": "red"}, "colour: unknown key (known: cascade, data, eval, factorvae, "),
     ],
 )
 def test_extra_keys_are_refused_with_their_dotted_path(raw, problem):

@@ -64,7 +64,7 @@ def test_the_evaluation_cadence_adds_the_discrete_start(tmp_path):
 def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
     import ray.train
 
-    from trainer.distributed.worker import CHECKPOINT_SCORE, ReportHook
+    from trainer.distributed.worker import CHECKPOINT_SCORE, UNRANKED_SCORE, ReportHook
     from trainer.loop import extra_evaluation_steps
 
     flag = "train.eval_at_discrete_start=true"
@@ -84,8 +84,35 @@ def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
     hook = ReportHook(config, state=None, log=None, rank=0)  # type: ignore[arg-type]
     hook.run(20, {"eval/authors_factorvae": 0.9, "mi/shape/z0": 0.5})
     ((report, kwargs),) = reports
-    assert kwargs == {} and report[CHECKPOINT_SCORE] == -math.inf
+    assert kwargs == {} and report[CHECKPOINT_SCORE] == UNRANKED_SCORE
     assert report["eval/authors_factorvae"] == 0.9 and report["mi/shape/z0"] == 0.5
+
+
+def test_checkpoint_scores_survive_ray_trains_json_snapshot():
+    """Ray Train keeps checkpoint scores in a pydantic JSON snapshot that it reads on resume;
+    an unranked or non-finite score must come back as the same finite number."""
+    import pydantic
+
+    from trainer.distributed.worker import UNRANKED_SCORE, checkpoint_score
+
+    class Snapshot(pydantic.BaseModel):
+        scores: list[float]
+
+    key = "eval/authors_factorvae"
+    scores = [
+        checkpoint_score({key: 0.75}, key, ranked=True),
+        checkpoint_score({key: 0.75}, key, ranked=False),
+        checkpoint_score({}, key, ranked=True),
+        checkpoint_score({key: math.nan}, key, ranked=True),
+        checkpoint_score({key: -math.inf}, key, ranked=True),
+    ]
+    assert scores == [0.75] + [UNRANKED_SCORE] * 4
+    assert all(s < -1e300 for s in scores[1:])
+    restored = Snapshot.model_validate_json(Snapshot(scores=scores).model_dump_json())
+    assert restored.scores == scores
+    # What -inf itself would have become: null, which cannot be read back as a float.
+    with pytest.raises(pydantic.ValidationError):
+        Snapshot.model_validate_json(Snapshot(scores=[-math.inf]).model_dump_json())
 
 
 class _Recorder:

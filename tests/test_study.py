@@ -157,6 +157,25 @@ def test_report_from_run_folders(tmp_path):
     assert not (results / "factor_dim.md").exists() and "factor_dim.md" not in text
 
 
+def test_storage_path_flag_reads_the_study_from_another_folder(tmp_path):
+    """--storage-path replaces the file's storage_path: the report reads the runs there."""
+    elsewhere = tmp_path / "outside"
+    trial = elsewhere / "tiny" / "t0_run=cascade-s0"
+    (trial / "train").mkdir(parents=True)
+    (trial / "params.json").write_text('{"run": "cascade-s0"}')
+    log = RunLog(trial / "train", "name: tiny\n")
+    for row in _run("cascade", 0, [(40.0, 0.8, 0.9)]).rows:
+        log.scalars(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+    log.close()
+    path = _study(tmp_path)
+    with pytest.raises(SystemExit, match="no run results under .*/runs/tiny"):
+        main(["--config", str(path), "--report"])
+    assert main(["--config", str(path), "--report", "--storage-path", str(elsewhere)]) == 0
+    text = (tmp_path / "results" / "results.md").read_text()
+    assert "`cascade-s0`: 70 steps" in text and "| cascade | last |" in text
+    assert f"--config {path} --storage-path {elsewhere}`." in text
+
+
 def _table_row(step: float, shape_in_z1: float) -> dict[str, float]:
     """An evaluation row with a factor x dim table of 2 dims and the code, and the counts."""
     row = {"step": step, "eval/authors_factorvae": 1.0 - step / 100, "loss/total": 1.0}

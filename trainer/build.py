@@ -1,6 +1,6 @@
-"""Config -> the parts of a run: dataset, model, optimizer, KL schedule, capacities, evaluation
-options. Pure builders with no Ray, shared by the Train worker, the evaluate CLI and the
-benchmarks.
+"""Config -> the parts of a run: dataset, model, optimizer, KL schedule, the variant's extras,
+evaluation options (the variant's parts come from its entry in trainer.variants.registry).
+Pure builders with no Ray, shared by the Train worker, the evaluate CLI and the benchmarks.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any
 import torch
 
 from trainer.config import Config, TrainConfig
-from trainer.core.model import CascadeVAE, JointVAE
+from trainer.core.model import CascadeVAE
 from trainer.core.schedule import CascadeSchedule, make_optimizer
 from trainer.core.step import CapacitySchedule
 from trainer.data.dsprites import DSprites, open_dsprites
+from trainer.variants.registry import variant_of
+from trainer.variants.types import Extras
 
 
 def open_data(config: Config, progress: bool = False) -> DSprites:
@@ -33,34 +35,25 @@ def open_data(config: Config, progress: bool = False) -> DSprites:
 
 
 def build_model(config: Config) -> CascadeVAE:
-    m = config.model
-    if m.variant == "jointvae":
-        return JointVAE(m.num_continuous, m.num_categories, config.jointvae.temperature)
-    return CascadeVAE(num_continuous=m.num_continuous, num_categories=m.effective_categories)
+    """The variant's model (trainer.variants.registry), on the CPU."""
+    return variant_of(config).build_model(config)
 
 
 def build_schedule(config: Config) -> CascadeSchedule:
-    """The KL weights over training. beta-VAE is the continuous-only schedule with one beta on
-    every dim; JointVAE's objective has no betas (its schedule only fixes the latent size)."""
-    c, m = config.cascade, config.model
-    if m.variant in ("cascade", "oracle"):
-        return CascadeSchedule(c, m.num_continuous, "cascade")
-    if m.variant == "beta_vae":
-        c = c.model_copy(update={"beta_high": m.beta, "beta_low": m.beta})
-    return CascadeSchedule(c, m.num_continuous, "cascade_c")
+    """The variant's KL weights over training."""
+    return variant_of(config).build_schedule(config)
+
+
+def build_extras(config: Config, device: torch.device | str = "cpu") -> Extras:
+    """The variant's extra trained modules with their optimizers, and its step settings, on
+    `device` (empty for a variant without any)."""
+    return variant_of(config).build_extras(config, torch.device(device))
 
 
 def build_capacities(config: Config) -> CapacitySchedule | None:
-    """JointVAE's capacity ramp (None for the other variants)."""
-    if config.model.variant != "jointvae":
-        return None
-    j = config.jointvae
-    return CapacitySchedule(
-        gamma=j.gamma,
-        continuous=j.continuous_capacity,
-        discrete=j.discrete_capacity,
-        steps=j.capacity_steps or config.train.num_steps,
-    )
+    """JointVAE's capacity ramp: the step settings of a variant with one (None otherwise)."""
+    settings = build_extras(config).settings
+    return settings if isinstance(settings, CapacitySchedule) else None
 
 
 def device_switch(value: bool | str, device: torch.device) -> bool:

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
+from trainer.core.schedule import CascadeConfig, OptimConfig
 from trainer.data.render import MAX_POSITIONS  # distinct pixel positions in the frame
 from trainer.eval.options import EvalConfig
 from trainer.eval.registry import METRICS, score_keys
@@ -41,6 +42,9 @@ from trainer.schema import (
     rules_apply,
     validate,
 )
+from trainer.variants.factorvae import FactorVAEConfig
+from trainer.variants.jointvae import JointVAEConfig
+from trainer.variants.registry import VARIANTS
 
 __all__ = [
     "CascadeConfig",
@@ -48,6 +52,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "FactorVAEConfig",
     "JointVAEConfig",
     "ModelConfig",
     "OptimConfig",
@@ -59,18 +64,13 @@ __all__ = [
     "read_yaml",
 ]
 
-VARIANTS = ("cascade", "cascade_c", "beta_vae", "jointvae", "oracle")
-DISCRETE_VARIANTS = ("cascade", "jointvae", "oracle")  # variants with a discrete code
-CASCADE_SCHEDULE_VARIANTS = ("cascade", "oracle")  # a discrete stage of the cascade
-DATA_SOURCES = ("render", "npz")
-
-Variant = Literal["cascade", "cascade_c", "beta_vae", "jointvae", "oracle"]
+Variant = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]
+"""`model.variant`: a name of the variant registry (trainer.variants.registry.VARIANTS)."""
 DataSource = Literal["render", "npz"]
 OnOrAuto = bool | Literal["auto"]
 """A device switch: true, false, or `auto` (on when the run's device is CUDA, off on CPU)."""
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Autocast = Literal["auto", "none", "bf16"]
-AdamImplementation = Literal["auto", "for_loop", "foreach", "fused"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
 SolverPlacement = Literal["head", "rank0"]
 
@@ -126,14 +126,18 @@ class DataConfig(Schema):
 
 class ModelConfig(Schema):
     variant: Variant = "cascade"
-    """`cascade` (CascadeVAE: continuous + discrete), `cascade_c` (CascadeVAE-C, continuous
-    only), `beta_vae` (one KL weight `beta` on every dim, no discrete code), `jointvae` (Dupont
-    2018: Gumbel-softmax code and controlled capacities, see the `jointvae` section) or `oracle`
-    (CascadeVAE whose discrete stage decodes with the TRUE shape: a supervised known answer)."""
+    """A variant of the registry (trainer.variants.registry.VARIANTS): `cascade` (CascadeVAE:
+    continuous + discrete), `cascade_c` (CascadeVAE-C, continuous only), `beta_vae` (one KL
+    weight `beta` on every dim, no discrete code), `jointvae` (Dupont 2018: Gumbel-softmax code
+    and controlled capacities, see the `jointvae` section), `oracle` (CascadeVAE whose
+    discrete stage decodes with the TRUE shape: a supervised known answer) or `factorvae` (Kim
+    & Mnih 2018: the ELBO plus gamma times a discriminator's total-correlation estimate, no
+    discrete code, see the `factorvae` section)."""
     num_continuous: int = Field(6, ge=1)
     """m, the number of continuous latent dims."""
     num_categories: int = 3
-    """S, the number of discrete categories (ignored, forced to 0, for cascade_c and beta_vae)."""
+    """S, the number of discrete categories (ignored, forced to 0, for a variant without a
+    discrete code: cascade_c, beta_vae, factorvae)."""
     weight_penalty: Float = Field(4e-5, ge=0)
     """Coefficient of the authors' L2 penalty coef * sum(w^2) / 2; 0 switches it off."""
     beta: Float = Field(4.0, ge=0)
@@ -144,7 +148,7 @@ class ModelConfig(Schema):
         reads = ("model.variant", "model.num_categories")
         if not rules_apply(info, self, *reads):
             return self
-        if self.variant in DISCRETE_VARIANTS and self.num_categories < 2:
+        if VARIANTS[self.variant].has_code and self.num_categories < 2:
             raise RuleError(
                 [
                     f"model.num_categories: variant {self.variant} needs >= 2 categories, "
@@ -155,39 +159,7 @@ class ModelConfig(Schema):
 
     @property
     def effective_categories(self) -> int:
-        return self.num_categories if self.variant in DISCRETE_VARIANTS else 0
-
-
-class JointVAEConfig(Schema):
-    """Settings of `model.variant: jointvae` (Dupont 2018; his dSprites values as defaults)."""
-
-    temperature: Float = Field(0.67, gt=0)
-    """Gumbel-softmax temperature."""
-    gamma: Float = Field(150.0, ge=0)
-    """Weight of both capacity terms gamma * |KL - C|."""
-    continuous_capacity: Float = Field(40.0, ge=0)
-    """C_z at the end of the ramp, nats (sum over continuous dims)."""
-    discrete_capacity: Float = Field(1.1, ge=0)
-    """C_c at the end of the ramp, nats (capped at log K)."""
-    capacity_steps: int = Field(0, ge=0)
-    """Iterations over which both capacities rise linearly from 0; 0 = train.num_steps."""
-
-
-class CascadeConfig(Schema):
-    stage_length: int = Field(20_000, ge=1)
-    """P, iterations per stage of the cascade (authors: 20,000)."""
-    discrete_start_stage: int = Field(4, ge=0)
-    """T, the first stage in which the discrete code is learned (authors: 4)."""
-    beta_high: Float = Field(10.0, ge=0)
-    """beta_h, the KL weight of dims not yet relieved (authors: 10)."""
-    beta_low: Float = Field(0.1, ge=0)
-    """beta_l, the KL weight of relieved dims (authors: 0.1)."""
-
-    @property
-    def discrete_start_step(self) -> int:
-        """The iteration at which the discrete stage starts: stage_length x discrete_start_stage
-        (the steps done before the first discrete step)."""
-        return self.stage_length * self.discrete_start_stage
+        return self.num_categories if VARIANTS[self.variant].has_code else 0
 
 
 class SolverConfig(Schema):
@@ -201,20 +173,6 @@ class SolverConfig(Schema):
     """Where the solver actor runs: `head`, the head node (created by the driver; a lost worker
     node never takes it); `rank0`, the node of rank 0 (created by rank 0, which owns it: it
     ends and comes back with the worker group)."""
-
-
-class OptimConfig(Schema):
-    lr: Float = Field(1e-4, gt=0)
-    """Adam learning rate (authors: 1e-4)."""
-    adam_beta1: Float = Field(0.9, ge=0, lt=1)
-    adam_beta2: Float = Field(0.999, ge=0, lt=1)
-    decay_every: int = Field(50_000, ge=1)
-    """Staircase decay period in iterations (authors: 50,000)."""
-    decay_rate: Float = Field(0.3, gt=0, le=1)
-    """Learning-rate factor applied every `decay_every` iterations (authors: 0.3)."""
-    implementation: AdamImplementation = "auto"
-    """torch's Adam kernels: `for_loop` (one parameter at a time), `foreach` (grouped tensor
-    ops), `fused` (fused kernels, CUDA or CPU), or `auto`: fused on CUDA, foreach elsewhere."""
 
 
 class TrainConfig(Schema):
@@ -326,6 +284,7 @@ class Config(Schema):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     jointvae: JointVAEConfig = Field(default_factory=JointVAEConfig)
+    factorvae: FactorVAEConfig = Field(default_factory=FactorVAEConfig)
 
     @model_validator(mode="after")
     def _across_sections(self, info: ValidationInfo) -> Config:
@@ -337,7 +296,8 @@ class Config(Schema):
             "cascade.discrete_start_stage",
             "train.num_steps",
         )
-        if rules_apply(info, self, *reads) and model.variant in CASCADE_SCHEDULE_VARIANTS:
+        discrete_stage = VARIANTS[model.variant].has_discrete_stage
+        if rules_apply(info, self, *reads) and discrete_stage:
             start = cascade.discrete_start_step
             if start >= train.num_steps:
                 last_stage = (train.num_steps - 1) // cascade.stage_length
@@ -413,7 +373,9 @@ class Config(Schema):
         return validate(cls, raw, source)
 
 
-SECTIONS = ("data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae")
+SECTIONS = (
+    "data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae", "factorvae",
+)  # fmt: skip
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 
 from trainer.build import (
     apply_memory_format,
-    build_capacities,
+    build_extras,
     build_model,
     build_optimizer,
     build_schedule,
@@ -35,13 +35,14 @@ from trainer.build import (
 )
 from trainer.config import Config
 from trainer.core.agreement import agreement_keys, agreement_metrics
-from trainer.core.losses import loss_keys
-from trainer.core.step import STEP_KEYS, NonFiniteLossError, host_to_device, train_step, unwrap
+from trainer.core.step import STEP_KEYS, NonFiniteLossError, host_to_device, unwrap
 from trainer.data.device import DeviceDSprites
 from trainer.data.dsprites import LATENT_NAMES, DSprites, batch_indices_for_step
 from trainer.distributed.codes import CodeTimings
 from trainer.distributed.codes import GlobalCodeClient as CodeClient
 from trainer.observe.progress import IntervalMeter
+from trainer.variants.registry import variant_of
+from trainer.variants.types import Codes, Extras
 
 SHAPE_FACTOR = LATENT_NAMES.index("shape")
 Chooser = Callable[[torch.Tensor], torch.Tensor]
@@ -76,9 +77,11 @@ def spread_indices(num_images: int, count: int = 240) -> np.ndarray:
 
 
 class TrainLoop:
-    """One rank's step pipeline. `model` may be DDP-wrapped; `chooser` gives the codes in the
-    discrete stage (a GlobalCodeClient for CascadeVAE; None for variants without one; the oracle
-    variant decodes with the true shapes instead).
+    """One rank's step pipeline for the config's model variant (trainer.variants.registry).
+    `model` may be DDP-wrapped; `chooser` gives the codes in the discrete stage of a variant
+    whose codes come from the solver (a GlobalCodeClient; None for variants without one); an
+    oracle variant decodes with the true shapes instead. `extras`: the variant's extra parts
+    (trainer.build.build_extras, possibly DDP-wrapped); None builds them on `device`.
 
     The train section's device switches take effect here: `data_on_device` (the packed dataset
     on the device, trainer.data.device), `metrics_on_device` (StepMetrics left unread),
@@ -100,6 +103,7 @@ class TrainLoop:
         chooser: Chooser | None = None,
         rank: int = 0,
         world_size: int = 1,
+        extras: Extras | None = None,
     ):
         self.config = config
         self.dataset = dataset
@@ -110,9 +114,10 @@ class TrainLoop:
         self.chooser = chooser
         self.rank = rank
         self.world_size = world_size
+        self.variant = variant_of(config)
         self.schedule = build_schedule(config)
-        self.capacities = build_capacities(config)
-        self.oracle = config.model.variant == "oracle"
+        self.extras = extras if extras is not None else build_extras(config, device)
+        self.oracle = self.variant.codes is Codes.ORACLE
         train = config.train
         self.metrics_on_device = device_switch(train.metrics_on_device, device)
         self.precision = resolve_precision(train, device)
@@ -152,7 +157,7 @@ class TrainLoop:
         if hasattr(chooser, "step"):
             chooser.step = step  # named in the chooser's error messages
         eps_generator = torch.Generator().manual_seed(step_seed(self.config.seed, step, self.rank))
-        metrics = train_step(
+        metrics = self.variant.step(
             self.model,
             self.optimizer,
             self.scheduler,
@@ -163,7 +168,7 @@ class TrainLoop:
             choose_codes=chooser,
             weight_penalty_coef=self.config.model.weight_penalty,
             shapes_B=shapes_B,
-            capacities=self.capacities,
+            extras=self.extras,
             metrics_on_device=self.metrics_on_device,
             autocast_bf16=self.precision.autocast_bf16,
         )
@@ -177,13 +182,13 @@ def interval_keys(config: Config) -> set[str]:
     timings, the code agreement, the timings of `Hooks.summary`, and the evaluation's keys."""
     from trainer.observe.hooks import evaluation_keys
 
-    model = config.model
+    model, variant = config.model, variant_of(config)
     categories = model.effective_categories
-    keys = loss_keys(model.num_continuous, categories, jointvae=model.variant == "jointvae")
+    keys = variant.loss_keys(model.num_continuous, categories)
     keys |= set(STEP_KEYS) | set(PERF_KEYS)
     if categories:
         keys |= agreement_keys(categories)
-    if model.variant == "cascade":
+    if variant.codes is Codes.SOLVER:
         keys |= set(CodeTimings.KEYS) | {"perf/code_wait_share"}
     return keys | evaluation_keys(config)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 
 from trainer.build import (
     apply_memory_format,
+    build_extras,
     build_model,
     build_optimizer,
     open_data,
@@ -59,11 +61,27 @@ from trainer.loop import (
 from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
+from trainer.variants.registry import variant_of
+from trainer.variants.types import Codes
 
 SOLVER_NAMESPACE = "cascadevae"
 STALL_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
 """Ray Train marks a worker dead when its health check hangs this long (train.stall_timeout_s)."""
 CHECKPOINT_SCORE = "checkpoint/score"
+UNRANKED_SCORE = -sys.float_info.max
+"""The `checkpoint/score` of a checkpoint with no evaluation to rank it: below every real score,
+and finite, because Ray Train's checkpoint snapshot is pydantic JSON, which writes -inf and NaN
+as null and then cannot read them back on resume."""
+
+
+def checkpoint_score(interval: dict[str, float], key: str, ranked: bool) -> float:
+    """The ranking score of the checkpoint at the end of `interval`: the value of `key` when the
+    model was evaluated on the ranked cadence, else (or when that value is not finite)
+    UNRANKED_SCORE."""
+    score = interval.get(key, UNRANKED_SCORE) if ranked else UNRANKED_SCORE
+    return float(score) if math.isfinite(score) else UNRANKED_SCORE
+
+
 """Report key Ray Train ranks checkpoints by when `train.keep_best_by` is set."""
 
 
@@ -113,7 +131,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     dataset = open_data(config)
     model = build_model(config).to(device)
     optimizer, scheduler = build_optimizer(config, model)
-    state = TrainState(model, optimizer, scheduler, next_step=0)
+    extras = build_extras(config, device)  # the variant's other trained modules, if any
+    state = TrainState(model, optimizer, scheduler, next_step=0, extras=extras)
     resumed = _restore(state, ray.train.get_checkpoint(), run_dir)
     start_step = state.next_step
     precision = resolve_precision(config.train, device)
@@ -123,6 +142,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         precision=precision.dtype_name, memory_format=precision.memory_format_name,
     )  # fmt: skip
     client = _code_client(config, loop_config.get("solver"), rank, world_size)
+    extras.wrap(ray.train.torch.prepare_model)  # DDP when world_size > 1, as the VAE
     loop = TrainLoop(
         config,
         dataset,
@@ -133,6 +153,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         chooser=client,
         rank=rank,
         world_size=world_size,
+        extras=extras,
     )
     log = RunLog(run_dir, config.to_yaml(), resume_step=start_step) if rank == 0 else NullRunLog()
     hooks, recorder = _hooks(
@@ -190,8 +211,9 @@ def _restore(state: TrainState, checkpoint, run_dir: Path) -> list[str]:
 
 
 def _code_client(config: Config, solver: dict | None, rank: int, world_size: int):
-    """The chooser of the cascade variant: rank 0 calls the solver actor named in `solver`."""
-    if config.model.variant != "cascade":
+    """The chooser of a variant whose codes come from the solver: rank 0 calls the solver actor
+    named in `solver` (None for the other variants)."""
+    if variant_of(config).codes is not Codes.SOLVER:
         return None
     solve = None
     if rank == 0 and solver:
@@ -290,8 +312,7 @@ class ReportHook:
             # others rank last.
             ranked = self.ranked_evaluations.due(done, last)
             checkpoint_due = checkpoint_due or ranked
-            score = interval.get(self.keep_best_by, -math.inf) if ranked else -math.inf
-            report[CHECKPOINT_SCORE] = float(score)
+            report[CHECKPOINT_SCORE] = checkpoint_score(interval, self.keep_best_by, ranked)
         if not checkpoint_due:
             ray.train.report(report)
             return
@@ -374,7 +395,7 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
     open_data(config, progress=True)
 
     solver_info, actor = None, None
-    if config.model.variant == "cascade":
+    if variant_of(config).codes is Codes.SOLVER:
         from trainer.distributed.nodes import head_node_id
         from trainer.distributed.solver_actor import get_or_create_solver_actor
 
