@@ -102,6 +102,25 @@ def _fit_in_thread(fit, config: Config, storage_path: str):
     return outcome["result"]
 
 
+def cluster_problem(config: Config, storage: Path) -> str | None:
+    """What keeps the connected cluster from holding this run: too few nodes for
+    STRICT_SPREAD, or nodes that do not share the storage folder (each live node writes and
+    reads a probe file there)."""
+    from trainer.distributed.nodes import (
+        alive_nodes,
+        probe_storage,
+        storage_message,
+        strict_spread_problem,
+    )
+
+    train = config.train
+    if train.placement_strategy == "STRICT_SPREAD":
+        problem = strict_spread_problem(alive_nodes(), train.num_workers, train.cpus_per_worker)
+        if problem:
+            return problem
+    return storage_message(storage, probe_storage(storage))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -129,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             train.num_workers * train.gpus_per_worker if train.use_gpu else 0,
             f"config {args.config}",
         )
+        problem = cluster_problem(config, storage)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         result = _fit_in_thread(fit, config, str(storage))
     except KeyboardInterrupt:
         print(f"\n{resume_hint(run_dir, argv)}", file=sys.stderr, flush=True)

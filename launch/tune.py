@@ -286,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         f"sweep {args.config}",
     )
     experiment_dir = Path(sweep.storage_path).expanduser().resolve() / sweep.name
+    from trainer.distributed.nodes import probe_storage, storage_message
+
+    reports = probe_storage(experiment_dir.parent)
+    problem = storage_message(experiment_dir.parent, reports, f"{args.config}: storage_path")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     restore = tune.Tuner.can_restore(str(experiment_dir))
     print(
         f"[cascadevae] Ray: {where}; sweep '{sweep.name}': {sweep.algorithm} search, "

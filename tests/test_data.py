@@ -338,6 +338,69 @@ def test_two_processes_build_the_same_cache(tmp_path):
     ]
 
 
+class _NoLock:
+    """Stands in for `filelock.FileLock` where locks do not reach across machines (a shared
+    folder without working file locks): every process builds."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _race_worker_maybe_unlocked(cache_dir: str, locked: bool) -> tuple[int, int, bool]:
+    """Open (building when needed) the cache; unlocked processes build even when the file
+    appears meanwhile. Returns (rows, sum of all pixels, whether this process built)."""
+    built = []
+    if not locked:
+        data_cache.FileLock = _NoLock  # this spawned process only
+        original = data_cache.write_cache
+
+        def write_and_note(*args, **kwargs):
+            built.append(True)
+            return original(*args, **kwargs)
+
+        data_cache.write_cache = write_and_note
+        data._try_open = lambda path, source_id: None  # never take a file that is there
+        verify = data_cache.verify_cache
+
+        def stale_first(path, source_id):  # the check before the build says "rebuild"
+            if not built:
+                raise data_cache.CacheInvalid("forced rebuild (test)")
+            return verify(path, source_id)
+
+        data_cache.verify_cache = stale_first
+    ds = open_dsprites(num_scales=3, num_orientations=6, num_positions=6, cache_dir=cache_dir)
+    return len(ds), int(ds.images(np.arange(len(ds))).sum(dtype=np.int64)), bool(built)
+
+
+def test_several_processes_with_and_without_locks_build_one_intact_cache(tmp_path):
+    """Six processes build the same cache at once: three take the build lock, three act as
+    nodes whose locks do not work on the shared folder and each write the whole file. Every
+    file is written under a unique temporary name and renamed into place, so every process
+    reads complete data and one intact file is left, without temporary files."""
+    ctx = multiprocessing.get_context("spawn")
+    jobs = [(str(tmp_path), locked) for locked in (True, False, True, False, True, False)]
+    with ctx.Pool(len(jobs)) as pool:
+        results = pool.starmap(_race_worker_maybe_unlocked, jobs)
+    assert len({(rows, total) for rows, total, _ in results}) == 1
+    assert results[0][0] == 3 * 3 * 6 * 36
+    # Every unlocked process wrote the file itself (so writes really overlapped or followed
+    # one another on the same name).
+    assert all(
+        built for (_, locked), (_, _, built) in zip(jobs, results, strict=True) if not locked
+    )
+    source_id = f"render-r{data.RENDER_VERSION}-sc3-or6-pos6"
+    cache_name = f"dsprites-{source_id}-f{data_cache.FORMAT_VERSION}.arrow"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{cache_name}.lock", cache_name]
+    checked = data_cache.verify_cache(tmp_path / cache_name, source_id)
+    assert checked.classes_NF.shape == (3 * 3 * 6 * 36, 6)
+
+
 def test_invalid_arguments(tmp_path):
     with pytest.raises(ValueError, match="source.*'png'"):
         open_dsprites(source="png", cache_dir=tmp_path)

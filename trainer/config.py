@@ -74,6 +74,8 @@ OnOrAuto = bool | Literal["auto"]
 """A device switch: true, false, or `auto` (on when the run's device is CUDA, off on CPU)."""
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Autocast = Literal["auto", "none", "bf16"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
+SolverPlacement = Literal["head", "rank0"]
 
 
 def _folder_name(value: str) -> str:
@@ -170,6 +172,10 @@ class SolverConfig(Schema):
     """How long a worker waits for its codes before failing with a clear error."""
     actor_name: str = "cascadevae-solver"
     """Name of the central solver actor (suffixed with the run name)."""
+    placement: SolverPlacement = "head"
+    """Where the solver actor runs: `head`, the head node (created by the driver; a lost worker
+    node never takes it); `rank0`, the node of rank 0 (created by rank 0, which owns it: it
+    ends and comes back with the worker group)."""
 
 
 class TrainConfig(Schema):
@@ -187,6 +193,10 @@ class TrainConfig(Schema):
     single-worker trials on one GPU (Ray divides the count, not the memory)."""
     cpus_per_worker: Float = Field(1.0, ge=0)
     """CPUs each worker asks Ray for (its torch threads follow it)."""
+    placement_strategy: PlacementStrategy = "PACK"
+    """How Ray places the workers on nodes: `PACK` as few nodes as they fit on (collectives stay
+    inside a node when they can), `SPREAD` over as many nodes as it can (falls back to fewer),
+    `STRICT_SPREAD` one worker per node (the run waits until there are num_workers nodes)."""
     # --- the device data path and step speed (trainer.loop, trainer.core.step) ---
     data_on_device: OnOrAuto = "auto"
     """Keep the bit-packed images and latent classes on the device and unpack each batch there

@@ -88,13 +88,19 @@ def remote_solver_actor_class(actor_class: type = SolverActor) -> Any:
     return _remote_classes[actor_class]
 
 
-def get_or_create_solver_actor(name: str, namespace: str | None = None) -> Any:
+def get_or_create_solver_actor(
+    name: str, namespace: str | None = None, node_id: str | None = None
+) -> Any:
     """Handle of the named solver actor, created when it does not exist yet.
 
     Zero CPUs (the solve is short and must not take a worker's CPU), restarted without limit
     and its calls retried. Pass `namespace` explicitly: every `ray job submit` job gets a
-    random one.
+    random one. `node_id`: only on that node (a hard affinity: Ray 2.60 placed actors with a
+    soft one on another node while the named node was alive).
     """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else None
     return (
         remote_solver_actor_class()
         .options(
@@ -105,6 +111,7 @@ def get_or_create_solver_actor(name: str, namespace: str | None = None) -> Any:
             max_restarts=-1,
             max_task_retries=-1,
             lifetime=None,
+            scheduling_strategy=strategy,
         )
         .remote()
     )

@@ -234,9 +234,15 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
     if rank == 0 and solver:
         import ray
 
-        from trainer.distributed.solver_actor import solve_remote
+        from trainer.distributed.solver_actor import get_or_create_solver_actor, solve_remote
 
-        actor = ray.get_actor(solver["name"], namespace=SOLVER_NAMESPACE)
+        if solver.get("beside_rank0"):  # owned by this worker: it ends with the worker group
+            # A name per worker process: a restarted group never finds its dead predecessor's.
+            name = f"{solver['name']}-rank0-{os.getpid()}"
+            node_id = ray.get_runtime_context().get_node_id()
+            actor = get_or_create_solver_actor(name, SOLVER_NAMESPACE, node_id)
+        else:
+            actor = ray.get_actor(solver["name"], namespace=SOLVER_NAMESPACE)
         lam, timeout_s = config.solver.lam, config.solver.timeout_s
 
         def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
@@ -426,11 +432,14 @@ def fit(
 
     solver_info, actor = None, None
     if variant_of(config).codes is Codes.SOLVER:
+        from trainer.distributed.nodes import head_node_id
         from trainer.distributed.solver_actor import get_or_create_solver_actor
 
         name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"
-        actor = get_or_create_solver_actor(name, namespace=SOLVER_NAMESPACE)
-        solver_info = {"name": name}
+        solver_info = {"name": name, "beside_rank0": config.solver.placement == "rank0"}
+        if not solver_info["beside_rank0"]:
+            # Pinned: the head lives as long as the cluster, so the actor never moves.
+            actor = get_or_create_solver_actor(name, SOLVER_NAMESPACE, head_node_id())
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -442,6 +451,7 @@ def fit(
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,
+            placement_strategy=train.placement_strategy,
             resources_per_worker={"CPU": train.cpus_per_worker}
             | ({"GPU": train.gpus_per_worker} if train.use_gpu else {}),
         ),
