@@ -33,7 +33,7 @@ OVERRIDES = (
 )
 """8 steps, 2-step stages, the discrete stage (solver codes) from step 4; float32 everywhere
 (bf16 kernels differ between CPUs)."""
-THREADS = 2
+THREADS = 1
 """torch threads of the golden run."""
 KEYS = ("loss/total", "loss/recon", "loss/kl", "loss/weight_penalty", "discrete/active", "lr")
 """Per-step values compared within the test's tolerance (plus the per-step KL of each
