@@ -189,6 +189,11 @@ class SolverConfig(Schema):
     """How long a worker waits for its codes before failing with a clear error."""
     actor_name: str = "cascadevae-solver"
     """Name of the central solver actor (suffixed with the run name)."""
+    transport: Literal["compiled", "ordinary"] = "compiled"
+    """How rank 0 calls the solver actor: `compiled`, a Ray Compiled Graph (shared-memory
+    channels; a lost actor is noticed within ~50 ms, the graph rebuilt on the restarted actor
+    and the call sent again; ordinary calls answer when no graph can be compiled, said once
+    in the log), or `ordinary` actor calls."""
 
 
 class OptimConfig(Schema):

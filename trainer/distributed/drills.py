@@ -94,6 +94,8 @@ class DelayedSolverActor(SolverActor):
         super().__init__()
         self._delay_s = float(delay_s)
 
-    def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    def solve(
+        self, unary_NK: np.ndarray, lam: float, checked: bool = False
+    ) -> tuple[np.ndarray, float]:
         time.sleep(self._delay_s)
-        return super().solve(unary_NK, lam)
+        return super().solve(unary_NK, lam, checked)

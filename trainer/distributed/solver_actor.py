@@ -11,7 +11,9 @@ solvers (one per shape, built on the first call of that shape) and timing counte
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import logging
 import os
 import statistics
 import threading
@@ -25,6 +27,8 @@ from ray.exceptions import GetTimeoutError
 
 from solver.network import validate_problem
 from solver.solve import AssignmentSolver
+
+logger = logging.getLogger(__name__)
 
 _MAX_SHAPES = 4  # solvers kept; training uses one shape, tests and benchmarks a few
 _MAX_TIMINGS = 100_000  # solve times kept for the median
@@ -44,13 +48,18 @@ class SolverActor:
         self._calls = 0
         self._total_ms = 0.0
 
-    def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
-        """(labels_N int64, solve_ms) of one global assignment; solve_ms excludes model builds."""
-        unary_NK, lam = validate_problem(unary_NK, lam)  # once here; solve_valid trusts it
+    def solve(
+        self, unary_NK: np.ndarray, lam: float, checked: bool = False
+    ) -> tuple[np.ndarray, float]:
+        """(labels_N int64, solve_ms) of one global assignment; solve_ms excludes model builds.
+
+        `checked=True`: the caller has validated the problem (the worker's code client checks
+        every step's matrix once, on every rank), so it is not checked again here."""
+        if not checked:
+            unary_NK, lam = validate_problem(unary_NK, lam)
         solver = self._solver_for(unary_NK.shape)
-        started = time.perf_counter()
         labels_N = solver.solve_valid(unary_NK, lam)
-        solve_ms = 1e3 * (time.perf_counter() - started)
+        solve_ms = solver.last.solve_ms  # the solver's own timing: the solve is timed once
         self._calls += 1
         self._total_ms += solve_ms
         self._solve_ms.append(solve_ms)
@@ -111,16 +120,19 @@ def get_or_create_solver_actor(name: str, namespace: str | None = None) -> Any:
 
 
 def solve_remote(
-    actor: Any, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0
+    actor: Any, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0, *, checked=False
 ) -> tuple[np.ndarray, float, float]:
     """(labels_N int64, solve_ms, round_trip_ms) from the actor; SolverTimeoutError on timeout.
 
-    Bad input raises ValueError here, before anything is sent. On timeout the call is
-    cancelled if it has not started; a running one finishes on the actor and is dropped.
+    Bad input raises ValueError here, before anything is sent (`checked=True`: the caller
+    validated it, see `validate_problem`, and nothing is checked again, here or on the actor).
+    On timeout the call is cancelled if it has not started; a running one finishes on the actor
+    and is dropped.
     """
-    unary_NK, lam = validate_problem(unary_NK, lam)
+    if not checked:
+        unary_NK, lam = validate_problem(unary_NK, lam)
     started = time.perf_counter()
-    ref = actor.solve.remote(unary_NK, lam)
+    ref = actor.solve.remote(unary_NK, lam, True)
     try:
         labels_N, solve_ms = ray.get(ref, timeout=timeout_s)
     except GetTimeoutError as exc:
@@ -133,56 +145,135 @@ def solve_remote(
     return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
 
 
+class ActorLostError(RuntimeError):
+    """The solver actor died (or was restarted) with a compiled-graph call in flight."""
+
+
 class CompiledSolve:
     """`solve_remote` through a Ray Compiled Graph on the same actor: the problem and the
     answer travel through shared-memory channels instead of an ordinary actor call.
 
-    Same answers, errors and restart behaviour as `solve_remote`: the actor keeps its restart
-    policy; when the graph fails (the actor died or was restarted: a compiled graph does not
-    survive that, Ray raises a channel or system error), the graph is torn down in the
-    background and that call is answered by `solve_remote`, whose ordinary call Ray retries on
-    the restarted actor; the next call compiles a new graph. A timeout raises
-    SolverTimeoutError and drops the graph as well. When compiling fails, ordinary calls are
-    used for the next `recompile_after` calls. `compiled_calls` / `fallback_calls` count what
-    answered.
+    Same answers, errors and restart behaviour as `solve_remote`. A compiled graph does not
+    survive its actor: when the actor dies, the graph is torn down (in the background), Ray
+    restarts the actor (its restart policy), a new graph is compiled once the restarted actor
+    answers a ping, and the call in flight is sent again through it. A dead actor is noticed
+    within about `health_check_s`: while a call is unanswered, the caller asks the GCS for the
+    actor's state and restart count every `health_check_s` (a read of the graph's answer can be
+    waited on only once, so it runs in a helper thread and the caller waits on it in slices).
+
+    When a graph cannot be compiled, ordinary calls answer (and the reason is logged once);
+    compiling is tried again after `recompile_after` calls. A timeout raises
+    SolverTimeoutError and drops the graph. `compiled_calls`, `fallback_calls` and
+    `recoveries` count what answered and how often a lost actor was recovered from.
     """
 
-    def __init__(self, actor: Any, *, recompile_after: int = 100):
+    def __init__(self, actor: Any, *, recompile_after: int = 100, health_check_s: float = 0.05):
         self.actor = actor
         self.recompile_after = recompile_after
+        self.health_check_s = health_check_s
         self.compiled_calls = 0
         self.fallback_calls = 0
+        self.recoveries = 0
+        self.compile_error: str | None = None
         self._graph: Any = None
+        self._restarts_at_compile: int | None = None
         self._ordinary_left = 0  # ordinary calls left before the next compile attempt
+        self._reader = _reader_thread()
+        self._reading: concurrent.futures.Future | None = None
 
     def __call__(
-        self, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0
+        self, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0, *, checked=False
     ) -> tuple[np.ndarray, float, float]:
-        """(labels_N int64, solve_ms, round_trip_ms), as `solve_remote`."""
-        unary_NK, lam = validate_problem(unary_NK, lam)
-        graph = self._current_graph()
-        if graph is None:
-            self.fallback_calls += 1
-            return solve_remote(self.actor, unary_NK, lam, timeout_s)
+        """(labels_N int64, solve_ms, round_trip_ms), as `solve_remote` (and `checked` too)."""
+        if not checked:
+            unary_NK, lam = validate_problem(unary_NK, lam)
         started = time.perf_counter()
-        try:
-            labels_N, solve_ms = ray.get(graph.execute(unary_NK, lam), timeout=timeout_s)
-        except (GetTimeoutError, TimeoutError) as exc:
-            self._drop_graph()
-            raise _timeout_error(self.actor, unary_NK, lam, timeout_s) from exc
-        except Exception:  # the graph broke (actor died or restarted): an ordinary call
-            self._drop_graph()
-            self.fallback_calls += 1
-            return solve_remote(self.actor, unary_NK, lam, timeout_s)
-        round_trip_ms = 1e3 * (time.perf_counter() - started)
-        self.compiled_calls += 1
-        return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
+        deadline = time.monotonic() + timeout_s
+        graph = self._current_graph()
+        if graph is not None:
+            try:
+                labels_N, solve_ms = self._execute(graph, unary_NK, lam, deadline, timeout_s)
+            except SolverTimeoutError:
+                self._drop_graph()
+                raise
+            except Exception as exc:  # the actor died or the graph broke: recover
+                self._drop_graph()
+                self.recoveries += 1
+                logger.warning(
+                    "solver actor %s lost with a call in flight (%s); recompiling the graph on "
+                    "the restarted actor and sending the call again",
+                    _actor_label(self.actor),
+                    type(exc).__name__,
+                )
+                graph = self._recompile(deadline, timeout_s, unary_NK, lam)
+                if graph is not None:
+                    try:
+                        labels_N, solve_ms = self._execute(
+                            graph, unary_NK, lam, deadline, timeout_s
+                        )
+                    except SolverTimeoutError:
+                        self._drop_graph()
+                        raise
+                    except Exception:
+                        self._drop_graph()
+                        graph = None
+            if graph is not None:
+                self.compiled_calls += 1
+                round_trip_ms = 1e3 * (time.perf_counter() - started)
+                return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
+        self.fallback_calls += 1
+        left_s = max(deadline - time.monotonic(), 1e-3)
+        labels_N, solve_ms, _ = solve_remote(self.actor, unary_NK, lam, left_s, checked=True)
+        return labels_N, solve_ms, 1e3 * (time.perf_counter() - started)
 
     def close(self) -> None:
         """Tear the graph down (waits for the actor's side to stop)."""
         graph, self._graph = self._graph, None
         if graph is not None:
-            graph.teardown()
+            try:
+                graph.teardown()
+            except Exception:  # a graph whose actor died may fail to tear down
+                pass
+        self._reader.shutdown(wait=False)
+
+    def _execute(
+        self, graph: Any, unary_NK: np.ndarray, lam: float, deadline: float, timeout_s: float
+    ) -> tuple[np.ndarray, float]:
+        """One call through `graph`; ActorLostError when the actor died meanwhile."""
+        if self._reading is not None and not self._reading.done():
+            # A read of a dropped graph still waits in the old thread: use a new one.
+            self._reader.shutdown(wait=False)
+            self._reader = _reader_thread()
+        ref = graph.execute(unary_NK, lam)
+        answer = self._reading = self._reader.submit(ray.get, ref)
+        while True:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise _timeout_error(self.actor, unary_NK, lam, timeout_s)
+            try:
+                return answer.result(timeout=min(self.health_check_s, left_s))
+            except concurrent.futures.TimeoutError:
+                if not self._actor_unchanged():
+                    raise ActorLostError(
+                        f"solver actor {self.actor._actor_id.hex()} died"
+                    ) from None
+
+    def _actor_unchanged(self) -> bool:
+        """Whether the GCS holds the actor ALIVE with the restart count seen at compile time
+        (True when the GCS cannot be asked: then Ray's own failure detection decides)."""
+        restarts = _actor_restarts(self.actor)
+        return restarts is None or restarts == self._restarts_at_compile
+
+    def _recompile(
+        self, deadline: float, timeout_s: float, unary_NK: np.ndarray, lam: float
+    ) -> Any:
+        """A new graph once the restarted actor answers a ping (None: could not compile)."""
+        left_s = deadline - time.monotonic()
+        try:
+            ray.get(self.actor.ping.remote(), timeout=max(left_s, 1e-3))
+        except GetTimeoutError as exc:
+            raise _timeout_error(self.actor, unary_NK, lam, timeout_s) from exc
+        return self._current_graph()
 
     def _current_graph(self) -> Any:
         if self._graph is not None:
@@ -193,11 +284,20 @@ class CompiledSolve:
         from ray.dag import InputNode
 
         try:
+            restarts = _actor_restarts(self.actor)
             with InputNode() as problem:
-                node = self.actor.solve.bind(problem[0], problem[1])
+                node = self.actor.solve.bind(problem[0], problem[1], True)
             self._graph = node.experimental_compile()
-        except Exception:  # no compiled graphs here: ordinary calls for a while
+            self._restarts_at_compile = restarts
+        except Exception as exc:  # no compiled graphs here: ordinary calls for a while
             self._ordinary_left = self.recompile_after
+            if self.compile_error is None:
+                self.compile_error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "the solver call cannot use a Ray compiled graph (%s); using ordinary "
+                    "actor calls",
+                    self.compile_error,
+                )
             return None
         return self._graph
 
@@ -213,6 +313,26 @@ class CompiledSolve:
                     pass
 
             threading.Thread(target=teardown, name="compiled-solve-teardown", daemon=True).start()
+
+
+def _reader_thread() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="compiled-solve-read"
+    )
+
+
+def _actor_restarts(actor: Any) -> int | None:
+    """The actor's restart count when the GCS holds it ALIVE, -1 when it does not (dead or
+    restarting), None when the GCS cannot be asked."""
+    try:
+        from ray._private import state
+
+        info = state.state.actor_table(actor._actor_id.hex())
+    except Exception:
+        return None
+    if not info:
+        return None
+    return int(info["NumRestarts"]) if info["State"] == "ALIVE" else -1
 
 
 def _timeout_error(actor: Any, unary_NK: np.ndarray, lam: float, timeout_s: float):

@@ -16,6 +16,7 @@ calls `ray.train.report` once per log interval (a report is a barrier across ran
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -181,13 +182,20 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
     if rank == 0 and solver:
         import ray
 
-        from trainer.distributed.solver_actor import solve_remote
+        from trainer.distributed.solver_actor import CompiledSolve, solve_remote
 
         actor = ray.get_actor(solver["name"], namespace=SOLVER_NAMESPACE)
         lam, timeout_s = config.solver.lam, config.solver.timeout_s
+        # The client checks each step's matrix once (finite, float64, 2-D) on every rank;
+        # lam was checked with the config: nothing is validated again on the way.
+        call = (
+            CompiledSolve(actor)
+            if config.solver.transport == "compiled"
+            else functools.partial(solve_remote, actor)
+        )
 
         def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
-            labels_N, solve_ms, _ = solve_remote(actor, unary_NK, lam, timeout_s)
+            labels_N, solve_ms, _ = call(unary_NK, lam, timeout_s, checked=True)
             return labels_N, solve_ms
 
     return GlobalCodeClient(solve, rank=rank, world_size=world_size)

@@ -7,8 +7,8 @@ Shape legend: N images, K learned categories, S true shapes.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from trainer.core.matching import best_matching
 from trainer.data.dsprites import DSprites
 from trainer.eval.sampling import draw_global_sample, with_codes
 from trainer.eval.types import SHAPE_FACTOR, GlobalSample, MetricResult, Representer
@@ -18,7 +18,7 @@ DISCRETE_NUM_SAMPLES = 10_000
 DESCRIPTION = (
     "Unsupervised discrete accuracy: confusion matrix of learned categories vs true shapes "
     f"over {DISCRETE_NUM_SAMPLES} random images, best one-to-one match "
-    "(scipy linear_sum_assignment), accuracy in [0, 1]; unmatched categories count as errors."
+    "(exact, trainer/core/matching.py), accuracy in [0, 1]; unmatched categories count as errors."
 )
 
 
@@ -34,7 +34,7 @@ def _discrete_accuracy_core(codes_N: np.ndarray, shapes_N: np.ndarray) -> Metric
         raise ValueError("codes and shapes must be >= 0")
     confusion_KS = np.zeros((int(codes_N.max()) + 1, int(shapes_N.max()) + 1), dtype=np.int64)
     np.add.at(confusion_KS, (codes_N, shapes_N), 1)
-    rows, cols = linear_sum_assignment(confusion_KS, maximize=True)
+    rows, cols = best_matching(confusion_KS, maximize=True)
     accuracy = float(confusion_KS[rows, cols].sum() / codes_N.size)
     details = {
         "confusion_KS": confusion_KS,
