@@ -154,12 +154,15 @@ class CompiledSolve:
     answer travel through shared-memory channels instead of an ordinary actor call.
 
     Same answers, errors and restart behaviour as `solve_remote`. A compiled graph does not
-    survive its actor: when the actor dies, the graph is torn down (in the background), Ray
-    restarts the actor (its restart policy), a new graph is compiled once the restarted actor
-    answers a ping, and the call in flight is sent again through it. A dead actor is noticed
-    within about `health_check_s`: while a call is unanswered, the caller asks the GCS for the
-    actor's state and restart count every `health_check_s` (a read of the graph's answer can be
-    waited on only once, so it runs in a helper thread and the caller waits on it in slices).
+    survive its actor. A dead actor is noticed within about `health_check_s`: while a call is
+    unanswered, the caller asks the GCS for the actor's state and restart count every
+    `health_check_s` (a graph's answer can be waited for only once, so that wait runs in a
+    helper thread and the caller waits on it in slices). Then the graph is torn down (in the
+    background: it waits for the actor), Ray restarts the actor (its restart policy), the call in
+    flight is sent again as an ordinary call, which Ray runs on the restarted actor, and the
+    first call after the teardown has finished compiles a new graph (`settle` waits for it).
+    Until then ordinary calls answer: the old graph's loop is retried on the restarted actor
+    until its teardown cancels it, and a new graph's loop would wait behind it.
 
     When a graph cannot be compiled, ordinary calls answer (and the reason is logged once);
     compiling is tried again after `recompile_after` calls. A timeout raises
@@ -180,6 +183,7 @@ class CompiledSolve:
         self._ordinary_left = 0  # ordinary calls left before the next compile attempt
         self._reader = _reader_thread()
         self._reading: concurrent.futures.Future | None = None
+        self._teardown: threading.Thread | None = None
 
     def __call__(
         self, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0, *, checked=False
@@ -196,28 +200,17 @@ class CompiledSolve:
             except SolverTimeoutError:
                 self._drop_graph()
                 raise
-            except Exception as exc:  # the actor died or the graph broke: recover
+            except Exception as exc:  # the actor died or the graph broke
                 self._drop_graph()
                 self.recoveries += 1
                 logger.warning(
-                    "solver actor %s lost with a call in flight (%s); recompiling the graph on "
-                    "the restarted actor and sending the call again",
+                    "solver actor %s lost with a call in flight (%s): the call goes again as "
+                    "an ordinary call, which Ray runs on the restarted actor; a new graph is "
+                    "compiled once the old one is torn down",
                     _actor_label(self.actor),
                     type(exc).__name__,
                 )
-                graph = self._recompile(deadline, timeout_s, unary_NK, lam)
-                if graph is not None:
-                    try:
-                        labels_N, solve_ms = self._execute(
-                            graph, unary_NK, lam, deadline, timeout_s
-                        )
-                    except SolverTimeoutError:
-                        self._drop_graph()
-                        raise
-                    except Exception:
-                        self._drop_graph()
-                        graph = None
-            if graph is not None:
+            else:
                 self.compiled_calls += 1
                 round_trip_ms = 1e3 * (time.perf_counter() - started)
                 return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
@@ -225,6 +218,15 @@ class CompiledSolve:
         left_s = max(deadline - time.monotonic(), 1e-3)
         labels_N, solve_ms, _ = solve_remote(self.actor, unary_NK, lam, left_s, checked=True)
         return labels_N, solve_ms, 1e3 * (time.perf_counter() - started)
+
+    def settle(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for a dropped graph's teardown; True when none is pending (the
+        next call compiles a graph)."""
+        if self._teardown is not None:
+            self._teardown.join(timeout=timeout_s)
+            if self._teardown.is_alive():
+                return False
+        return True
 
     def close(self) -> None:
         """Tear the graph down (waits for the actor's side to stop)."""
@@ -259,21 +261,14 @@ class CompiledSolve:
                     ) from None
 
     def _actor_unchanged(self) -> bool:
-        """Whether the GCS holds the actor ALIVE with the restart count seen at compile time
-        (True when the GCS cannot be asked: then Ray's own failure detection decides)."""
-        restarts = _actor_restarts(self.actor)
-        return restarts is None or restarts == self._restarts_at_compile
-
-    def _recompile(
-        self, deadline: float, timeout_s: float, unary_NK: np.ndarray, lam: float
-    ) -> Any:
-        """A new graph once the restarted actor answers a ping (None: could not compile)."""
-        left_s = deadline - time.monotonic()
-        try:
-            ray.get(self.actor.ping.remote(), timeout=max(left_s, 1e-3))
-        except GetTimeoutError as exc:
-            raise _timeout_error(self.actor, unary_NK, lam, timeout_s) from exc
-        return self._current_graph()
+        """Whether the GCS holds the actor neither restarting nor dead, with the restart count
+        seen at compile time (True when the GCS cannot be asked: Ray's own failure detection
+        then decides)."""
+        state = _actor_state(self.actor)
+        if state is None or self._restarts_at_compile is None:
+            return True
+        name, restarts = state
+        return name not in ("RESTARTING", "DEAD") and restarts == self._restarts_at_compile
 
     def _current_graph(self) -> Any:
         if self._graph is not None:
@@ -281,14 +276,21 @@ class CompiledSolve:
         if self._ordinary_left > 0:
             self._ordinary_left -= 1
             return None
+        # A dropped graph's loop is retried on a restarted actor (the actor's task-retry
+        # policy) until that graph's teardown cancels it, and a new graph's loop would wait
+        # behind it: a new graph is compiled only once the old teardown has finished.
+        if self._teardown is not None:
+            if self._teardown.is_alive():
+                return None  # an ordinary call answers meanwhile
+            self._teardown = None
         from ray.dag import InputNode
 
         try:
-            restarts = _actor_restarts(self.actor)
+            state = _actor_state(self.actor)
             with InputNode() as problem:
                 node = self.actor.solve.bind(problem[0], problem[1], True)
             self._graph = node.experimental_compile()
-            self._restarts_at_compile = restarts
+            self._restarts_at_compile = None if state is None else state[1]
         except Exception as exc:  # no compiled graphs here: ordinary calls for a while
             self._ordinary_left = self.recompile_after
             if self.compile_error is None:
@@ -312,7 +314,10 @@ class CompiledSolve:
                 except Exception:  # a graph whose actor died may fail to tear down: dropped
                     pass
 
-            threading.Thread(target=teardown, name="compiled-solve-teardown", daemon=True).start()
+            self._teardown = threading.Thread(
+                target=teardown, name="compiled-solve-teardown", daemon=True
+            )
+            self._teardown.start()
 
 
 def _reader_thread() -> concurrent.futures.ThreadPoolExecutor:
@@ -321,9 +326,9 @@ def _reader_thread() -> concurrent.futures.ThreadPoolExecutor:
     )
 
 
-def _actor_restarts(actor: Any) -> int | None:
-    """The actor's restart count when the GCS holds it ALIVE, -1 when it does not (dead or
-    restarting), None when the GCS cannot be asked."""
+def _actor_state(actor: Any) -> tuple[str, int] | None:
+    """(state, restart count) of the actor in the GCS ("ALIVE", "RESTARTING", "DEAD", ...);
+    None when the GCS cannot be asked."""
     try:
         from ray._private import state
 
@@ -332,7 +337,7 @@ def _actor_restarts(actor: Any) -> int | None:
         return None
     if not info:
         return None
-    return int(info["NumRestarts"]) if info["State"] == "ALIVE" else -1
+    return str(info["State"]), int(info["NumRestarts"])
 
 
 def _timeout_error(actor: Any, unary_NK: np.ndarray, lam: float, timeout_s: float):
