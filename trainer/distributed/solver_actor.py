@@ -30,6 +30,7 @@ from solver.solve import AssignmentSolver
 
 logger = logging.getLogger(__name__)
 
+_PING_TIMEOUT_S = 60.0  # how long a graph's compile waits for its actor to be created
 _MAX_SHAPES = 4  # solvers kept; training uses one shape, tests and benchmarks a few
 _MAX_TIMINGS = 100_000  # solve times kept for the median
 
@@ -286,6 +287,9 @@ class CompiledSolve:
         from ray.dag import InputNode
 
         try:
+            # A graph compiled before its actor is created never answered (Ray 2.60): the
+            # actor answers an ordinary call first.
+            ray.get(self.actor.ping.remote(), timeout=_PING_TIMEOUT_S)
             state = _actor_state(self.actor)
             with InputNode() as problem:
                 node = self.actor.solve.bind(problem[0], problem[1], True)
