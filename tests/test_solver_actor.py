@@ -139,6 +139,9 @@ def test_compiled_solve_answers_as_assign_and_falls_back_across_a_restart(ray_se
     ray = ray_session
     actor = get_or_create_solver_actor(unique_name("solver-graph"), namespace=NAMESPACE)
     client = CompiledSolve(actor)
+    client.start(96, 3, 0.001)
+    assert client.ready(120)  # built and warmed up in the background
+    assert ray.get(actor.stats.remote())["calls"] == 0  # the warm-up is not counted
     for seed, lam in [(20, 0.001), (21, 1.0), (22, 0.0)]:
         unary_NK = problem(seed)
         labels_N, solve_ms, round_trip_ms = client(unary_NK, lam, timeout_s=60)
@@ -156,7 +159,7 @@ def test_compiled_solve_answers_as_assign_and_falls_back_across_a_restart(ray_se
     labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)  # the graph broke: ordinary call
     np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
     assert (client.fallback_calls, client.recoveries) == (1, 1)
-    assert client.settle(120)  # the old graph is torn down
+    assert client.ready(120)  # the old graph torn down, a new one built
     labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)  # a new graph on the new actor
     np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
     assert (client.compiled_calls, client.fallback_calls) == (4, 1)
@@ -173,7 +176,8 @@ def test_compiled_solve_times_out_naming_the_shape_then_answers(ray_session) -> 
     assert ray_session.get(slow.ping.remote()) is True
     client = CompiledSolve(slow)
     unary_NK = problem(24, n=50, k=4)
-    client(unary_NK, 0.001, timeout_s=60)  # compiled and answered
+    client.start(50, 4, 0.001)
+    assert client.ready(120)
     with pytest.raises(SolverTimeoutError, match="50 x 4 \\(N, K\\)"):
         client(unary_NK, 0.001, timeout_s=0.25)
     assert client.recoveries == 0  # a slow actor is not a lost one
@@ -194,6 +198,8 @@ def test_compiled_solve_call_in_flight_during_a_kill_is_answered(ray_session) ->
     )
     client = CompiledSolve(slow)
     unary_NK = problem(25)
+    client.start(96, 3, 1.0)
+    assert client.ready(120)
     client(unary_NK, 1.0, timeout_s=60)  # compiled
     got: dict[str, np.ndarray] = {}
     call = threading.Thread(target=lambda: got.setdefault("labels", client(unary_NK, 1.0, 60)[0]))

@@ -95,7 +95,7 @@ class DelayedSolverActor(SolverActor):
         self._delay_s = float(delay_s)
 
     def solve(
-        self, unary_NK: np.ndarray, lam: float, checked: bool = False
+        self, unary_NK: np.ndarray, lam: float, checked: bool = False, counted: bool = True
     ) -> tuple[np.ndarray, float]:
         time.sleep(self._delay_s)
-        return super().solve(unary_NK, lam, checked)
+        return super().solve(unary_NK, lam, checked, counted)

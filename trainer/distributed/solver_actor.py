@@ -30,7 +30,7 @@ from solver.solve import AssignmentSolver
 
 logger = logging.getLogger(__name__)
 
-_PING_TIMEOUT_S = 60.0  # how long a graph's compile waits for its actor to be created
+_BUILD_TIMEOUT_S = 300.0  # the longest wait of a graph's build for each of its steps
 _MAX_SHAPES = 4  # solvers kept; training uses one shape, tests and benchmarks a few
 _MAX_TIMINGS = 100_000  # solve times kept for the median
 
@@ -48,22 +48,28 @@ class SolverActor:
         self._solve_ms: deque[float] = deque(maxlen=_MAX_TIMINGS)
         self._calls = 0
         self._total_ms = 0.0
+        # A compiled graph's calls run in the actor's `_ray_system` thread, ordinary calls in
+        # its default one: one solve at a time, since a solver is stateful.
+        self._lock = threading.Lock()
 
     def solve(
-        self, unary_NK: np.ndarray, lam: float, checked: bool = False
+        self, unary_NK: np.ndarray, lam: float, checked: bool = False, counted: bool = True
     ) -> tuple[np.ndarray, float]:
         """(labels_N int64, solve_ms) of one global assignment; solve_ms excludes model builds.
 
         `checked=True`: the caller has validated the problem (the worker's code client checks
-        every step's matrix once, on every rank), so it is not checked again here."""
+        every step's matrix once, on every rank), so it is not checked again here.
+        `counted=False` (a compiled graph's warm-up) leaves the call out of `stats`."""
         if not checked:
             unary_NK, lam = validate_problem(unary_NK, lam)
-        solver = self._solver_for(unary_NK.shape)
-        labels_N = solver.solve_valid(unary_NK, lam)
-        solve_ms = solver.last.solve_ms  # the solver's own timing: the solve is timed once
-        self._calls += 1
-        self._total_ms += solve_ms
-        self._solve_ms.append(solve_ms)
+        with self._lock:
+            solver = self._solver_for(unary_NK.shape)
+            labels_N = solver.solve_valid(unary_NK, lam)
+            solve_ms = solver.last.solve_ms  # the solver's own timing: the solve is timed once
+            if counted:
+                self._calls += 1
+                self._total_ms += solve_ms
+                self._solve_ms.append(solve_ms)
         return labels_N.astype(np.int64, copy=False), solve_ms
 
     def stats(self) -> dict[str, Any]:
@@ -154,21 +160,26 @@ class CompiledSolve:
     """`solve_remote` through a Ray Compiled Graph on the same actor: the problem and the
     answer travel through shared-memory channels instead of an ordinary actor call.
 
-    Same answers, errors and restart behaviour as `solve_remote`. A compiled graph does not
-    survive its actor. A dead actor is noticed within about `health_check_s`: while a call is
-    unanswered, the caller asks the GCS for the actor's state and restart count every
-    `health_check_s` (a graph's answer can be waited for only once, so that wait runs in a
-    helper thread and the caller waits on it in slices). Then the graph is torn down (in the
-    background: it waits for the actor), Ray restarts the actor (its restart policy), the call in
-    flight is sent again as an ordinary call, which Ray runs on the restarted actor, and the
-    first call after the teardown has finished compiles a new graph (`settle` waits for it).
-    Until then ordinary calls answer: the old graph's loop is retried on the restarted actor
-    until its teardown cancels it, and a new graph's loop would wait behind it.
+    Same answers, errors and restart behaviour as `solve_remote`. The graph is built in the
+    background (`start`, or the first call): once the actor answers a ping, it is compiled and
+    answers one warm-up problem of the calls' shape (the first execution of a graph starts its
+    loop on the actor: seconds on a loaded machine); ordinary calls answer until then. When it
+    cannot be built, ordinary calls answer (the reason is logged once) and building is tried
+    again after `recompile_after` calls.
 
-    When a graph cannot be compiled, ordinary calls answer (and the reason is logged once);
-    compiling is tried again after `recompile_after` calls. A timeout raises
-    SolverTimeoutError and drops the graph. `compiled_calls`, `fallback_calls` and
-    `recoveries` count what answered and how often a lost actor was recovered from.
+    A compiled graph does not survive its actor. A dead actor is noticed within about
+    `health_check_s`: while a call is unanswered, the caller asks the GCS for the actor's state
+    and restart count every `health_check_s` (a graph's answer can be waited for only once, so
+    that wait runs in a helper thread and the caller waits on it in slices). Then the graph is
+    torn down (in the background: it waits for the actor), Ray restarts the actor (its restart
+    policy), the call in flight is sent again as an ordinary call, which Ray runs on the
+    restarted actor, and a new graph is built once the teardown has finished: the old graph's
+    loop is retried on the restarted actor until its teardown cancels it, and a new graph's
+    loop would wait behind it. `ready` waits for the graph.
+
+    A timeout raises SolverTimeoutError and drops the graph. `compiled_calls`,
+    `fallback_calls` and `recoveries` count what answered and how often a lost actor was
+    recovered from.
     """
 
     def __init__(self, actor: Any, *, recompile_after: int = 100, health_check_s: float = 0.05):
@@ -181,10 +192,31 @@ class CompiledSolve:
         self.compile_error: str | None = None
         self._graph: Any = None
         self._restarts_at_compile: int | None = None
-        self._ordinary_left = 0  # ordinary calls left before the next compile attempt
+        self._ordinary_left = 0  # ordinary calls left before the next build attempt
         self._reader = _reader_thread()
         self._reading: concurrent.futures.Future | None = None
         self._teardown: threading.Thread | None = None
+        self._builder: threading.Thread | None = None
+        self._closed = False
+
+    def start(self, n: int, k: int, lam: float) -> None:
+        """Build the graph in the background for (n, k) problems (no wait)."""
+        if self._graph is None and (self._builder is None or not self._builder.is_alive()):
+            warm_NK = np.zeros((n, k), dtype=np.float64)
+            self._builder = threading.Thread(
+                target=self._build, args=(warm_NK, float(lam)), name="compiled-solve-build",
+                daemon=True,
+            )  # fmt: skip
+            self._builder.start()
+
+    def ready(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the graph (building it when needed); True when calls
+        now go through it."""
+        deadline = time.monotonic() + timeout_s
+        for thread in (self._teardown, self._builder):
+            if thread is not None:
+                thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        return self._graph is not None
 
     def __call__(
         self, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0, *, checked=False
@@ -194,7 +226,7 @@ class CompiledSolve:
             unary_NK, lam = validate_problem(unary_NK, lam)
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
-        graph = self._current_graph()
+        graph = self._graph
         if graph is not None:
             try:
                 labels_N, solve_ms = self._execute(graph, unary_NK, lam, deadline, timeout_s)
@@ -207,7 +239,7 @@ class CompiledSolve:
                 logger.warning(
                     "solver actor %s lost with a call in flight (%s): the call goes again as "
                     "an ordinary call, which Ray runs on the restarted actor; a new graph is "
-                    "compiled once the old one is torn down",
+                    "built once the old one is torn down",
                     _actor_label(self.actor),
                     type(exc).__name__,
                 )
@@ -215,22 +247,20 @@ class CompiledSolve:
                 self.compiled_calls += 1
                 round_trip_ms = 1e3 * (time.perf_counter() - started)
                 return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
+        if self._ordinary_left > 0:
+            self._ordinary_left -= 1
+        else:
+            self.start(*unary_NK.shape, lam)
         self.fallback_calls += 1
         left_s = max(deadline - time.monotonic(), 1e-3)
         labels_N, solve_ms, _ = solve_remote(self.actor, unary_NK, lam, left_s, checked=True)
         return labels_N, solve_ms, 1e3 * (time.perf_counter() - started)
 
-    def settle(self, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for a dropped graph's teardown; True when none is pending (the
-        next call compiles a graph)."""
-        if self._teardown is not None:
-            self._teardown.join(timeout=timeout_s)
-            if self._teardown.is_alive():
-                return False
-        return True
-
     def close(self) -> None:
         """Tear the graph down (waits for the actor's side to stop)."""
+        self._closed = True
+        if self._builder is not None:
+            self._builder.join(timeout=_BUILD_TIMEOUT_S)
         graph, self._graph = self._graph, None
         if graph is not None:
             try:
@@ -247,7 +277,7 @@ class CompiledSolve:
             # A read of a dropped graph still waits in the old thread: use a new one.
             self._reader.shutdown(wait=False)
             self._reader = _reader_thread()
-        ref = graph.execute(unary_NK, lam)
+        ref = graph.execute(unary_NK, lam, True)
         answer = self._reading = self._reader.submit(ray.get, ref)
         while True:
             left_s = deadline - time.monotonic()
@@ -263,39 +293,36 @@ class CompiledSolve:
 
     def _actor_unchanged(self) -> bool:
         """Whether the GCS holds the actor neither restarting nor dead, with the restart count
-        seen at compile time (True when the GCS cannot be asked: Ray's own failure detection
-        then decides)."""
+        seen when the graph was built (True when the GCS cannot be asked: Ray's own failure
+        detection then decides)."""
         state = _actor_state(self.actor)
         if state is None or self._restarts_at_compile is None:
             return True
         name, restarts = state
         return name not in ("RESTARTING", "DEAD") and restarts == self._restarts_at_compile
 
-    def _current_graph(self) -> Any:
-        if self._graph is not None:
-            return self._graph
-        if self._ordinary_left > 0:
-            self._ordinary_left -= 1
-            return None
-        # A dropped graph's loop is retried on a restarted actor (the actor's task-retry
-        # policy) until that graph's teardown cancels it, and a new graph's loop would wait
-        # behind it: a new graph is compiled only once the old teardown has finished.
-        if self._teardown is not None:
-            if self._teardown.is_alive():
-                return None  # an ordinary call answers meanwhile
-            self._teardown = None
+    def _build(self, warm_NK: np.ndarray, lam: float) -> None:
+        """Compile a graph and run one warm-up problem through it; publish it when it answered."""
         from ray.dag import InputNode
 
+        graph = None
         try:
+            if self._teardown is not None:  # the old graph's loop must be gone first
+                self._teardown.join(timeout=_BUILD_TIMEOUT_S)
             # A graph compiled before its actor is created never answered (Ray 2.60): the
             # actor answers an ordinary call first.
-            ray.get(self.actor.ping.remote(), timeout=_PING_TIMEOUT_S)
+            ray.get(self.actor.ping.remote(), timeout=_BUILD_TIMEOUT_S)
             state = _actor_state(self.actor)
             with InputNode() as problem:
-                node = self.actor.solve.bind(problem[0], problem[1], True)
-            self._graph = node.experimental_compile()
-            self._restarts_at_compile = None if state is None else state[1]
+                node = self.actor.solve.bind(problem[0], problem[1], True, problem[2])
+            graph = node.experimental_compile()
+            ray.get(graph.execute(warm_NK, lam, False), timeout=_BUILD_TIMEOUT_S)
         except Exception as exc:  # no compiled graphs here: ordinary calls for a while
+            if graph is not None:
+                try:
+                    graph.teardown()
+                except Exception:
+                    pass
             self._ordinary_left = self.recompile_after
             if self.compile_error is None:
                 self.compile_error = f"{type(exc).__name__}: {exc}"
@@ -304,8 +331,12 @@ class CompiledSolve:
                     "actor calls",
                     self.compile_error,
                 )
-            return None
-        return self._graph
+            return
+        if self._closed:
+            graph.teardown()
+            return
+        self._restarts_at_compile = None if state is None else state[1]
+        self._graph = graph
 
     def _drop_graph(self) -> None:
         """Forget the graph; its teardown waits for the actor, so it runs in a daemon thread."""

@@ -188,11 +188,11 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
         lam, timeout_s = config.solver.lam, config.solver.timeout_s
         # The client checks each step's matrix once (finite, float64, 2-D) on every rank;
         # lam was checked with the config: nothing is validated again on the way.
-        call = (
-            CompiledSolve(actor)
-            if config.solver.transport == "compiled"
-            else functools.partial(solve_remote, actor)
-        )
+        call: Any = functools.partial(solve_remote, actor)
+        if config.solver.transport == "compiled":
+            call = CompiledSolve(actor)
+            # Built and warmed up in the background while the first steps run.
+            call.start(config.train.global_batch, config.model.num_categories, lam)
 
         def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
             labels_N, solve_ms, _ = call(unary_NK, lam, timeout_s, checked=True)
