@@ -16,13 +16,12 @@ costs several times the solve itself:
 Starting basis. Given category prices p_K, put each item in argmin_k (U[i, k] + q_k) with
 q_k = lam * t_k, t_k = round(p_k / lam), make slot t_k of category k basic and the cheaper
 slots full. This basis is dual feasible (all reduced costs have the right sign), so the dual
-simplex only repairs the slot counts. Cold solves (the first one, the tie fallback, or
-`warm_start=False`) take p_K = lam * N / K, a deterministic function of the input. Warm solves
-of a small problem (N <= HOT_START_MAX_ITEMS) keep HiGHS's own basis, the previous optimum:
-the constraints never change, so it stays primal feasible, and HiGHS re-solves it without
-a new factorisation (a few dozen iterations at N = 64, cheaper than setting a basis from
-Python). Larger warm solves take p_K from the previous solve's duals (consecutive batches have
-similar prices): tens of iterations instead of the hundreds to thousands of the kept basis.
+simplex only repairs the slot counts. Warm solves take p_K from the previous solve's duals
+(consecutive batches have similar prices): a few iterations at N = 64 and tens instead of
+thousands at N = 4096. (Keeping HiGHS's own basis, the previous optimum, needs no basis from
+Python but 23-95 iterations at N = 64; measured interleaved with this start it was slower in
+5 of 7 comparisons.) Cold solves (the first one, or `warm_start=False`) take p_K = lam * N / K,
+a deterministic function of the input.
 
 Ties. The labels are always an optimal assignment. Where several assignments are optimal,
 which one a warm solve finds could depend on the previous solves; so after a warm solve the
@@ -56,9 +55,6 @@ _HIGHS_OPTIONS: dict[str, bool | int | str] = {
     "random_seed": 0,
 }
 _INTEGRALITY_TOL = 1e-6
-HOT_START_MAX_ITEMS = 128
-"""Warm solves of up to this many items keep HiGHS's basis instead of the price basis (the
-faster of the two in benchmarks/solver.py at N = 64; the price basis wins from N = 512)."""
 _LOWER, _BASIC, _UPPER = 0, 1, 2  # codes of _BASIS_STATUS
 _BASIS_STATUS = np.array(
     [
@@ -190,12 +186,10 @@ class AssignmentSolver:
             )
         self._write_costs(unary_NK, lam)
         warm = self.warm_start and self._prices_K is not None
-        if not warm:
-            run = self._run(unary_NK, lam, self._cold_prices(lam), cold=True)
-        elif self.n <= HOT_START_MAX_ITEMS:
-            run = self._run(unary_NK, lam, None, cold=False)  # HiGHS's basis
-        else:
+        if warm:
             run = self._run(unary_NK, lam, self._prices_K, cold=False)
+        else:
+            run = self._run(unary_NK, lam, self._cold_prices(lam), cold=True)
         iterations, tie_fallback = run.iterations, False
         if warm and self._has_ties(unary_NK, lam, run):
             run = self._run(unary_NK, lam, self._cold_prices(lam), cold=True)
@@ -245,17 +239,13 @@ class AssignmentSolver:
         self._basis.col_status = _BASIS_STATUS[status_C].tolist()
         return self._basis
 
-    def _run(
-        self, unary_NK: np.ndarray, lam: float, prices_K: np.ndarray | None, cold: bool
-    ) -> _Run:
-        """One HiGHS run from the basis around `prices_K` (None: the basis HiGHS holds);
-        checks status, integrality and the objective."""
+    def _run(self, unary_NK: np.ndarray, lam: float, prices_K: np.ndarray, cold: bool) -> _Run:
+        """One HiGHS run from the basis around `prices_K`; checks status, integrality and the
+        objective."""
         highs = self._highs
         if cold:
             highs.clearSolver()  # nothing carried over from earlier runs
-        if prices_K is not None and (
-            highs.setBasis(self._start_basis(unary_NK, lam, prices_K)) != highspy.HighsStatus.kOk
-        ):
+        if highs.setBasis(self._start_basis(unary_NK, lam, prices_K)) != highspy.HighsStatus.kOk:
             raise SolverError("HiGHS rejected the starting basis")
         run_status = highs.run()
         model_status = highs.getModelStatus()
