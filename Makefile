@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@# multi-GB CUDA build); the plain install only when that index cannot be reached.
 	@if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
 		echo "no NVIDIA GPU found: installing the CPU build $(TORCH) from $(CPU_INDEX)"; \
-		$(PY) -m pip install --quiet "$(TORCH)" --index-url $(CPU_INDEX) || \
+		$(PY) -m pip install --quiet --retries 1 --timeout 15 "$(TORCH)" --index-url $(CPU_INDEX) || \
 		{ echo "the CPU index cannot be reached: installing $(TORCH) from the default index"; \
 		  $(PY) -m pip install --quiet "$(TORCH)"; }; \
 	fi

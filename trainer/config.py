@@ -189,11 +189,13 @@ class SolverConfig(Schema):
     """How long a worker waits for its codes before failing with a clear error."""
     actor_name: str = "cascadevae-solver"
     """Name of the central solver actor (suffixed with the run name)."""
-    transport: Literal["compiled", "ordinary"] = "compiled"
-    """How rank 0 calls the solver actor: `compiled`, a Ray Compiled Graph (shared-memory
-    channels; a lost actor is noticed within ~50 ms, the graph rebuilt on the restarted actor
-    and the call sent again; ordinary calls answer when no graph can be compiled, said once
-    in the log), or `ordinary` actor calls."""
+    transport: Literal["compiled", "ordinary"] = "ordinary"
+    """How rank 0 calls the solver actor: `ordinary` actor calls (Ray retries a call on a
+    restarted actor), or `compiled`, a Ray Compiled Graph (shared-memory channels; built in the
+    background, ordinary calls answer until it is ready or when it cannot be built; a lost
+    actor is noticed within ~50 ms and the call sent again as an ordinary call). `compiled`
+    is not the default: the real-fault test of a killed actor has not passed with it (the run
+    stalled in the discrete stage; cause not found)."""
 
 
 class OptimConfig(Schema):
