@@ -185,9 +185,10 @@ class AssignmentSolver:
                 f"unary shape {unary_NK.shape} does not match this solver's ({self.n}, {self.k})"
             )
         self._write_costs(unary_NK, lam)
-        warm = self.warm_start and self._prices_K is not None
-        if warm:
-            run = self._run(unary_NK, lam, self._prices_K, cold=False)
+        warm_prices_K = self._prices_K if self.warm_start else None
+        warm = warm_prices_K is not None
+        if warm_prices_K is not None:
+            run = self._run(unary_NK, lam, warm_prices_K, cold=False)
         else:
             run = self._run(unary_NK, lam, self._cold_prices(lam), cold=True)
         iterations, tie_fallback = run.iterations, False
