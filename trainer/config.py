@@ -172,8 +172,8 @@ class SolverConfig(Schema):
     restarted actor), or `compiled`, a Ray Compiled Graph (shared-memory channels; built in the
     background, ordinary calls answer until it is ready or when it cannot be built; a lost
     actor is noticed within ~50 ms and the call sent again as an ordinary call). `compiled`
-    is not the default: the real-fault test of a killed actor has not passed with it (the run
-    stalled in the discrete stage; cause not found)."""
+    is not the default: of two runs of the real-fault test of a killed actor with it, one
+    passed and one stalled in the discrete stage (cause not found)."""
 
 
 class TrainConfig(Schema):
