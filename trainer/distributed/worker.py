@@ -16,6 +16,7 @@ calls `ray.train.report` once per log interval (a report is a barrier across ran
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -234,7 +235,11 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
     if rank == 0 and solver:
         import ray
 
-        from trainer.distributed.solver_actor import get_or_create_solver_actor, solve_remote
+        from trainer.distributed.solver_actor import (
+            CompiledSolve,
+            get_or_create_solver_actor,
+            solve_remote,
+        )
 
         if solver.get("beside_rank0"):  # owned by this worker: it ends with the worker group
             # A name per worker process: a restarted group never finds its dead predecessor's.
@@ -244,9 +249,16 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
         else:
             actor = ray.get_actor(solver["name"], namespace=SOLVER_NAMESPACE)
         lam, timeout_s = config.solver.lam, config.solver.timeout_s
+        # The client checks each step's matrix once (finite, float64, 2-D) on every rank;
+        # lam was checked with the config: nothing is validated again on the way.
+        call: Any = functools.partial(solve_remote, actor)
+        if config.solver.transport == "compiled":
+            call = CompiledSolve(actor)
+            # Built and warmed up in the background while the first steps run.
+            call.start(config.train.global_batch, config.model.num_categories, lam)
 
         def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
-            labels_N, solve_ms, _ = solve_remote(actor, unary_NK, lam, timeout_s)
+            labels_N, solve_ms, _ = call(unary_NK, lam, timeout_s, checked=True)
             return labels_N, solve_ms
 
     return GlobalCodeClient(solve, rank=rank, world_size=world_size)
