@@ -26,13 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.errors import PicklableError
+
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 META_FILE = "state.json"
 """{"sha256": hex digest of state.pt, "bytes": its size, "next_step": the payload's}."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(PicklableError, ValueError):
     """A checkpoint's state.pt does not match its recorded checksum or cannot be unpickled;
     the message names the file and what is wrong."""
 
