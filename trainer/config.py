@@ -63,6 +63,8 @@ VARIANTS = ("cascade", "cascade_c", "beta_vae", "jointvae", "oracle")
 DISCRETE_VARIANTS = ("cascade", "jointvae", "oracle")  # variants with a discrete code
 CASCADE_SCHEDULE_VARIANTS = ("cascade", "oracle")  # a discrete stage of the cascade
 DATA_SOURCES = ("render", "npz")
+MAX_NUM_STEPS = 10**9
+"""Bound of train.num_steps: 3,300x the paper's 300,000; a larger value is a typo."""
 
 Variant = Literal["cascade", "cascade_c", "beta_vae", "jointvae", "oracle"]
 DataSource = Literal["render", "npz"]
@@ -206,8 +208,8 @@ class OptimConfig(Schema):
 
 
 class TrainConfig(Schema):
-    num_steps: int = Field(300_000, ge=1)
-    """Total iterations (authors: 300,000)."""
+    num_steps: int = Field(300_000, ge=1, le=MAX_NUM_STEPS)
+    """Total iterations (authors: 300,000); at most 10^9."""
     global_batch: int = Field(64, ge=1)
     """Images per step summed over all workers (authors: 64)."""
     num_workers: int = Field(1, ge=1)

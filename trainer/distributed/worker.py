@@ -52,6 +52,7 @@ from trainer.loop import (
 from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
+from trainer.run_folder import prepare_run_folder, upload_checkpoint
 
 SOLVER_NAMESPACE = "cascadevae"
 STALL_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
@@ -209,7 +210,7 @@ def _hooks(
             ImageHook(Cadence(train.image_every), model, preview_x, log),
             LogHook(Cadence(1), log, num_steps=train.num_steps, start_step=start_step),
         ]
-    hooks.append(ReportHook(config, state, log, rank))
+    hooks.append(ReportHook(config, state, log, rank, run_dir))
     before: list = [FaultDrill(train.fail_at_step, run_dir, rank)] if train.fail_at_step else []
     if train.hold_at_step:
         before.append(HoldDrill(train.hold_at_step, run_dir, rank))
@@ -244,9 +245,10 @@ class ReportHook:
     after every evaluation. The latest evaluation is carried forward in every report, so that
     a Tune scheduler ranking trials on an eval metric sees it each time."""
 
-    def __init__(self, config: Config, state: TrainState, log, rank: int):
+    def __init__(self, config: Config, state: TrainState, log, rank: int, run_dir: Path):
         train = config.train
         self.config, self.state, self.log, self.rank = config, state, log, rank
+        self.run_dir = run_dir
         self.keep_best_by = train.keep_best_by
         self.checkpoints = Cadence(train.checkpoint_every)
         self.evaluations = Cadence(train.eval_every)
@@ -275,7 +277,16 @@ class ReportHook:
                 self.state.next_step = done
                 save_checkpoint(folder, self.state, self.config.to_yaml())
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(report, checkpoint=checkpoint)
+            ray.train.report(report, checkpoint=checkpoint, checkpoint_upload_fn=self._upload)
+
+    def _upload(self, checkpoint, name: str):
+        """Ray Train's copy of a checkpoint into the run folder, made whole-or-absent
+        (trainer.run_folder.upload_checkpoint)."""
+        import ray.train
+
+        return ray.train.Checkpoint.from_directory(
+            str(upload_checkpoint(checkpoint.path, self.run_dir, name))
+        )
 
 
 def _quiet_report_echo() -> None:
@@ -342,8 +353,8 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
     train = config.train
     storage = Path(storage_path or train.storage_path).expanduser().resolve()
     run_dir = storage / config.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
+    for line in prepare_run_folder(run_dir, config):  # refuses a resume with another config
+        say(f"[cascadevae] {line}")
     open_data(config, progress=True)
 
     solver_info, actor = None, None
