@@ -39,6 +39,7 @@ def test_a_diverging_run_ends_with_the_projects_message_naming_the_step(tmp_path
     code, out, err = _train(spawn, tmp_path, "nan", "optim.lr=1e9")
     assert code == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
+    print(f"\nlr 1e9: exit {code}: {last}")  # shown with pytest -s
     assert last.startswith("error: training failed: NonFiniteLossError: iteration "), last
     assert "the loss is not finite" in last
     assert "missing 1 required positional argument" not in err
@@ -51,6 +52,7 @@ def test_a_resume_with_more_steps_runs_them_and_records_the_change(tmp_path, spa
     assert code == 0, err[-3000:]
     run = tmp_path / "r1"
     (history,) = read_history(run)
+    print(f"\nmore steps: history {history}")  # shown with pytest -s
     assert history["step"] == 40
     assert history["changes"] == {"train.num_steps": {"old": 40, "new": 60}}
     assert [a for a in read_attempts(run) if a.get("event") == "config_change"][0]["step"] == 40
@@ -84,6 +86,7 @@ def test_a_full_disk_ends_the_run_with_one_line_and_no_partial_checkpoint(tmpfs_
     assert code == 1, err[-3000:]
     assert "warning: " in err and "the kept checkpoints need about" in err
     last = err.strip().splitlines()[-1]
+    print(f"\nfull disk: exit {code}: {last}")  # shown with pytest -s
     run = tmpfs_14mb / "full"
     assert last.startswith(
         f"error: training failed: DiskFullError: no space left for checkpoint {run}/checkpoint_"
