@@ -92,6 +92,13 @@ def test_a_resume_that_changes_the_trained_state_is_refused_before_writing(
     assert read_history(run) == []
 
 
+def test_a_folder_without_config_yaml_is_checked_against_its_newest_checkpoint(tmp_path):
+    run = tmp_path / "r1"
+    _checkpoint(run / "checkpoint_2026-01-01_10-00-00.000001", 20)
+    with pytest.raises(ResumeConfigError, match="seed: the run has 0, this command 1"):
+        check_resume(run, _config("seed=1"))
+
+
 def test_an_accepted_change_is_recorded_with_the_step_it_took_effect(tmp_path):
     run = tmp_path / "r1"
     prepare_run_folder(run, _config())

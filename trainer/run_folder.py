@@ -94,10 +94,15 @@ def _flat(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run folder's config.yaml as a flat {dotted field: value}, normalised through the
-    schema where it validates (fields added to the schema later take their defaults); None
-    when the folder has none."""
+    """The run folder's config.yaml (or, where it has none, its newest checkpoint's) as a flat
+    {dotted field: value}, normalised through the schema where it validates (fields added to
+    the schema later take their defaults); None when the folder has neither."""
     path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        path = next(
+            (f / CONFIG_FILE for f in checkpoint_folders(run_dir) if (f / CONFIG_FILE).is_file()),
+            path,
+        )
     if not path.is_file():
         return None
     try:
