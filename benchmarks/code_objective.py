@@ -35,19 +35,17 @@ def bernoulli_entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
 
+RENDERER_MAJOR_PX, RENDERER_MINOR_PX = data_render.ELLIPSE_SEMI_AXES_PX
+RENDERER_RATIO = RENDERER_MINOR_PX / RENDERER_MAJOR_PX  # ~0.565 (official frames: ~1 / 1.75)
+
+
 def masks(num_orientations: int, ellipse_minor: float) -> tuple[np.ndarray, np.ndarray]:
-    """(S*O, scales, pixels) float masks and (S*O,) shape labels; the ellipse's minor/major
-    axis ratio is `ellipse_minor` (the renderer draws 0.5)."""
-    original = data_render._inside_unit
-
-    def inside(shape, u, v):
-        if shape == 1:
-            return u * u + (v / ellipse_minor) ** 2 <= 1.0
-        return original(shape, u, v)
-
+    """(S*O, scales, pixels) float masks and (S*O,) shape labels; the ellipse keeps the
+    renderer's long semi-axis and has minor/major axis ratio `ellipse_minor`."""
+    axes = (RENDERER_MAJOR_PX, ellipse_minor * RENDERER_MAJOR_PX)
     thetas = np.linspace(0.0, 2 * math.pi, num_orientations)
     items, labels = [], []
-    with mock.patch.object(data_render, "_inside_unit", inside):
+    with mock.patch.object(data_render, "ELLIPSE_SEMI_AXES_PX", axes):
         for shape in range(len(SHAPE_NAMES)):
             for theta in thetas:
                 items.append([render_mask(shape, s, theta).ravel() for s in SCALES])
@@ -106,8 +104,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orientations", type=int, default=40)
     parser.add_argument("--restarts", type=int, default=200)
-    parser.add_argument("--minors", type=float, nargs="+", default=[0.5, 0.65, 0.8])
-    parser.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0])
+    parser.add_argument(
+        "--minors",
+        type=float,
+        nargs="+",
+        default=[RENDERER_RATIO, 0.8],
+        help="ellipse minor/major axis ratios (default: the renderer's, then a rounder one)",
+    )
+    parser.add_argument("--lams", type=float, nargs="+", default=[0.001, 0.3, 1.0, 3.0])
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(

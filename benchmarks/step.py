@@ -1,13 +1,22 @@
 """Benchmark of the single-process train step (the baseline the distributed system is measured
-against): images per second with and without the discrete stage, the batched unary matrix
-against K decoder passes, and (when trainer/metrics.py is present) metric evaluation time.
+against): images per second of the float32 step and of the fast CPU path (what
+`train.autocast: auto` and `train.channels_last: auto` choose on this machine: bf16 autocast and
+channels_last on a CPU with AMX or AVX512-BF16), before and during the discrete stage (which
+adds the unary matrix: a decoder pass over B x K rows), with the networks of configs/quick.yaml
+(the paper's encoder and decoder); then the batched unary matrix against K decoder passes and
+(unless skipped) the metric evaluation time.
 
-All on CPU, after warm-up; every figure is the median of several timed runs. The discrete
-chooser is a per-row argmin, so the "discrete" step measures the model's cost only (no solver).
-Usage: python benchmarks/step.py [--batch-size 64] [--runs 5] [--steps-per-run 4] [--threads N]
-       [--eval-scales 6 --eval-orientations 10 --eval-positions 16] [--skip-metrics]
-The last line printed is `SUMMARY images_per_s_plain=.. images_per_s_discrete=..
-discrete_cost=.. unary_k_pass_over_batched=.. [metrics_s=..]`.
+All on CPU in one process, after warm-up. The arms take turns run by run (fp32, fast, ...), so
+load from other processes hits them alike; each run gives one fast/fp32 ratio per stage, and
+the median and range of those paired ratios are printed. The discrete chooser is a per-row
+argmin, so the "discrete" step measures the model's cost only (no solver). `--compile` adds an
+arm with the fast path's encoder and decoder compiled by torch.compile (Inductor), and prints
+its warm-up (compile) time.
+Usage: python benchmarks/step.py [--batch-size 64] [--runs 7] [--steps-per-run 4] [--threads N]
+       [--compile] [--skip-metrics] [--eval-scales 6 --eval-orientations 10 --eval-positions 16]
+The last line printed is `SUMMARY fast=<precision> images_per_s_plain_fp32=..
+images_per_s_plain_fast=.. ratio_plain=.. images_per_s_discrete_fp32=..
+images_per_s_discrete_fast=.. ratio_discrete=.. unary_k_pass_over_batched=.. [metrics_s=..]`.
 
 Shape legend: B batch, M continuous dims, K categories.
 """
@@ -28,11 +37,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trainer.build import (  # noqa: E402
+    Precision,
+    apply_memory_format,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    compile_networks,
+    resolve_precision,
+)
+from trainer.config import Config, load_config  # noqa: E402
 from trainer.core.model import CascadeVAE  # noqa: E402
-from trainer.core.schedule import CascadeSchedule, make_optimizer  # noqa: E402
 from trainer.core.step import train_step  # noqa: E402
 from trainer.core.unary import unary_matrix, unary_matrix_k_passes  # noqa: E402
 from trainer.distributed.runtime import keep_freed_memory  # noqa: E402
+
+QUICK = ROOT / "configs" / "quick.yaml"
+FP32 = Precision(autocast_bf16=False, channels_last=False)
 
 
 def squares(count: int, seed: int) -> torch.Tensor:
@@ -47,11 +68,11 @@ def squares(count: int, seed: int) -> torch.Tensor:
     return images
 
 
-def median_seconds(
+def timed_runs(
     fns: dict[str, Callable[[], object]], runs: int, reps: int, warmup: int
-) -> dict[str, float]:
-    """Per name, the median over `runs` of the mean wall time of `reps` calls, after `warmup`
-    calls each. The variants take turns run by run, so load from other processes on this
+) -> dict[str, list[float]]:
+    """Per name, the mean wall time (s) of `reps` calls in each of `runs` runs, after `warmup`
+    calls each. The functions take turns run by run, so load from other processes on this
     shared machine hits them alike and the ratios stay fair."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -63,15 +84,35 @@ def median_seconds(
             for _ in range(reps):
                 fn()
             times[name].append((time.perf_counter() - start) / reps)
+    return times
+
+
+def median_seconds(
+    fns: dict[str, Callable[[], object]], runs: int, reps: int, warmup: int
+) -> dict[str, float]:
+    """Per name, the median over `runs` of timed_runs' mean times."""
+    times = timed_runs(fns, runs, reps, warmup)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def make_step(x_B1HW: torch.Tensor, iteration: int) -> Callable[[], dict[str, float]]:
-    """A closure running train_step at `iteration` on its own fresh model and optimiser."""
-    schedule = CascadeSchedule()
+def make_step(
+    config: Config,
+    x_B1HW: torch.Tensor,
+    iteration: int,
+    precision: Precision,
+    compiled: bool = False,
+) -> Callable[[], dict[str, float]]:
+    """A closure running train_step at `iteration` on its own fresh model (configs' networks)
+    and optimiser, with `precision` as the training loop applies it."""
     torch.manual_seed(0)
-    model = CascadeVAE()
-    optimizer, scheduler = make_optimizer(model)
+    model = build_model(config)
+    optimizer, scheduler = build_optimizer(config, model)
+    apply_memory_format(model, precision)
+    if compiled:
+        compile_networks(model, "default")
+    if precision.channels_last:
+        x_B1HW = x_B1HW.contiguous(memory_format=torch.channels_last)
+    schedule = build_schedule(config)
     gen = torch.Generator().manual_seed(0)
 
     def step() -> dict[str, float]:
@@ -84,21 +125,48 @@ def make_step(x_B1HW: torch.Tensor, iteration: int) -> Callable[[], dict[str, fl
             schedule=schedule,
             eps_generator=gen,
             choose_codes=lambda unary_BK: unary_BK.argmin(dim=1),
+            weight_penalty_coef=config.model.weight_penalty,
+            autocast_bf16=precision.autocast_bf16,
         )
 
     return step
 
 
-def bench_steps(args: argparse.Namespace, x_B1HW: torch.Tensor) -> dict[str, float]:
-    first_discrete = CascadeSchedule().stage_length * CascadeSchedule().discrete_start_stage
-    steps = {"plain": make_step(x_B1HW, 0), "discrete": make_step(x_B1HW, first_discrete)}
-    assert steps["plain"]()["discrete/active"] == 0.0
-    assert steps["discrete"]()["discrete/active"] == 1.0
-    seconds = median_seconds(steps, args.runs, args.steps_per_run, warmup=2)
-    out = {}
-    for name, value in seconds.items():
-        out[f"step_ms_{name}"] = 1e3 * value
-        out[f"images_per_s_{name}"] = x_B1HW.shape[0] / value
+def bench_steps(
+    args: argparse.Namespace, config: Config, x_B1HW: torch.Tensor, fast: Precision
+) -> dict[str, float]:
+    """images/s of every arm in both stages, and the per-run fast/fp32 ratios."""
+    cascade = config.cascade
+    stages = {"plain": 0, "discrete": cascade.stage_length * cascade.discrete_start_stage}
+    arms: dict[str, tuple[Precision, bool]] = {"fp32": (FP32, False), "fast": (fast, False)}
+    if args.compile:
+        arms["fast_compiled"] = (fast, True)
+    steps: dict[str, Callable[[], dict[str, float]]] = {}
+    out: dict[str, float] = {}
+    for stage, iteration in stages.items():
+        for arm, (precision, compiled) in arms.items():
+            step = make_step(config, x_B1HW, iteration, precision, compiled)
+            started = time.perf_counter()
+            metrics = step()  # the first call builds (or compiles) the kernels
+            out[f"first_step_s_{stage}_{arm}"] = time.perf_counter() - started
+            assert metrics["discrete/active"] == (1.0 if stage == "discrete" else 0.0)
+            steps[f"{stage}_{arm}"] = step
+    times = timed_runs(steps, args.runs, args.steps_per_run, warmup=2)
+    for name, values in times.items():
+        out[f"step_ms_{name}"] = 1e3 * statistics.median(values)
+        out[f"images_per_s_{name}"] = x_B1HW.shape[0] / statistics.median(values)
+    for stage in stages:
+        for arm in arms:
+            if arm == "fp32":
+                continue
+            paired = [
+                base / other
+                for base, other in zip(times[f"{stage}_fp32"], times[f"{stage}_{arm}"], strict=True)
+            ]
+            suffix = "" if arm == "fast" else f"_{arm}"
+            out[f"ratio_{stage}{suffix}"] = statistics.median(paired)
+            out[f"ratio_{stage}{suffix}_min"] = min(paired)
+            out[f"ratio_{stage}{suffix}_max"] = max(paired)
     return out
 
 
@@ -158,6 +226,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="timed runs; the median is reported")
     parser.add_argument("--steps-per-run", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch)")
+    parser.add_argument(
+        "--compile", action="store_true", help="add the fast path compiled by torch.compile"
+    )
     parser.add_argument("--eval-scales", type=int, default=6, help="grid of the metrics timing")
     parser.add_argument("--eval-orientations", type=int, default=10)
     parser.add_argument("--eval-positions", type=int, default=16)
@@ -172,25 +243,44 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     load_at_start = os.getloadavg()[0]
+    config = load_config(QUICK)
+    fast = resolve_precision(config.train, torch.device("cpu"))  # what `auto` gives here
     x_B1HW = squares(args.batch_size, seed=0)
-    results = {**bench_steps(args, x_B1HW), **bench_unary(args, x_B1HW)}
+    results = {**bench_steps(args, config, x_B1HW, fast), **bench_unary(args, x_B1HW)}
     if not args.skip_metrics:
         results.update(bench_metrics(args))
-    results["discrete_cost"] = results["step_ms_discrete"] / results["step_ms_plain"]
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
         f"{os.cpu_count()} CPUs, load average {load_at_start:.2f} at start, "
         f"{os.getloadavg()[0]:.2f} at end (other processes skew absolute times)"
     )
-    rows = [
-        ("train step, before the discrete stage (ms)", f"{results['step_ms_plain']:.1f}"),
-        ("train step, discrete stage (ms)", f"{results['step_ms_discrete']:.1f}"),
-        ("images/s, before the discrete stage", f"{results['images_per_s_plain']:.0f}"),
-        ("images/s, discrete stage", f"{results['images_per_s_discrete']:.0f}"),
-        ("discrete step / plain step", f"{results['discrete_cost']:.2f}"),
-        ("unary, one batched pass over B*K rows (ms)", f"{results['unary_ms_batched']:.1f}"),
-        ("unary, K passes over B rows (ms)", f"{results['unary_ms_k_passes']:.1f}"),
+    print(f"fast path (auto on this CPU): {fast.describe()}; fp32: {FP32.describe()}")
+    arms = ["fp32", "fast", "fast_compiled"] if args.compile else ["fp32", "fast"]
+    rows = []
+    for stage, title in (("plain", "before the discrete stage"), ("discrete", "discrete stage")):
+        for arm in arms:
+            rows.append(
+                (
+                    f"images/s, {title}, {arm}",
+                    f"{results[f'images_per_s_{stage}_{arm}']:.0f}"
+                    f"  ({results[f'step_ms_{stage}_{arm}']:.1f} ms/step, first step "
+                    f"{results[f'first_step_s_{stage}_{arm}']:.1f} s)",
+                )
+            )
+        for arm in arms[1:]:
+            suffix = "" if arm == "fast" else f"_{arm}"
+            key = f"ratio_{stage}{suffix}"
+            rows.append(
+                (
+                    f"{arm} / fp32, {title} (median, range of {args.runs} paired runs)",
+                    f"{results[key]:.2f}  "
+                    f"({results[key + '_min']:.2f}-{results[key + '_max']:.2f})",
+                )
+            )
+    rows += [
+        ("unary, one batched pass over B*K rows, fp32 (ms)", f"{results['unary_ms_batched']:.1f}"),
+        ("unary, K passes over B rows, fp32 (ms)", f"{results['unary_ms_k_passes']:.1f}"),
         ("unary K passes / batched", f"{results['unary_k_pass_over_batched']:.2f}"),
         ("unary max |batched - K passes|", f"{results['unary_max_abs_diff']:.2e}"),
     ]
@@ -200,12 +290,16 @@ def main() -> None:
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    summary = (
-        f"SUMMARY images_per_s_plain={results['images_per_s_plain']:.0f} "
-        f"images_per_s_discrete={results['images_per_s_discrete']:.0f} "
-        f"discrete_cost={results['discrete_cost']:.2f} "
-        f"unary_k_pass_over_batched={results['unary_k_pass_over_batched']:.2f}"
-    )
+    summary = f"SUMMARY fast={fast.dtype_name},{fast.memory_format_name}"
+    for stage in ("plain", "discrete"):
+        summary += (
+            f" images_per_s_{stage}_fp32={results[f'images_per_s_{stage}_fp32']:.0f}"
+            f" images_per_s_{stage}_fast={results[f'images_per_s_{stage}_fast']:.0f}"
+            f" ratio_{stage}={results[f'ratio_{stage}']:.2f}"
+        )
+        if args.compile:
+            summary += f" ratio_{stage}_fast_compiled={results[f'ratio_{stage}_fast_compiled']:.2f}"
+    summary += f" unary_k_pass_over_batched={results['unary_k_pass_over_batched']:.2f}"
     if "metrics_s" in results:
         summary += f" metrics_s={results['metrics_s']:.2f}"
     print(summary)

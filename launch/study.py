@@ -2,6 +2,7 @@
 
     python -m launch.study --config configs/studies/cpu_budget.yaml            # run / resume
     python -m launch.study --config configs/studies/cpu_budget.yaml --report   # report only
+    python -m launch.study --config configs/studies/cpu_tenth.yaml --storage-path /data/studies
 
 A study file::
 
@@ -10,8 +11,9 @@ A study file::
     description: ...                    # the protocol, copied into results.md
     set: {train.num_steps: 4000}        # overrides for every run
     models:                             # model name -> its seeds and overrides
-      cascade: {seeds: [0, 1, 2], set: {model.variant: cascade}}
-      beta_vae: {seeds: [0, 1], set: {model.variant: beta_vae, model.beta: 4}}
+      cascade: {seeds: [0, 1, 2]}       # a variant's name: model.variant defaults to it
+      beta_vae: {seeds: [0, 1], set: {model.beta: 4}}
+      ours: {seeds: [0], set: {model.variant: cascade, solver.lam: 0.01}}
     selection_metric: eval/authors_factorvae
     metrics: [eval/authors_factorvae, eval/discrete_accuracy]
     curve_metrics: [eval/authors_factorvae, codes/shape_agreement]
@@ -48,9 +50,12 @@ from launch.sweep import Dimension, SweepConfig, resolve_base, trial_config
 from trainer.config import Config, ConfigError, read_yaml
 from trainer.distributed.worker import reported_keys
 from trainer.eval.registry import output_keys
+from trainer.loop import extra_evaluation_steps
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
+from trainer.variants.registry import VARIANTS
 
 RUN_DIMENSION = "run"
+VARIANT_KEY = "model.variant"
 
 
 @dataclass
@@ -64,6 +69,8 @@ class StudyConfig(SweepConfig):
     metrics: list[str] = field(default_factory=list)
     curve_metrics: list[str] = field(default_factory=list)
     results_dir: str = "results"
+    storage_flag: str | None = None
+    """`--storage-path` when given: it replaces `storage_path` and belongs to the rerun command."""
 
     def trial_config(self, params: dict[str, Any]) -> Config:
         _, _, overrides = self.runs[params[RUN_DIMENSION]]
@@ -104,7 +111,9 @@ class StudyFile(Schema):
     description: str = ""
     set: dict[str, Any] = Field(default_factory=dict)
     models: dict[str, ModelRuns] = Field(min_length=1)
-    """Model name (letters, digits and _) -> its seeds and overrides."""
+    """Model name (letters, digits and _) -> its seeds and overrides. A model named after a
+    registered variant (trainer.variants.registry) trains that variant unless `model.variant`
+    is set for it or for the whole study."""
     selection_metric: str = "eval/authors_factorvae"
     metrics: list[str] | None = Field(None, min_length=1)
     """Default: [selection_metric]."""
@@ -138,8 +147,10 @@ class StudyFile(Schema):
         self._base_raw, _ = resolve_base(folder / self.base, self.set, problems, check=False)
         for model, spec in self.models.items():
             where = f"models.{model}"
+            named = model in VARIANTS and VARIANT_KEY not in {**self.set, **spec.set}
             for seed in spec.seeds:
-                overrides = {**spec.set, "seed": seed}
+                # A model named after a registered variant trains that variant by default.
+                overrides = {**({VARIANT_KEY: model} if named else {}), **spec.set, "seed": seed}
                 try:
                     self._configs.append(trial_config(self._base_raw, overrides, source=where))
                 except ConfigError as err:
@@ -209,10 +220,13 @@ def collect_runs(study: StudyConfig) -> tuple[list[RunRecord], list[str]]:
         if name not in study.runs:
             continue
         model, seed, _ = study.runs[name]
-        record = read_run(model, seed, params_path.parent / "train" / "metrics.parquet")
+        config = study.trial_config({RUN_DIMENSION: name})
+        table = params_path.parent / "train" / "metrics.parquet"
+        start, diagnostic = config.cascade.discrete_start_step, extra_evaluation_steps(config)
+        record = read_run(model, seed, table, start, diagnostic)
         if record is None:
             continue
-        num_steps = study.trial_config({RUN_DIMENSION: name}).train.num_steps
+        num_steps = config.train.num_steps
         if record.last_step < num_steps:  # still running or interrupted: not in the table
             lines.append(f"`{name}`: unfinished at step {record.last_step} of {num_steps}")
             continue
@@ -247,7 +261,8 @@ def report(study: StudyConfig) -> list[Path]:
         runs,
         title=f"Study `{study.name}`",
         preamble=study.description
-        + f"\n\nRerun: `python -m launch.study --config {study.source}`.",
+        + f"\n\nRerun: `python -m launch.study --config {study.source}"
+        + (f" --storage-path {study.storage_flag}`." if study.storage_flag else "`."),
         models=study.models,
         selection_metric=study.metric,
         metrics=study.metrics,
@@ -264,9 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="only (re)write the report from finished runs"
     )
+    parser.add_argument(
+        "--storage-path",
+        help="folder of the study's experiment instead of the file's storage_path (e.g. one "
+        "outside the work tree, so a long study outlives a checkout); give the same one to resume",
+    )
     args = parser.parse_args(argv)
     try:
         study = load_study(args.config)
+        if args.storage_path:
+            study.storage_path = study.storage_flag = args.storage_path
         if not args.report:  # a report reads the run folders only
             study.base.check_files(f"{args.config} (base config)")
     except ConfigError as err:

@@ -7,7 +7,9 @@ at evaluations). Two readings of a run, both reported:
   last            the final evaluation.
 `summarise` gives mean +- std over seeds per (model, metric, reading); `write_report` writes
 results.md, results.parquet and PNG plots (each metric against step per model with a band over
-seeds, and the final table as bars).
+seeds, and the final table as bars), and, for runs that evaluated `factor_dim_mi`, factor_dim.md
+with each run's factor x dim table and code x shape counts at the evaluation nearest the
+discrete start and at the last one (PNGs in factor_dim/).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer.observe.run_log import read_metrics
+from trainer.observe.tables import confusion_table, factor_dim_table, markdown, save_heatmap
 
 READINGS = ("best", "last")
 READING_TEXT = {
@@ -34,6 +37,7 @@ METRIC_NAMES = {
     "eval/discrete_accuracy": "shape accuracy",
     "eval/mig": "MIG",
     "eval/active_dims": "active dims",
+    "eval/mi_shape_z": "shape in one z dim",
     "codes/shape_agreement": "training-code agreement",
 }
 
@@ -45,17 +49,29 @@ class RunRecord:
     model: str
     seed: int
     rows: list[dict[str, float]]
+    discrete_start: int | None = None
+    """The step the discrete stage starts at (cascade.stage_length x discrete_start_stage)."""
+    diagnostic_steps: frozenset[int] = frozenset()
+    """Evaluations off the run's eval_every cadence (`train.eval_at_discrete_start`): in the
+    curves and the factor x dim tables, never a best or last reading."""
 
     @property
     def last_step(self) -> int:
         return int(max((r["step"] for r in self.rows), default=0))
 
 
-def read_run(model: str, seed: int, table_path: Path) -> RunRecord | None:
+def read_run(
+    model: str,
+    seed: int,
+    table_path: Path,
+    discrete_start: int | None = None,
+    diagnostic_steps: frozenset[int] = frozenset(),
+) -> RunRecord | None:
     """The run's metrics table, or None when it has none yet."""
     if not table_path.exists():
         return None
-    return RunRecord(model, seed, read_metrics(table_path.parent).to_pylist())
+    rows = read_metrics(table_path.parent).to_pylist()
+    return RunRecord(model, seed, rows, discrete_start, diagnostic_steps)
 
 
 def _finite(value) -> bool:
@@ -63,8 +79,13 @@ def _finite(value) -> bool:
 
 
 def eval_rows(run: RunRecord, metrics: Sequence[str]) -> list[dict[str, float]]:
-    """Rows holding at least one of `metrics` (the evaluations), in step order."""
-    rows = [r for r in run.rows if any(_finite(r.get(m)) for m in metrics)]
+    """Rows holding at least one of `metrics` (the evaluations) in step order, less the
+    diagnostic ones (`RunRecord.diagnostic_steps`)."""
+    rows = [
+        r
+        for r in run.rows
+        if any(_finite(r.get(m)) for m in metrics) and int(r["step"]) not in run.diagnostic_steps
+    ]
     return sorted(rows, key=lambda r: r["step"])
 
 
@@ -209,6 +230,72 @@ def plot_bars(summary: list[dict], models: Sequence[str], metrics: Sequence[str]
     return path
 
 
+def table_rows(run: RunRecord) -> list[dict[str, float]]:
+    """The run's evaluations that hold a factor x dim table (`mi/` keys), in step order."""
+    rows = [r for r in run.rows if any(k.startswith("mi/") and _finite(v) for k, v in r.items())]
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def table_readings(run: RunRecord) -> dict[str, dict[str, float]]:
+    """{"discrete start": row, "end": row} of the run's tables: the evaluation nearest the
+    discrete start (the earlier one on ties; absent when the start is unknown) and the last."""
+    rows = table_rows(run)
+    if not rows:
+        return {}
+    out = {}
+    if run.discrete_start is not None:
+        start = run.discrete_start
+        out["discrete start"] = min(rows, key=lambda r: (abs(r["step"] - start), r["step"]))
+    out["end"] = rows[-1]
+    return out
+
+
+def write_factor_dim_tables(out_dir: Path, runs: Sequence[RunRecord]) -> list[Path]:
+    """factor_dim.md and one PNG per table under factor_dim/: each run's factor x dim table and
+    code x shape counts at the evaluation nearest the discrete start and at the last one.
+    Nothing (no paths) when no run has a table."""
+    readings = [(run, table_readings(run)) for run in runs]
+    readings = [(run, picks) for run, picks in readings if picks]
+    if not readings:
+        return []
+    png_dir = out_dir / "factor_dim"
+    png_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    lines = [
+        "# Factor x dim tables",
+        "",
+        "Normalised mutual information I(column; factor) / H(factor) of each continuous dim (mu,",
+        "discretised into equal-width bins as MIG does) and of the discrete code (the category",
+        "at z = mu) with each factor that varies, on the evaluation sample: 1 = the column",
+        "determines the factor, 0 = independent (plug-in estimate). Column labels: the training",
+        "KL of the dim (nats) and its KL weight beta, both means over the log interval. Counts:",
+        "images of the evaluation sample by learned category and true shape.",
+    ]
+    for run, picks in sorted(readings, key=lambda item: (item[0].model, item[0].seed)):
+        name = f"{run.model}-s{run.seed}"
+        lines += ["", f"## `{name}`"]
+        for reading, row in picks.items():
+            step = int(row["step"])
+            where = f"step {step:,}"
+            if reading == "discrete start" and run.discrete_start is not None:
+                where += f"; the discrete stage starts at step {run.discrete_start:,}"
+            lines += ["", f"### At the {reading} ({where})", ""]
+            drawn = (
+                ("mi", factor_dim_table(row, f"{name}: MI / H(factor), step {step}")),
+                ("codes", confusion_table(row, f"{name}: code x shape, step {step}")),
+            )
+            for suffix, table in drawn:
+                if table is None:
+                    continue
+                png = png_dir / f"{name}-step{step}-{suffix}.png"
+                save_heatmap(table, png)
+                paths.append(png)
+                lines += [markdown(table), "", f"![{table.title}](factor_dim/{png.name})", ""]
+    text = "\n".join(lines).rstrip() + "\n"
+    (out_dir / "factor_dim.md").write_text(text)
+    return [out_dir / "factor_dim.md", *paths]
+
+
 def write_report(
     out_dir: Path,
     runs: list[RunRecord],
@@ -240,4 +327,11 @@ def write_report(
     pq.write_table(pa.table({k: [r[k] for r in summary] for k in keys}), paths[1])
     paths.append(plot_curves(runs, curve_metrics, out_dir / "curves.png"))
     paths.append(plot_bars(summary, models, metrics, out_dir / "bars.png"))
-    return paths
+    tables = write_factor_dim_tables(out_dir, runs)
+    if tables:
+        link = (
+            "\nWhat each latent dim holds, at the discrete start and at the end: "
+            "[factor x dim tables](factor_dim.md).\n"
+        )
+        paths[0].write_text(text + link)
+    return paths + tables

@@ -44,6 +44,7 @@ PARAMETERS = {
     "lr": "optim.lr",
     "stage_length": "cascade.stage_length",
     "discrete_start": "cascade.discrete_start_stage",
+    "gamma": "factorvae.gamma",
 }
 """Searchable names -> config fields (the dotted field names are accepted too)."""
 

@@ -70,13 +70,13 @@ def test_a_rule_over_an_invalid_field_is_not_checked():
         {"model": {"variant": "gan"}, "eval": {"protocols": ["discrete_accuracy"]}}
     )
     assert problems == [
-        "model.variant: 'gan' is not one of 'cascade', 'cascade_c', 'beta_vae', 'jointvae' or "
-        "'oracle'"
+        "model.variant: 'gan' is not one of 'cascade', 'cascade_c', 'beta_vae', 'jointvae', "
+        "'oracle' or 'factorvae'"
     ]
     problems = _problems({"model": {"variant": "beta_vae"}, "eval": {"protocols": ["mig", "x"]}})
     assert problems == [
         "eval.protocols: unknown ['x']; choose from "
-        "['authors_factorvae', 'factorvae', 'discrete_accuracy', 'mig']"
+        "['authors_factorvae', 'factorvae', 'discrete_accuracy', 'mig', 'factor_dim_mi']"
     ]
 
 
@@ -109,10 +109,10 @@ def test_unknown_protocol_is_refused_listing_the_registry():
     "raw, problem",
     [
         ({"solver": {"typo": 1}}, "solver.typo: unknown key (known: actor_name, lam, timeout_s)"),
-        ({"train": {"lr": 1e-3}}, "train.lr: unknown key (known: autocast, checkpoint_every, "),
+        ({"train": {"lr": 1e-3}}, "train.lr: unknown key (known: autocast, channels_last, "),
         ({"eval": {"num_vote": 3}}, "eval.num_vote: unknown key (known: batch_size, "),
         ({"jointvae": {"gamma": 1.0, "beta": 2}}, "jointvae.beta: unknown key (known: "),
-        ({"colour": "red"}, "colour: unknown key (known: cascade, data, eval, jointvae, model, "),
+        ({"colour": "red"}, "colour: unknown key (known: cascade, data, eval, factorvae, "),
     ],
 )
 def test_extra_keys_are_refused_with_their_dotted_path(raw, problem):
@@ -125,6 +125,25 @@ def test_discrete_start_after_the_last_stage_is_refused():
         {"train": {"num_steps": 100}, "cascade": {"stage_length": 50, "discrete_start_stage": 4}}
     )
     assert any("after the last stage 1 of train.num_steps=100" in p for p in problems)
+
+
+def test_an_evaluation_at_the_discrete_start_must_fall_within_the_run():
+    steps = {"stage_length": 50, "discrete_start_stage": 2}
+    config = Config.from_dict(
+        {"train": {"num_steps": 150, "eval_at_discrete_start": True}, "cascade": steps}
+    )
+    assert config.cascade.discrete_start_step == 100 and config.train.eval_at_discrete_start
+    # beta_vae has no discrete stage; its run still evaluates at the same step, which must fall
+    # within the run.
+    raw = {"model": {"variant": "beta_vae"}, "cascade": steps, "eval": {"protocols": ["mig"]}}
+    (problem,) = _problems({**raw, "train": {"num_steps": 100, "eval_at_discrete_start": True}})
+    assert problem == (
+        "train.eval_at_discrete_start: the discrete start, step 100 (cascade.stage_length x "
+        "cascade.discrete_start_stage), is not within the run's steps 1..99"
+    )
+    start_at_zero = {"stage_length": 50, "discrete_start_stage": 0}
+    problems = _problems({"train": {"eval_at_discrete_start": True}, "cascade": start_at_zero})
+    assert any("the discrete start, step 0 " in p for p in problems)
 
 
 @pytest.mark.parametrize(
@@ -261,17 +280,20 @@ def test_launch_exits_2_on_an_empty_config_file(tmp_path, capsys, no_ray):
     assert f"{path} is empty" in capsys.readouterr().err
 
 
-def test_device_switches_default_to_todays_cpu_behaviour():
+def test_device_switches_default_to_auto():
     c = Config()
     assert (c.train.data_on_device, c.train.metrics_on_device) == ("auto", "auto")
-    assert (c.train.compile, c.train.autocast, c.optim.implementation) == ("none", "none", "auto")
+    assert (c.train.autocast, c.train.channels_last) == ("auto", "auto")
+    assert (c.train.compile, c.optim.implementation) == ("none", "auto")
 
 
 @pytest.mark.parametrize(
     "override, value",
     [("train.data_on_device=true", True), ("train.data_on_device=false", False),
      ("train.metrics_on_device=auto", "auto"), ("train.compile=reduce-overhead", "reduce-overhead"),
-     ("train.autocast=bf16", "bf16"), ("optim.implementation=fused", "fused")],
+     ("train.autocast=bf16", "bf16"), ("train.autocast=none", "none"),
+     ("train.channels_last=false", False), ("train.channels_last=auto", "auto"),
+     ("optim.implementation=fused", "fused")],
 )  # fmt: skip
 def test_device_switches_take_their_values(override, value):
     config = load_config(Path("configs/debug.yaml"), [override])
@@ -282,12 +304,12 @@ def test_device_switches_take_their_values(override, value):
 def test_bad_device_switches_are_listed_together():
     raw = {
         "train": {"data_on_device": "yes", "metrics_on_device": 1, "compile": "fast",
-                  "autocast": "fp16"},
+                  "autocast": "fp16", "channels_last": "nhwc"},
         "optim": {"implementation": "apex"},
     }  # fmt: skip
     problems = " | ".join(_problems(raw))
     for key in ("train.data_on_device", "train.metrics_on_device", "train.compile",
-                "train.autocast", "optim.implementation"):  # fmt: skip
+                "train.autocast", "train.channels_last", "optim.implementation"):  # fmt: skip
         assert key in problems, (key, problems)
 
 
@@ -300,3 +322,45 @@ def test_auto_device_switches_follow_the_device():
     assert device_switch("auto", torch.device("cpu")) is False
     assert device_switch(True, torch.device("cpu")) is True
     assert device_switch(False, torch.device("cuda")) is False
+
+
+@pytest.mark.parametrize(
+    "feature, autocast, channels_last, device, expected",
+    [("avx512_bf16", "auto", "auto", "cpu", (True, True)),
+     ("amx_bf16", "auto", "auto", "cpu", (True, True)),
+     (None, "auto", "auto", "cpu", (False, False)),  # a CPU without bf16 kernels stays fp32
+     ("avx512_bf16", "auto", "auto", "cuda", (False, False)),  # CUDA as before: fp32, NCHW
+     ("avx512_bf16", "none", "auto", "cpu", (False, False)),  # the explicit fp32 switch
+     ("avx512_bf16", "auto", False, "cpu", (True, False)),
+     (None, "bf16", "auto", "cpu", (True, True)),  # asked for: bf16 even when emulated
+     (None, "none", True, "cpu", (False, True)),
+     (None, "bf16", "auto", "cuda", (True, False))],
+)  # fmt: skip
+def test_auto_precision_follows_the_cpu_features(
+    monkeypatch, feature, autocast, channels_last, device, expected
+):
+    import torch
+
+    import trainer.build as build
+
+    monkeypatch.setattr(build, "cpu_bf16_feature", lambda: feature)
+    train = Config().train.model_copy(update={"autocast": autocast, "channels_last": channels_last})
+    precision = build.resolve_precision(train, torch.device(device))
+    assert (precision.autocast_bf16, precision.channels_last) == expected
+
+
+def test_the_bf16_feature_is_the_one_named_in_proc_cpuinfo():
+    """torch's detection and the kernel's flags agree on this machine (known answer: the flags
+    line of /proc/cpuinfo)."""
+    from trainer.build import BF16_CPU_FLAGS, cpu_bf16_feature
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = next(
+        (set(line.partition(":")[2].split()) for line in cpuinfo.read_text().splitlines()
+         if line.startswith("flags")),
+        set(),
+    )  # fmt: skip
+    expected = next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+    assert cpu_bf16_feature() == expected

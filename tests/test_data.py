@@ -35,7 +35,7 @@ from trainer.data.dsprites import (
     sample_random_indices,
 )
 from trainer.data.render import (
-    MASK_RADIUS,
+    MASK_HALF,
     GridSpec,
     classes_of,
     mixed_radix_bases,
@@ -45,8 +45,9 @@ from trainer.data.render import (
 
 SMALL = {"num_scales": 6, "num_orientations": 10, "num_positions": 8}  # 11,520 images
 SMALL_SIZES = (1, 3, 6, 10, 8, 8)
-# Centre pixels of positions linspace(0, 1, 8): 11 + rint(k / 7 * 41), computed by hand.
-CENTRES_8 = [11, 17, 23, 29, 34, 40, 46, 52]
+# Centre corners of positions linspace(0, 1, 8): 16 + round(k / 7 * 32), computed by hand
+# (0, 4.57, 9.14, 13.71, 18.29, 22.86, 27.43, 32 -> 0, 5, 9, 14, 18, 23, 27, 32).
+CENTRES_8 = [16, 21, 25, 30, 34, 39, 43, 48]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,10 @@ def small(tmp_path_factory) -> data.DSprites:
 
 
 def centroid(image_HW: np.ndarray) -> tuple[float, float]:
+    """Area centroid (row, column) in frame coordinates: pixel (i, j) has its centre at
+    (i + 0.5, j + 0.5), so a shape's centre corner c is the centroid c of a symmetric shape."""
     rows, cols = np.nonzero(image_HW)
-    return float(rows.mean()), float(cols.mean())
+    return float(rows.mean()) + 0.5, float(cols.mean()) + 0.5
 
 
 # --- indexing -----------------------------------------------------------------------------------
@@ -164,7 +167,7 @@ def test_posx_moves_columns_posy_moves_rows(small):
         classes_BF[:, axis] = np.arange(8)
         cents = np.array([centroid(im) for im in small.images(classes_BF @ small.bases)])
         assert cents[:, along].tolist() == CENTRES_8  # moving coordinate, exact
-        assert (cents[:, 1 - along] == 11).all()  # the other stays at its position-0 centre
+        assert (cents[:, 1 - along] == 16).all()  # the other stays at its position-0 centre
     # Monotone for every shape, scale and orientation along both axes.
     cls = small.latent_classes
     for axis, along in ((4, 1), (5, 0)):
@@ -193,10 +196,10 @@ def test_orientation_zero_and_two_pi_identical_and_rotation_about_centre(small):
 def test_shapes_look_like_dsprites():
     square = render_mask(0, 1.0, 0.0)
     rows, cols = np.nonzero(square)
-    assert square.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1) == 15 * 15  # filled 15x15 square
+    assert square.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1) == 20 * 20  # filled 20x20 square
     ellipse = render_mask(1, 1.0, 0.0)
     rows, cols = np.nonzero(ellipse)
-    assert 1.8 < (np.ptp(cols) + 1) / (np.ptp(rows) + 1) < 2.2  # 2:1, long axis horizontal
+    assert (np.ptp(cols) + 1, np.ptp(rows) + 1) == (26, 14)  # long axis horizontal
     ellipse90 = render_mask(1, 1.0, math.pi / 2)
     assert np.array_equal(ellipse90, ellipse.T)  # a quarter turn swaps the axes
     heart = render_mask(2, 1.0, 0.0)
@@ -204,9 +207,12 @@ def test_shapes_look_like_dsprites():
     rows = np.nonzero(heart.any(axis=1))[0]
     top, bottom = heart[rows[0]], heart[rows[-1]]
     on = np.nonzero(top)[0]
-    # Two lobes: the top row has pixels on both sides of the centre line and a gap between.
-    assert on.min() < MASK_RADIUS < on.max() and top[MASK_RADIUS] == 0
-    assert bottom.sum() <= 3 and bottom[MASK_RADIUS] == 1  # a point at the bottom
+    # Two lobes: the top row has pixels on both sides of the centre line and a gap between
+    # (the centre line runs between columns MASK_HALF - 1 and MASK_HALF).
+    assert on.min() < MASK_HALF - 1 and on.max() > MASK_HALF
+    assert top[MASK_HALF - 1] == 0 and top[MASK_HALF] == 0
+    # A point at the bottom: the two pixels either side of the centre line.
+    assert bottom.sum() == 2 and bottom[MASK_HALF - 1] == bottom[MASK_HALF] == 1
     widths = heart.sum(axis=1)[rows]
     assert np.argmax(widths) < len(rows) / 2  # widest in the upper half
 
@@ -223,7 +229,7 @@ def _forbid_build(monkeypatch):
 
 def test_cache_round_trip_and_reopen_does_not_rebuild(small, monkeypatch):
     mtime = small.cache_path.stat().st_mtime_ns
-    assert small.cache_path.name == f"dsprites-render-r1-sc6-or10-pos8-f{data.FORMAT_VERSION}.arrow"
+    assert small.cache_path.name == f"dsprites-render-r2-sc6-or10-pos8-f{data.FORMAT_VERSION}.arrow"
     _forbid_build(monkeypatch)
     again = open_dsprites(**SMALL, cache_dir=small.cache_path.parent)
     assert again.cache_path.stat().st_mtime_ns == mtime
@@ -280,7 +286,7 @@ def _damage(kind: str, ds: data.DSprites) -> None:
             f.seek(offset)
             f.write(bytes([byte[0] ^ 0xFF]))
     elif kind == "other_grid":
-        _rewrite_metadata(path, source_id="render-r1-sc6-or10-pos7")
+        _rewrite_metadata(path, source_id="render-r2-sc6-or10-pos7")
 
 
 @pytest.mark.parametrize("kind", ["stale", "partial", "corrupt", "other_grid"])
@@ -327,8 +333,8 @@ def test_two_processes_build_the_same_cache(tmp_path):
     assert results[0] == results[1] and results[0][0] == 3 * 3 * 6 * 36
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
-        ".dsprites-render-r1-sc3-or6-pos6-f1.arrow.lock",
-        "dsprites-render-r1-sc3-or6-pos6-f1.arrow",
+        ".dsprites-render-r2-sc3-or6-pos6-f1.arrow.lock",
+        "dsprites-render-r2-sc3-or6-pos6-f1.arrow",
     ]
 
 

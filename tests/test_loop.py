@@ -3,6 +3,7 @@ and where log intervals end."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,15 @@ from trainer.build import build_capacities, build_model, build_optimizer, build_
 from trainer.config import load_config
 from trainer.core.step import train_step
 from trainer.data.dsprites import batch_indices_for_step
-from trainer.loop import SHAPE_FACTOR, Cadence, Hooks, TrainLoop, load_batch, step_seed
+from trainer.loop import (
+    SHAPE_FACTOR,
+    Cadence,
+    Hooks,
+    TrainLoop,
+    evaluation_cadence,
+    load_batch,
+    step_seed,
+)
 
 DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 
@@ -37,6 +46,73 @@ def _parts(config):
 )  # fmt: skip
 def test_cadence(every, at_end, done, last, due):
     assert Cadence(every, at_end).due(done, last) is due
+
+
+def test_the_evaluation_cadence_adds_the_discrete_start(tmp_path):
+    # debug: 5-step stages, the discrete stage from stage 4, 40 steps, evaluation at the end only.
+    plain = evaluation_cadence(_config(tmp_path))
+    assert [done for done in range(1, 41) if plain.due(done, done == 40)] == [40]
+    config = _config(tmp_path, "train.eval_at_discrete_start=true", "train.eval_every=15")
+    cadence = evaluation_cadence(config)
+    assert [done for done in range(1, 41) if cadence.due(done, done == 40)] == [15, 20, 30, 40]
+    hooks = Hooks([], ends=[Cadence(8), cadence], num_steps=40, global_batch=16)
+    intervals = [hooks.after_step(step, {"loss/total": 1.0}) for step in range(40)]
+    ends = [step + 1 for step, interval in enumerate(intervals) if interval is not None]
+    assert ends == [8, 15, 16, 20, 24, 30, 32, 40]
+
+
+def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
+    import ray.train
+
+    from trainer.distributed.worker import CHECKPOINT_SCORE, UNRANKED_SCORE, ReportHook
+    from trainer.loop import extra_evaluation_steps
+
+    flag = "train.eval_at_discrete_start=true"
+    assert extra_evaluation_steps(_config(tmp_path)) == frozenset()
+    assert extra_evaluation_steps(_config(tmp_path, flag, "train.eval_every=10")) == frozenset()
+    config = _config(
+        tmp_path,
+        flag,
+        "train.eval_every=15",
+        "train.checkpoint_every=30",
+        "train.keep_best_by=eval/authors_factorvae",
+    )
+    assert extra_evaluation_steps(config) == frozenset({20})
+    # At the discrete start (step 20) the evaluation is reported but ranks no checkpoint.
+    reports: list = []
+    monkeypatch.setattr(ray.train, "report", lambda report, **kw: reports.append((report, kw)))
+    hook = ReportHook(config, state=None, log=None, rank=0)  # type: ignore[arg-type]
+    hook.run(20, {"eval/authors_factorvae": 0.9, "mi/shape/z0": 0.5})
+    ((report, kwargs),) = reports
+    assert kwargs == {} and report[CHECKPOINT_SCORE] == UNRANKED_SCORE
+    assert report["eval/authors_factorvae"] == 0.9 and report["mi/shape/z0"] == 0.5
+
+
+def test_checkpoint_scores_survive_ray_trains_json_snapshot():
+    """Ray Train keeps checkpoint scores in a pydantic JSON snapshot that it reads on resume;
+    an unranked or non-finite score must come back as the same finite number."""
+    import pydantic
+
+    from trainer.distributed.worker import UNRANKED_SCORE, checkpoint_score
+
+    class Snapshot(pydantic.BaseModel):
+        scores: list[float]
+
+    key = "eval/authors_factorvae"
+    scores = [
+        checkpoint_score({key: 0.75}, key, ranked=True),
+        checkpoint_score({key: 0.75}, key, ranked=False),
+        checkpoint_score({}, key, ranked=True),
+        checkpoint_score({key: math.nan}, key, ranked=True),
+        checkpoint_score({key: -math.inf}, key, ranked=True),
+    ]
+    assert scores == [0.75] + [UNRANKED_SCORE] * 4
+    assert all(s < -1e300 for s in scores[1:])
+    restored = Snapshot.model_validate_json(Snapshot(scores=scores).model_dump_json())
+    assert restored.scores == scores
+    # What -inf itself would have become: null, which cannot be read back as a float.
+    with pytest.raises(pydantic.ValidationError):
+        Snapshot.model_validate_json(Snapshot(scores=[-math.inf]).model_dump_json())
 
 
 class _Recorder:
@@ -96,25 +172,38 @@ def test_interval_means_are_reduced_then_rank0s_own_keys_added():
     assert interval["perf/code_wait_share"] == interval["solver/wait_ms"] / interval["perf/step_ms"]
 
 
-def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path):
-    config = _config(tmp_path, "cascade.discrete_start_stage=0")
+@pytest.mark.parametrize(
+    "precision",
+    [["train.autocast=none", "train.channels_last=false"],
+     ["train.autocast=bf16", "train.channels_last=true"]],
+)  # fmt: skip
+def test_the_loop_step_is_the_train_step_on_the_steps_batch_and_noise(tmp_path, precision):
+    config = _config(tmp_path, "cascade.discrete_start_stage=0", *precision)
     dataset = open_data(config)
     model, optimizer, scheduler = _parts(config)
     chooser = lambda unary_BK: unary_BK.argmin(dim=1)  # noqa: E731
     loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=torch.device("cpu"),
                      chooser=chooser)  # fmt: skip
+    bf16 = config.train.autocast == "bf16"
+    assert (loop.precision.autocast_bf16, loop.precision.channels_last) == (bf16, bf16)
+    assert model.encoder[2].weight.is_contiguous(memory_format=torch.channels_last) == bf16
     reference, ref_opt, ref_sched = _parts(config)
+    if bf16:
+        reference.to(memory_format=torch.channels_last)
     for step in range(3):
         metrics = loop.step(step)
         indices = batch_indices_for_step(len(dataset), seed=config.seed, step=step, rank=0,
                                          world_size=1, global_batch=16)  # fmt: skip
+        x_B1HW = load_batch(dataset, indices, torch.device("cpu"))
+        if bf16:
+            x_B1HW = x_B1HW.contiguous(memory_format=torch.channels_last)
         expected = train_step(
-            reference, ref_opt, ref_sched, load_batch(dataset, indices, torch.device("cpu")),
+            reference, ref_opt, ref_sched, x_B1HW,
             iteration=step, schedule=build_schedule(config),
             eps_generator=torch.Generator().manual_seed(step_seed(config.seed, step, 0)),
             choose_codes=chooser, weight_penalty_coef=config.model.weight_penalty,
             shapes_B=dataset.latent_classes[indices, SHAPE_FACTOR],
-            capacities=build_capacities(config),
+            capacities=build_capacities(config), autocast_bf16=bf16,
         )  # fmt: skip
         assert {k: v for k, v in metrics.items() if not k.startswith("perf/")} == expected
         assert metrics["perf/data_ms"] >= 0.0 and metrics["perf/train_step_ms"] > 0.0

@@ -27,18 +27,22 @@ from trainer.eval import (
     authors_factorvae,
     compute_authors_factorvae,
     compute_discrete_accuracy,
+    compute_factor_dim_mi,
     compute_factorvae,
     compute_mig,
     discrete_entropy,
     discrete_mutual_information,
     draw_global_sample,
     evaluate_model,
+    factor_dim_mi,
     gini_variance,
     histogram_discretize,
     majority_vote_accuracy,
     mig,
+    table_keys,
 )
 from trainer.eval.discrete_accuracy import _discrete_accuracy_core as accuracy_core
+from trainer.eval.discrete_accuracy import confusion_matrix
 
 SMALL_SIZES = (1, 3, 6, 10, 8, 8)  # color, shape, scale, orientation, posX, posY
 ALL_FACTORS = ("shape", "scale", "orientation", "posX", "posY")
@@ -486,7 +490,13 @@ def test_evaluate_model_keys_and_determinism(data, tiny_model):
 
 
 def test_protocols_describe_every_metric():
-    assert list(METRICS) == ["authors_factorvae", "factorvae", "discrete_accuracy", "mig"]
+    assert list(METRICS) == [
+        "authors_factorvae",
+        "factorvae",
+        "discrete_accuracy",
+        "mig",
+        "factor_dim_mi",
+    ]
     assert "800 votes" in METRICS["authors_factorvae"].description
     assert "0.05" in METRICS["factorvae"].description
     assert "20 equal-width bins" in METRICS["mig"].description
@@ -502,5 +512,120 @@ def test_the_registry_declares_exactly_the_eval_settings():
         ("eval/factorvae", "eval/factorvae_train"),
         ("eval/discrete_accuracy",),
         ("eval/mig",),
+        ("eval/mi_shape_z",),
     ]
-    assert [m.higher_is_better for m in METRICS.values()] == [True] * 4
+    assert [m.higher_is_better for m in METRICS.values()] == [True] * 4 + [None]
+
+
+# --- factor x dim table and confusion matrix ----------------------------------------------------
+
+
+def test_factor_dim_table_of_the_identity_representation_is_the_identity(data):
+    # Every factor's class as one dim (<= 10 classes, each in its own one of 20 bins): a dim
+    # determines its own factor (exactly 1) and is independent of the others (plug-in bias only,
+    # about (20 - 1)(10 - 1) / (2 x 10,000) nats = 0.004 of log 10).
+    rep = FactorRepresenter(data, continuous=ALL_FACTORS, discrete=None)
+    result = compute_factor_dim_mi(rep, data, np.random.default_rng(0))
+    nmi_FC = result.details["nmi_FC"]
+    assert result.details["factor_names"] == list(ALL_FACTORS)
+    assert result.details["columns"] == ["z0", "z1", "z2", "z3", "z4"]
+    np.testing.assert_allclose(np.diag(nmi_FC), 1.0, rtol=1e-12)
+    off_diagonal = nmi_FC[~np.eye(5, dtype=bool)]
+    assert off_diagonal.max() < 0.01 and off_diagonal.min() >= 0.0
+    assert result.score == pytest.approx(1.0)  # z0 holds the shape
+    assert result.details["confusion_KS"] is None
+    table = result.details["table"]
+    assert table["mi/posX/z3"] == pytest.approx(1.0) and table["mi/posX/z4"] < 0.01
+    assert not any(key.startswith("confusion/") or key.endswith("/code") for key in table)
+
+
+def test_factor_dim_table_reads_the_shape_code_and_its_confusion(data):
+    rep = FactorRepresenter(data)  # scale, orientation, posX, posY continuous; shape discrete
+    result = compute_factor_dim_mi(rep, data, np.random.default_rng(0), num_samples=3000)
+    table = result.details["table"]
+    assert table["mi/shape/code"] == pytest.approx(1.0)
+    assert max(table[f"mi/{f}/code"] for f in ALL_FACTORS[1:]) < 0.01
+    assert table["mi/scale/z0"] == pytest.approx(1.0) and table["mi/posY/z3"] == pytest.approx(1.0)
+    assert result.score < 0.01  # no continuous dim holds the shape
+    confusion_KS = result.details["confusion_KS"]
+    assert confusion_KS.sum() == 3000
+    np.testing.assert_array_equal(confusion_KS, np.diag(np.diag(confusion_KS)))
+    assert table["confusion/code1/ellipse"] == confusion_KS[1, 1] > 800
+    assert table["confusion/code1/square"] == 0.0
+
+
+def test_factor_dim_table_of_a_constant_representation_is_zero(data):
+    n = len(data)
+    rep = TableRepresenter(np.full((n, 3), 0.7), None, np.zeros(n, dtype=np.int64))
+    rep.num_categories = 3
+    result = compute_factor_dim_mi(rep, data, np.random.default_rng(0), num_samples=2000)
+    assert result.details["nmi_FC"].shape == (5, 4)
+    assert (result.details["nmi_FC"] == 0.0).all() and result.score == 0.0
+    confusion_KS = result.details["confusion_KS"]
+    assert confusion_KS.shape == (3, 3)  # the unused categories are rows of zeros
+    assert confusion_KS[0].sum() == 2000 and confusion_KS[1:].sum() == 0
+    assert result.details["table"]["confusion/code2/heart"] == 0.0
+
+
+def test_factor_dim_table_orders_dims_by_the_noise_added_to_a_factor():
+    # posX (16 classes) copied, with small noise, with large noise, and pure noise; another
+    # factor copied once. I(dim; posX) falls as the noise grows; the pure-noise dim and every
+    # dim's MI with the other factor stay near 0 (plug-in bias).
+    rng = np.random.default_rng(4)
+    n = 20_000
+    pos_N, other_N = rng.integers(0, 16, size=n), rng.integers(0, 5, size=n)
+    mu_NM = np.stack(
+        [
+            pos_N,
+            pos_N + rng.normal(0.0, 1.0, size=n),
+            pos_N + rng.normal(0.0, 4.0, size=n),
+            rng.normal(0.0, 1.0, size=n),
+            other_N,
+        ],
+        axis=1,
+    ).astype(float)
+    factors_NF = np.stack([pos_N, other_N], axis=1)
+    result = factor_dim_mi._factor_dim_mi_core(mu_NM, None, factors_NF, ["posX", "scale"])
+    pos_C, other_C = result.details["nmi_FC"]
+    assert pos_C[0] == pytest.approx(1.0)
+    assert 1.0 > pos_C[1] > pos_C[2] > pos_C[3] + 0.05
+    assert pos_C[3] < 0.01 and pos_C[4] < 0.01
+    assert other_C[4] == pytest.approx(1.0) and other_C[:4].max() < 0.01
+    assert result.score == 0.0  # no shape factor in this table
+
+
+def test_confusion_matrix_of_a_known_assignment():
+    codes_N = np.array([0, 0, 1, 2, 2, 2, 1])
+    shapes_N = np.array([0, 1, 1, 2, 2, 0, 1])
+    expected_KS = np.array([[1, 1, 0], [0, 2, 0], [1, 0, 2]])
+    np.testing.assert_array_equal(confusion_matrix(codes_N, shapes_N), expected_KS)
+    padded_KS = confusion_matrix(codes_N, shapes_N, num_categories=4, num_shapes=3)
+    np.testing.assert_array_equal(padded_KS, np.vstack([expected_KS, np.zeros((1, 3))]))
+    result = factor_dim_mi._factor_dim_mi_core(
+        np.zeros((7, 1)),
+        codes_N,
+        shapes_N[:, None],
+        ["shape"],
+        shapes_N=shapes_N,
+        num_categories=4,
+        num_shapes=3,
+    )
+    table = result.details["table"]
+    assert table["confusion/code2/square"] == 1.0 and table["confusion/code2/heart"] == 2.0
+    assert table["confusion/code1/ellipse"] == 2.0 and table["confusion/code3/square"] == 0.0
+    assert sum(v for k, v in table.items() if k.startswith("confusion/")) == 7
+
+
+@pytest.mark.parametrize("num_categories", [3, 0])
+def test_evaluate_model_reports_exactly_the_declared_table_keys(data, num_categories):
+    torch.manual_seed(0)
+    model = CascadeVAE(num_continuous=4, num_categories=num_categories)
+    out = evaluate_model(model, data, seed=1, protocols=("factor_dim_mi",), num_global=300)
+    declared = table_keys(["factor_dim_mi"], 4, num_categories)
+    assert set(out) == {"eval/mi_shape_z", *declared}
+    assert len(declared) == 5 * (4 + (1 if num_categories else 0)) + 3 * num_categories
+    assert all(0.0 <= out[k] <= 1.0 for k in declared if k.startswith("mi/"))
+    if num_categories:
+        counts = [out[k] for k in declared if k.startswith("confusion/")]
+        assert sum(counts) == 300 and all(c == int(c) for c in counts)
+    assert "factor_dim_mi" not in [m.name for m in METRICS.values() if m.higher_is_better]

@@ -130,6 +130,15 @@ def test_every_registry_output_of_the_protocols_is_an_accepted_metric(tmp_path):
             raw |= {"metric": key, "mode": "max", "set": {"eval.protocols": [name]}}
             path.write_text(yaml.safe_dump(raw))
             assert load_sweep(path).metric == key
+    # The table keys of the debug model (6 continuous dims, 3 categories) are reported too.
+    for key in ("mi/shape/z5", "mi/orientation/code", "confusion/code2/heart"):
+        raw |= {"metric": key, "mode": "max", "set": {"eval.protocols": ["factor_dim_mi"]}}
+        path.write_text(yaml.safe_dump(raw))
+        assert load_sweep(path).metric == key
+    raw |= {"metric": "mi/shape/z6"}
+    path.write_text(yaml.safe_dump(raw))
+    (problem,) = _problems(path)
+    assert problem.startswith("metric: 'mi/shape/z6' is never reported by training")
     # A key of a protocol that is not configured is never reported.
     raw |= {"metric": "eval/mig", "set": {"eval.protocols": ["authors_factorvae"]}}
     path.write_text(yaml.safe_dump(raw))

@@ -21,7 +21,7 @@ import random
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -44,12 +44,23 @@ class CorruptCheckpointError(PicklableError, ValueError):
         super().__init__(f"corrupt checkpoint {path}: {reason}")
 
 
+class VariantState(Protocol):
+    """A model variant's extra trained parts (trainer.variants.types.Extras)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class TrainState:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     next_step: int = 0
+    extras: VariantState | None = None
+    """The variant's other modules and optimizers (FactorVAE's discriminator), saved under
+    `extras` in state.pt when there are any."""
 
 
 def save_checkpoint(folder: str | os.PathLike, state: TrainState, config_yaml: str) -> Path:
@@ -67,6 +78,9 @@ def save_checkpoint(folder: str | os.PathLike, state: TrainState, config_yaml: s
             "python": random.getstate(),
         },
     }
+    extras = state.extras.state_dict() if state.extras is not None else {}
+    if extras:
+        payload["extras"] = extras
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
@@ -159,6 +173,8 @@ def restore_state(payload: dict[str, Any], state: TrainState) -> TrainState:
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     state.scheduler.load_state_dict(payload["scheduler"])
+    if state.extras is not None:
+        state.extras.load_state_dict(payload.get("extras", {}))
     state.next_step = int(payload["next_step"])
     rng = payload.get("rng", {})
     if "torch" in rng:

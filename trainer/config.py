@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
+from trainer.core.schedule import CascadeConfig, OptimConfig
 from trainer.data.render import MAX_POSITIONS  # distinct pixel positions in the frame
 from trainer.eval.options import EvalConfig
 from trainer.eval.registry import METRICS, score_keys
@@ -41,6 +42,9 @@ from trainer.schema import (
     rules_apply,
     validate,
 )
+from trainer.variants.factorvae import FactorVAEConfig
+from trainer.variants.jointvae import JointVAEConfig
+from trainer.variants.registry import VARIANTS
 
 __all__ = [
     "CascadeConfig",
@@ -48,6 +52,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "FactorVAEConfig",
     "JointVAEConfig",
     "ModelConfig",
     "OptimConfig",
@@ -59,20 +64,15 @@ __all__ = [
     "read_yaml",
 ]
 
-VARIANTS = ("cascade", "cascade_c", "beta_vae", "jointvae", "oracle")
-DISCRETE_VARIANTS = ("cascade", "jointvae", "oracle")  # variants with a discrete code
-CASCADE_SCHEDULE_VARIANTS = ("cascade", "oracle")  # a discrete stage of the cascade
-DATA_SOURCES = ("render", "npz")
 MAX_NUM_STEPS = 10**9
 """Bound of train.num_steps: 3,300x the paper's 300,000; a larger value is a typo."""
-
-Variant = Literal["cascade", "cascade_c", "beta_vae", "jointvae", "oracle"]
+Variant = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]
+"""`model.variant`: a name of the variant registry (trainer.variants.registry.VARIANTS)."""
 DataSource = Literal["render", "npz"]
 OnOrAuto = bool | Literal["auto"]
 """A device switch: true, false, or `auto` (on when the run's device is CUDA, off on CPU)."""
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
-Autocast = Literal["none", "bf16"]
-AdamImplementation = Literal["auto", "for_loop", "foreach", "fused"]
+Autocast = Literal["auto", "none", "bf16"]
 
 
 def _folder_name(value: str) -> str:
@@ -126,14 +126,18 @@ class DataConfig(Schema):
 
 class ModelConfig(Schema):
     variant: Variant = "cascade"
-    """`cascade` (CascadeVAE: continuous + discrete), `cascade_c` (CascadeVAE-C, continuous
-    only), `beta_vae` (one KL weight `beta` on every dim, no discrete code), `jointvae` (Dupont
-    2018: Gumbel-softmax code and controlled capacities, see the `jointvae` section) or `oracle`
-    (CascadeVAE whose discrete stage decodes with the TRUE shape: a supervised known answer)."""
+    """A variant of the registry (trainer.variants.registry.VARIANTS): `cascade` (CascadeVAE:
+    continuous + discrete), `cascade_c` (CascadeVAE-C, continuous only), `beta_vae` (one KL
+    weight `beta` on every dim, no discrete code), `jointvae` (Dupont 2018: Gumbel-softmax code
+    and controlled capacities, see the `jointvae` section), `oracle` (CascadeVAE whose
+    discrete stage decodes with the TRUE shape: a supervised known answer) or `factorvae` (Kim
+    & Mnih 2018: the ELBO plus gamma times a discriminator's total-correlation estimate, no
+    discrete code, see the `factorvae` section)."""
     num_continuous: int = Field(6, ge=1)
     """m, the number of continuous latent dims."""
     num_categories: int = 3
-    """S, the number of discrete categories (ignored, forced to 0, for cascade_c and beta_vae)."""
+    """S, the number of discrete categories (ignored, forced to 0, for a variant without a
+    discrete code: cascade_c, beta_vae, factorvae)."""
     weight_penalty: Float = Field(4e-5, ge=0)
     """Coefficient of the authors' L2 penalty coef * sum(w^2) / 2; 0 switches it off."""
     beta: Float = Field(4.0, ge=0)
@@ -144,7 +148,7 @@ class ModelConfig(Schema):
         reads = ("model.variant", "model.num_categories")
         if not rules_apply(info, self, *reads):
             return self
-        if self.variant in DISCRETE_VARIANTS and self.num_categories < 2:
+        if VARIANTS[self.variant].has_code and self.num_categories < 2:
             raise RuleError(
                 [
                     f"model.num_categories: variant {self.variant} needs >= 2 categories, "
@@ -155,33 +159,7 @@ class ModelConfig(Schema):
 
     @property
     def effective_categories(self) -> int:
-        return self.num_categories if self.variant in DISCRETE_VARIANTS else 0
-
-
-class JointVAEConfig(Schema):
-    """Settings of `model.variant: jointvae` (Dupont 2018; his dSprites values as defaults)."""
-
-    temperature: Float = Field(0.67, gt=0)
-    """Gumbel-softmax temperature."""
-    gamma: Float = Field(150.0, ge=0)
-    """Weight of both capacity terms gamma * |KL - C|."""
-    continuous_capacity: Float = Field(40.0, ge=0)
-    """C_z at the end of the ramp, nats (sum over continuous dims)."""
-    discrete_capacity: Float = Field(1.1, ge=0)
-    """C_c at the end of the ramp, nats (capped at log K)."""
-    capacity_steps: int = Field(0, ge=0)
-    """Iterations over which both capacities rise linearly from 0; 0 = train.num_steps."""
-
-
-class CascadeConfig(Schema):
-    stage_length: int = Field(20_000, ge=1)
-    """P, iterations per stage of the cascade (authors: 20,000)."""
-    discrete_start_stage: int = Field(4, ge=0)
-    """T, the first stage in which the discrete code is learned (authors: 4)."""
-    beta_high: Float = Field(10.0, ge=0)
-    """beta_h, the KL weight of dims not yet relieved (authors: 10)."""
-    beta_low: Float = Field(0.1, ge=0)
-    """beta_l, the KL weight of relieved dims (authors: 0.1)."""
+        return self.num_categories if VARIANTS[self.variant].has_code else 0
 
 
 class SolverConfig(Schema):
@@ -191,20 +169,6 @@ class SolverConfig(Schema):
     """How long a worker waits for its codes before failing with a clear error."""
     actor_name: str = "cascadevae-solver"
     """Name of the central solver actor (suffixed with the run name)."""
-
-
-class OptimConfig(Schema):
-    lr: Float = Field(1e-4, gt=0)
-    """Adam learning rate (authors: 1e-4)."""
-    adam_beta1: Float = Field(0.9, ge=0, lt=1)
-    adam_beta2: Float = Field(0.999, ge=0, lt=1)
-    decay_every: int = Field(50_000, ge=1)
-    """Staircase decay period in iterations (authors: 50,000)."""
-    decay_rate: Float = Field(0.3, gt=0, le=1)
-    """Learning-rate factor applied every `decay_every` iterations (authors: 0.3)."""
-    implementation: AdamImplementation = "auto"
-    """torch's Adam kernels: `for_loop` (one parameter at a time), `foreach` (grouped tensor
-    ops), `fused` (fused kernels, CUDA or CPU), or `auto`: fused on CUDA, foreach elsewhere."""
 
 
 class TrainConfig(Schema):
@@ -233,15 +197,25 @@ class TrainConfig(Schema):
     on CUDA."""
     compile: CompileMode = "none"
     """torch.compile mode of the encoder and decoder (`none`: eager)."""
-    autocast: Autocast = "none"
+    autocast: Autocast = "auto"
     """`bf16`: the encoder and decoder run under bfloat16 autocast; losses and the unary
-    matrix stay float32."""
+    matrix stay float32. `none`: float32 throughout. `auto`: bf16 on a CPU with AMX or
+    AVX512-BF16 (trainer.build.cpu_bf16_feature), float32 on other CPUs and on CUDA."""
+    channels_last: OnOrAuto = "auto"
+    """The convolution kernels and images in channels_last (NHWC) memory format. `auto`: on
+    where the run uses bf16 autocast on CPU (oneDNN's bf16 kernels are fastest there), off
+    with float32 and on CUDA."""
     log_every: int = Field(100, ge=1)
     """Steps per log interval: TensorBoard scalars, metrics table row, ray.train.report."""
     checkpoint_every: int = Field(5_000, ge=1)
     """Steps between checkpoints (rounded to log boundaries: a checkpoint rides on a report)."""
     eval_every: int = Field(20_000, ge=0)
     """Steps between evaluations of the disentanglement metrics (0: only at the end)."""
+    eval_at_discrete_start: bool = False
+    """Also evaluate after cascade.stage_length x cascade.discrete_start_stage steps: the model the
+    discrete stage starts from (for a variant without a discrete stage, the same step, so runs
+    can be compared there); it must fall within the run. Diagnostic: off the eval_every cadence
+    it ranks no checkpoint (`keep_best_by`) and no best-by-metric reading of a study."""
     image_every: int = Field(20_000, ge=0)
     """Steps between reconstruction / traversal images in TensorBoard (0: only at the end)."""
     max_failures: int = Field(3, ge=0)
@@ -302,6 +276,7 @@ class Config(Schema):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     jointvae: JointVAEConfig = Field(default_factory=JointVAEConfig)
+    factorvae: FactorVAEConfig = Field(default_factory=FactorVAEConfig)
 
     @model_validator(mode="after")
     def _across_sections(self, info: ValidationInfo) -> Config:
@@ -313,14 +288,29 @@ class Config(Schema):
             "cascade.discrete_start_stage",
             "train.num_steps",
         )
-        if rules_apply(info, self, *reads) and model.variant in CASCADE_SCHEDULE_VARIANTS:
-            start = cascade.discrete_start_stage * cascade.stage_length
+        discrete_stage = VARIANTS[model.variant].has_discrete_stage
+        if rules_apply(info, self, *reads) and discrete_stage:
+            start = cascade.discrete_start_step
             if start >= train.num_steps:
                 last_stage = (train.num_steps - 1) // cascade.stage_length
                 problems.append(
                     f"cascade.discrete_start_stage: the discrete stage starts at iteration {start} "
                     f"(stage {cascade.discrete_start_stage}), after the last stage {last_stage} of "
                     f"train.num_steps={train.num_steps}"
+                )
+        reads = (
+            "train.eval_at_discrete_start",
+            "cascade.stage_length",
+            "cascade.discrete_start_stage",
+            "train.num_steps",
+        )
+        if rules_apply(info, self, *reads) and train.eval_at_discrete_start:
+            start = cascade.discrete_start_step
+            if not 0 < start < train.num_steps:
+                problems.append(
+                    f"train.eval_at_discrete_start: the discrete start, step {start} "
+                    f"(cascade.stage_length x cascade.discrete_start_stage), is not within the "
+                    f"run's steps 1..{train.num_steps - 1}"
                 )
         reads = ("train.keep_best_by", "eval.protocols")
         if rules_apply(info, self, *reads) and train.keep_best_by:
@@ -375,7 +365,9 @@ class Config(Schema):
         return validate(cls, raw, source)
 
 
-SECTIONS = ("data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae")
+SECTIONS = (
+    "data", "model", "cascade", "solver", "optim", "train", "eval", "jointvae", "factorvae",
+)  # fmt: skip
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

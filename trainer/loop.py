@@ -23,23 +23,26 @@ import numpy as np
 import torch
 
 from trainer.build import (
-    build_capacities,
+    apply_memory_format,
+    build_extras,
     build_model,
     build_optimizer,
     build_schedule,
     compile_networks,
     device_switch,
     open_data,
+    resolve_precision,
 )
 from trainer.config import Config
 from trainer.core.agreement import agreement_keys, agreement_metrics
-from trainer.core.losses import loss_keys
-from trainer.core.step import STEP_KEYS, NonFiniteLossError, host_to_device, train_step, unwrap
+from trainer.core.step import STEP_KEYS, NonFiniteLossError, host_to_device, unwrap
 from trainer.data.device import DeviceDSprites
 from trainer.data.dsprites import LATENT_NAMES, DSprites, batch_indices_for_step
 from trainer.distributed.codes import CodeTimings
 from trainer.distributed.codes import GlobalCodeClient as CodeClient
 from trainer.observe.progress import IntervalMeter
+from trainer.variants.registry import variant_of
+from trainer.variants.types import Codes, Extras
 
 SHAPE_FACTOR = LATENT_NAMES.index("shape")
 Chooser = Callable[[torch.Tensor], torch.Tensor]
@@ -74,14 +77,18 @@ def spread_indices(num_images: int, count: int = 240) -> np.ndarray:
 
 
 class TrainLoop:
-    """One rank's step pipeline. `model` may be DDP-wrapped; `chooser` gives the codes in the
-    discrete stage (a GlobalCodeClient for CascadeVAE; None for variants without one; the oracle
-    variant decodes with the true shapes instead).
+    """One rank's step pipeline for the config's model variant (trainer.variants.registry).
+    `model` may be DDP-wrapped; `chooser` gives the codes in the discrete stage of a variant
+    whose codes come from the solver (a GlobalCodeClient; None for variants without one); an
+    oracle variant decodes with the true shapes instead. `extras`: the variant's extra parts
+    (trainer.build.build_extras, possibly DDP-wrapped); None builds them on `device`.
 
     The train section's device switches take effect here: `data_on_device` (the packed dataset
     on the device, trainer.data.device), `metrics_on_device` (StepMetrics left unread),
-    `compile` (the encoder and decoder compiled in place, so checkpoints keep their keys) and
-    `autocast`.
+    `compile` (the encoder and decoder compiled in place, so checkpoints keep their keys),
+    `autocast` and `channels_last` (resolved on the device into `self.precision`; the model's
+    kernels are converted here unless the caller did it before wrapping the model in DDP, as
+    the Train worker does).
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class TrainLoop:
         chooser: Chooser | None = None,
         rank: int = 0,
         world_size: int = 1,
+        extras: Extras | None = None,
     ):
         self.config = config
         self.dataset = dataset
@@ -106,12 +114,14 @@ class TrainLoop:
         self.chooser = chooser
         self.rank = rank
         self.world_size = world_size
+        self.variant = variant_of(config)
         self.schedule = build_schedule(config)
-        self.capacities = build_capacities(config)
-        self.oracle = config.model.variant == "oracle"
+        self.extras = extras if extras is not None else build_extras(config, device)
+        self.oracle = self.variant.codes is Codes.ORACLE
         train = config.train
         self.metrics_on_device = device_switch(train.metrics_on_device, device)
-        self.autocast_bf16 = train.autocast == "bf16"
+        self.precision = resolve_precision(train, device)
+        apply_memory_format(unwrap(model), self.precision)
         self.device_data = (
             DeviceDSprites(dataset, device) if device_switch(train.data_on_device, device) else None
         )
@@ -140,12 +150,14 @@ class TrainLoop:
             shapes_B = self.device_data.classes(indices_B, SHAPE_FACTOR)
         else:
             x_B1HW = load_batch(self.dataset, indices, self.device)
+        if self.precision.channels_last:
+            x_B1HW = x_B1HW.contiguous(memory_format=torch.channels_last)
         data_done = time.perf_counter()
         chooser = true_shape_codes(shapes_host_B) if self.oracle else self.chooser
         if hasattr(chooser, "step"):
             chooser.step = step  # named in the chooser's error messages
         eps_generator = torch.Generator().manual_seed(step_seed(self.config.seed, step, self.rank))
-        metrics = train_step(
+        metrics = self.variant.step(
             self.model,
             self.optimizer,
             self.scheduler,
@@ -156,9 +168,9 @@ class TrainLoop:
             choose_codes=chooser,
             weight_penalty_coef=self.config.model.weight_penalty,
             shapes_B=shapes_B,
-            capacities=self.capacities,
+            extras=self.extras,
             metrics_on_device=self.metrics_on_device,
-            autocast_bf16=self.autocast_bf16,
+            autocast_bf16=self.precision.autocast_bf16,
         )
         metrics["perf/data_ms"] = 1000.0 * (data_done - started)
         metrics["perf/train_step_ms"] = 1000.0 * (time.perf_counter() - data_done)
@@ -170,13 +182,13 @@ def interval_keys(config: Config) -> set[str]:
     timings, the code agreement, the timings of `Hooks.summary`, and the evaluation's keys."""
     from trainer.observe.hooks import evaluation_keys
 
-    model = config.model
+    model, variant = config.model, variant_of(config)
     categories = model.effective_categories
-    keys = loss_keys(model.num_continuous, categories, jointvae=model.variant == "jointvae")
+    keys = variant.loss_keys(model.num_continuous, categories)
     keys |= set(STEP_KEYS) | set(PERF_KEYS)
     if categories:
         keys |= agreement_keys(categories)
-    if model.variant == "cascade":
+    if variant.codes is Codes.SOLVER:
         keys |= set(CodeTimings.KEYS) | {"perf/code_wait_share"}
     return keys | evaluation_keys(config)
 
@@ -207,14 +219,36 @@ def local_loop(
 
 @dataclass(frozen=True)
 class Cadence:
-    """When a hook runs: every `every` steps (0: never on the way) and, with `at_end`, after the
-    last step. `due(done, last)` takes the number of steps done."""
+    """When a hook runs: every `every` steps (0: never on the way), after the steps done listed
+    in `at_steps` and, with `at_end`, after the last step. `due(done, last)` takes the number of
+    steps done."""
 
     every: int
     at_end: bool = True
+    at_steps: frozenset[int] = frozenset()
 
     def due(self, done: int, last: bool) -> bool:
-        return (last and self.at_end) or (self.every > 0 and done % self.every == 0)
+        return (
+            (last and self.at_end)
+            or (self.every > 0 and done % self.every == 0)
+            or done in self.at_steps
+        )
+
+
+def extra_evaluation_steps(config: Config) -> frozenset[int]:
+    """The evaluation `train.eval_at_discrete_start` adds to the `train.eval_every` cadence (none
+    when the discrete start is on it). It is diagnostic: it ranks no checkpoint
+    (`train.keep_best_by`) and no best-by-metric reading of a study."""
+    train = config.train
+    start = config.cascade.discrete_start_step
+    on_cadence = train.eval_every > 0 and start % train.eval_every == 0
+    return frozenset({start} if train.eval_at_discrete_start and not on_cadence else ())
+
+
+def evaluation_cadence(config: Config) -> Cadence:
+    """When a run evaluates: every `train.eval_every` steps, at the end and, with
+    `train.eval_at_discrete_start`, after the steps before the discrete stage."""
+    return Cadence(config.train.eval_every, at_steps=extra_evaluation_steps(config))
 
 
 class Hook(Protocol):

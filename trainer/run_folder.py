@@ -42,10 +42,12 @@ CHECKPOINT_PREFIX = "checkpoint_"
 PARTIAL_PREFIX = ".partial-"
 """A checkpoint folder being copied: hidden from `checkpoint_*` globs until it is complete."""
 
-STATE_SECTIONS = ("data", "model", "cascade", "solver", "optim", "jointvae")
-"""Sections whose fields define the trained state (with the exceptions in NOT_STATE)."""
+RUN_SECTIONS = ("train", "eval")
+"""Sections that say how a run is driven and evaluated; every OTHER section (data, model,
+cascade, solver, optim and each variant's own: jointvae, factorvae, ...) defines the trained
+state, with the exceptions in NOT_STATE."""
 NOT_STATE = frozenset({"data.cache_dir", "solver.timeout_s", "solver.actor_name"})
-"""Fields of STATE_SECTIONS that only say where or how long: the same data, the same solve."""
+"""Fields of the state sections that only say where or how long: the same data, the same solve."""
 TRAIN_STATE_FIELDS = frozenset(
     {
         "seed",
@@ -54,9 +56,10 @@ TRAIN_STATE_FIELDS = frozenset(
         "train.use_gpu",  # another device: other numerics
         "train.autocast",  # bfloat16 networks: other numerics
         "train.compile",  # compiled kernels: other rounding
+        "train.channels_last",  # other convolution kernels: other rounding
     }
 )
-"""Fields outside STATE_SECTIONS that change the trained state."""
+"""Fields outside the state sections that change the trained state."""
 
 
 def state_fields(config: Config) -> set[str]:
@@ -65,7 +68,9 @@ def state_fields(config: Config) -> set[str]:
     the worker count, the device and the numerics switches; and `train.num_steps` where the
     schedule depends on it (JointVAE's capacity ramp with `jointvae.capacity_steps: 0`)."""
     fields = {
-        key for key in config.flat() if key.split(".")[0] in STATE_SECTIONS and key not in NOT_STATE
+        key
+        for key in config.flat()
+        if "." in key and key.split(".")[0] not in RUN_SECTIONS and key not in NOT_STATE
     }
     fields |= TRAIN_STATE_FIELDS
     if config.model.variant == "jointvae" and config.jointvae.capacity_steps == 0:

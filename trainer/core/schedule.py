@@ -1,5 +1,6 @@
-"""The cascade (information-flow) schedule and the authors' optimiser, built from their config
-sections (trainer.config: CascadeConfig, OptimConfig), which are validated there.
+"""The cascade (information-flow) schedule and the authors' optimiser, with their settings: the
+`cascade` and `optim` sections of a run config (trainer.config reads them from here, so that
+the core imports no config module).
 
 Shape legend:
     M  continuous latent dims
@@ -12,11 +13,49 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from trainer.config import CascadeConfig, OptimConfig
+from trainer.schema import Float, Schema
 
-VARIANTS = ("cascade", "cascade_c")  # CascadeVAE (with a discrete code), CascadeVAE-C (without)
+KINDS = ("cascade", "cascade_c")
+"""Schedule kinds: with a discrete stage (CascadeVAE) or without (continuous only)."""
+AdamImplementation = Literal["auto", "for_loop", "foreach", "fused"]
+
+
+class CascadeConfig(Schema):
+    """The `cascade` section of a run config: the information-flow schedule."""
+
+    stage_length: int = Field(20_000, ge=1)
+    """P, iterations per stage of the cascade (authors: 20,000)."""
+    discrete_start_stage: int = Field(4, ge=0)
+    """T, the first stage in which the discrete code is learned (authors: 4)."""
+    beta_high: Float = Field(10.0, ge=0)
+    """beta_h, the KL weight of dims not yet relieved (authors: 10)."""
+    beta_low: Float = Field(0.1, ge=0)
+    """beta_l, the KL weight of relieved dims (authors: 0.1)."""
+
+    @property
+    def discrete_start_step(self) -> int:
+        """The iteration at which the discrete stage starts: stage_length x discrete_start_stage
+        (the steps done before the first discrete step)."""
+        return self.stage_length * self.discrete_start_stage
+
+
+class OptimConfig(Schema):
+    """The `optim` section of a run config: the VAE's Adam and its staircase decay."""
+
+    lr: Float = Field(1e-4, gt=0)
+    """Adam learning rate (authors: 1e-4)."""
+    adam_beta1: Float = Field(0.9, ge=0, lt=1)
+    adam_beta2: Float = Field(0.999, ge=0, lt=1)
+    decay_every: int = Field(50_000, ge=1)
+    """Staircase decay period in iterations (authors: 50,000)."""
+    decay_rate: Float = Field(0.3, gt=0, le=1)
+    """Learning-rate factor applied every `decay_every` iterations (authors: 0.3)."""
+    implementation: AdamImplementation = "auto"
+    """torch's Adam kernels: `for_loop` (one parameter at a time), `foreach` (grouped tensor
+    ops), `fused` (fused kernels, CUDA or CPU), or `auto`: fused on CUDA, foreach elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -37,11 +76,12 @@ class CascadeSchedule:
     num_continuous: int = 6
     """M, the number of continuous latent dims (model.num_continuous)."""
     variant: Literal["cascade", "cascade_c"] = "cascade"
-    """One of VARIANTS: whether the schedule has a discrete stage."""
+    """The schedule's kind, one of KINDS: whether it has a discrete stage (set by the model
+    variant's entry in trainer.variants, not a config field)."""
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:  # derived by trainer.build, not a config field
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant not in KINDS:
+            raise ValueError(f"variant must be one of {KINDS}, got {self.variant!r}")
 
     @property
     def stage_length(self) -> int:

@@ -1,23 +1,39 @@
-"""dSprites renderer: the official factor grid drawn from implicit shape outlines.
+"""dSprites renderer: the official factor grid drawn with the official pixel geometry.
 
-Geometry (pixel units, image row i / column j, a pixel's centre at (i, j)):
-- Each (shape, scale, orientation) is rasterised ONCE into a square mask of side `MASK_SIDE`
-  whose centre pixel is the shape's centre (the point it rotates about). A pixel is on when at
-  least half of its 4x4 sub-samples fall inside the outline (binary, like dSprites).
-- Every shape at scale 1 fits in a disc of radius `SHAPE_RADIUS_PX` (10.5 px) about its centre,
-  at every orientation; `MASK_RADIUS` (11) leaves the mask's outer ring always empty, so placing
-  the mask anywhere in the frame can never clip the shape.
-- posX moves the centre along image COLUMNS, posY along ROWS: centre pixel
-  `MASK_RADIUS + rint(pos * (64 - 1 - 2 * MASK_RADIUS))`, i.e. columns/rows 11..52 for pos 0..1.
-  Positions are integer pixel shifts of the same mask, so a placed image is an exact copy.
+Frame (pixel units): image row i / column j is the unit square [i, i+1) x [j, j+1), so its centre
+is at (i + 0.5, j + 0.5). A shape's centre (the point it rotates about) is a pixel CORNER: that is
+what gives the official even-sided boxes (a square of side 20 x scale covers exactly 20 x scale
+pixels at orientation 0).
+
+- Each (shape, scale, orientation) is rasterised ONCE into a square mask of side `MASK_SIDE` (32)
+  whose middle corner is the shape's centre. A pixel is on when at least half of its 8x8
+  sub-samples fall inside the outline (binary, like dSprites).
+- Every shape fits in a disc of radius `MAX_SHAPE_RADIUS_PX` (the square's half-diagonal,
+  10 sqrt(2) = 14.14 px at scale 1) about its centre at every orientation, so the mask's outer ring
+  is always empty and the mask, placed at any centre in 16..48, lies inside the frame and never
+  touches its outer rows and columns: no position or orientation ever clips a shape.
+- posX moves the centre along image COLUMNS, posY along ROWS. The official file spreads 32
+  positions over 0..1 and the centre over 16..48 px (0.25 x 64 .. 0.75 x 64), i.e. 32/31 px per
+  step. Positions here are integer pixel shifts of the same mask, so a placed image is an exact
+  copy: the centre of position value p is `16 + round(32 p)` (round half up), at most 0.5 px from
+  16 + 32 p. With 32 positions that gives corners 16..31 and 33..48 (32 is skipped where the
+  rounding crosses the middle); with 33 positions every corner 16..48 once (`MAX_POSITIONS`).
 - Orientation theta rotates the shape counter-clockwise as displayed; theta is taken modulo
   2*pi, so orientation 0 and 2*pi give bit-identical images (as in the official file).
 
-Shape outlines in unit coordinates (u to the right, v up, radius <= 1):
-- square:  max(|u|, |v|) <= 1/sqrt(2)           (corners on the unit circle)
-- ellipse: u^2 + (v / 0.5)^2 <= 1                (2:1 aspect, long axis horizontal at theta 0)
-- heart:   (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0      (the classic heart curve, lobes up, point down),
-           shifted so its area centroid is the origin and scaled so its farthest point is at 1.
+Shape outlines at scale 1, in pixels about the centre (u to the right, v up; `scale` multiplies
+every length). Sizes follow the official frames (the 64x64 frames of `dsprites.gif` in
+google-deepmind/dsprites-dataset, measured in issue 18):
+- square:  max(|u|, |v|) <= 10                   (side 20 x scale: 10, 12, .., 20 px)
+- ellipse: (u / 12.65)^2 + (v / 7.15)^2 <= 1    (long axis horizontal at orientation 0);
+           rasterised at scale 1: box 26 x 14, second-moment semi-axes 12.7 x 7.1 px (official
+           frames: 26 x 14, 12.7 x 7.2, ratio ~1.75)
+- heart:   two lobe discs of radius 4.9 px centred 5.1 px either side of the middle line and
+           12.6 px above the point, joined to the point by their tangent lines, and the band and
+           triangle between them: a 20 x 17.5 px outline, rasterised 20 x 17 px, area 222 at
+           scale 1 (lobes up, point down); shifted so its area centroid is the centre.
+The sizes are chosen so that the rasterised boxes and areas at orientation 0 match the official
+ones per scale (within 1 px and 6 %; tests/test_render.py).
 
 Shape suffixes (the project legend is in CONTRIBUTING.md): B images of a chunk, H/W image
 rows/columns (64), Q mask side, P positions per axis, Y packed bytes per image (512), F factors.
@@ -34,13 +50,21 @@ import numpy as np
 
 IMAGE_SIZE = 64
 PACKED_BYTES = IMAGE_SIZE * IMAGE_SIZE // 8  # 512: np.packbits of one 64x64 binary image
-MASK_RADIUS = 11
-MASK_SIDE = 2 * MASK_RADIUS + 1
-SHAPE_RADIUS_PX = 10.5
-CENTRE_SPAN_PX = IMAGE_SIZE - 1 - 2 * MASK_RADIUS  # 41: centre pixels 11..52
+MASK_HALF = 16  # the mask spans [centre - 16, centre + 16) on both axes
+MASK_SIDE = 2 * MASK_HALF
+CENTRE_MIN_PX = 16  # 0.25 x 64: the centre's corner at position value 0
+CENTRE_SPAN_PX = 32  # 0.5 x 64: the centre moves 16..48 px as the position value goes 0..1
 MAX_POSITIONS = CENTRE_SPAN_PX + 1  # more positions per axis would repeat pixel shifts
-SUBSAMPLES = 4  # per pixel and axis
-RENDER_VERSION = 1  # bump when the geometry changes: it is part of the cache key
+SUBSAMPLES = 8  # per pixel and axis
+COVERAGE_THRESHOLD = 0.5  # a pixel is on when at least this share of its sub-samples is inside
+RENDER_VERSION = 2  # bump when the geometry changes: it is part of the cache key
+
+SQUARE_HALF_SIDE_PX = 10.0
+ELLIPSE_SEMI_AXES_PX = (12.65, 7.15)  # (horizontal, vertical) at orientation 0
+HEART_HALF_WIDTH_PX = 10.0
+HEART_HEIGHT_PX = 17.5
+HEART_LOBE_RADIUS_PX = 4.9
+MAX_SHAPE_RADIUS_PX = SQUARE_HALF_SIDE_PX * math.sqrt(2.0)  # the largest shape's reach
 
 SHAPE_NAMES = ("square", "ellipse", "heart")
 LATENT_NAMES = ("color", "shape", "scale", "orientation", "posX", "posY")
@@ -96,46 +120,61 @@ def classes_of(indices_B: np.ndarray, latent_sizes: tuple[int, ...]) -> np.ndarr
 # --- shape outlines -------------------------------------------------------------------------
 
 
-def _heart_raw(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Inside test of the classic heart curve, unnormalised coordinates."""
-    r2 = x * x + y * y - 1.0
-    return r2 * r2 * r2 - x * x * y * y * y <= 0.0
+def _heart_from_point(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Inside test of the scale-1 heart in pixels, its point at the origin and lobes up (y up).
+
+    The outline is the convex hull of the point and each lobe disc below the lobes' centre line,
+    together with the two discs: the hull of a disc (centre C, radius r) and the point P is the
+    cone of half-angle asin(r / |C - P|) about P->C, cut at the chord between the tangent points.
+    """
+    r = HEART_LOBE_RADIUS_PX
+    d = HEART_HALF_WIDTH_PX - r  # lobe centres at (+-d, y0)
+    y0 = HEART_HEIGHT_PX - r
+    lobes = ((x - d) ** 2 + (y - y0) ** 2 <= r * r) | ((x + d) ** 2 + (y - y0) ** 2 <= r * r)
+    between = (np.abs(x) <= d) & (y >= y0 - r)  # the band between the lobe centres
+    triangle = (y >= 0.0) & (np.abs(x) * y0 <= d * y)  # point, left and right lobe centres
+    reach = math.hypot(d, y0)  # |C - P|
+    along_x, along_y = d / reach, y0 / reach  # unit axis P -> right lobe centre
+    chord = (reach * reach - r * r) / reach  # distance from P to the tangent chord
+    tan_half_angle = r / math.sqrt(reach * reach - r * r)
+    mirrored = np.abs(x)  # the left cone is the mirror image of the right one
+    proj = mirrored * along_x + y * along_y
+    perp = np.abs(y * along_x - mirrored * along_y)
+    cone = (proj >= 0.0) & (proj <= chord) & (perp <= proj * tan_half_angle)
+    return lobes | ((y <= y0) & (between | triangle | cone))
 
 
 @functools.cache
-def _heart_frame() -> tuple[float, float, float]:
-    """(centroid x, centroid y, farthest radius from the centroid) of the raw heart, numerically.
+def _heart_centroid_height() -> float:
+    """Height (px) of the scale-1 heart's area centroid above its point, numerically.
 
-    A 2001^2 grid on [-1.5, 1.5]^2 gives the centroid to ~1e-4 and the radius to ~2e-3; the
-    radius is padded by one grid step so the normalised heart never exceeds the unit disc.
+    A 0.01 px grid over the heart's box gives it to ~1e-3 px.
     """
-    axis = np.linspace(-1.5, 1.5, 2001)
-    step = axis[1] - axis[0]
-    y, x = np.meshgrid(axis, axis, indexing="ij")
-    inside = _heart_raw(x, y)
-    cx, cy = float(x[inside].mean()), float(y[inside].mean())
-    radius = float(np.sqrt((x[inside] - cx) ** 2 + (y[inside] - cy) ** 2).max()) + step
-    return cx, cy, radius
+    xs = np.arange(-HEART_HALF_WIDTH_PX, HEART_HALF_WIDTH_PX, 0.01) + 0.005
+    ys = np.arange(0.0, HEART_HEIGHT_PX, 0.01) + 0.005
+    y, x = np.meshgrid(ys, xs, indexing="ij")
+    return float(y[_heart_from_point(x, y)].mean())
 
 
 def _inside_unit(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Boolean inside test of shape `shape` (0 square, 1 ellipse, 2 heart), radius-1 frame."""
+    """Boolean inside test of shape `shape` (0 square, 1 ellipse, 2 heart) at scale 1 and
+    orientation 0; (u, v) in pixels from the shape's centre, u to the right, v up."""
     if shape == 0:
-        half = 1.0 / math.sqrt(2.0)
-        return np.maximum(np.abs(u), np.abs(v)) <= half
+        return np.maximum(np.abs(u), np.abs(v)) <= SQUARE_HALF_SIDE_PX
     if shape == 1:
-        return u * u + (v / 0.5) ** 2 <= 1.0
+        a, b = ELLIPSE_SEMI_AXES_PX
+        return (u / a) ** 2 + (v / b) ** 2 <= 1.0
     if shape == 2:
-        cx, cy, radius = _heart_frame()
-        return _heart_raw(u * radius + cx, v * radius + cy)
+        return _heart_from_point(u, v + _heart_centroid_height())
     raise ValueError(f"shape must be 0, 1 or 2, got {shape}")
 
 
 @functools.cache
 def _subsample_offsets() -> tuple[np.ndarray, np.ndarray]:
-    """Row and column offsets (Q, Q, S*S) of each mask pixel's sub-samples from the centre."""
-    sub = (np.arange(SUBSAMPLES) + 0.5) / SUBSAMPLES - 0.5  # symmetric about the pixel centre
-    pix = np.arange(MASK_SIDE, dtype=np.float64) - MASK_RADIUS
+    """Row and column offsets (Q, Q, S*S) in pixels of each mask pixel's sub-samples from the
+    shape's centre (the mask's middle corner)."""
+    sub = (np.arange(SUBSAMPLES) + 0.5) / SUBSAMPLES  # symmetric inside the unit pixel
+    pix = np.arange(MASK_SIDE, dtype=np.float64) - MASK_HALF
     rows = pix[:, None, None, None] + sub[None, None, :, None]
     cols = pix[None, :, None, None] + sub[None, None, None, :]
     rows, cols = np.broadcast_arrays(rows, cols)
@@ -144,32 +183,33 @@ def _subsample_offsets() -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_mask(shape: int, scale: float, orientation: float) -> np.ndarray:
-    """Binary mask (Q, Q) uint8 of one shape; its centre pixel (MASK_RADIUS, MASK_RADIUS) is the
-    rotation centre. `scale` multiplies lengths (official 0.5..1), `orientation` in radians."""
+    """Binary mask (Q, Q) uint8 of one shape; the corner between mask pixels
+    (MASK_HALF - 1, MASK_HALF - 1) and (MASK_HALF, MASK_HALF) is the rotation centre. `scale`
+    multiplies lengths (official 0.5..1), `orientation` in radians."""
     if not 0.0 < scale <= 1.0:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
     rows, cols = _subsample_offsets()
     theta = math.fmod(float(orientation), 2.0 * math.pi)  # 2*pi -> exactly 0: same image
     c, s = math.cos(theta), math.sin(theta)
     x, y = cols, -rows  # image frame with y up, so positive theta turns counter-clockwise
-    radius = SHAPE_RADIUS_PX * scale
-    # Rotate the sample points by -theta into the shape's own frame.
-    u = (c * x + s * y) / radius
-    v = (-s * x + c * y) / radius
+    # Rotate the sample points by -theta into the shape's own frame, then undo the scale.
+    u = (c * x + s * y) / scale
+    v = (-s * x + c * y) / scale
     coverage = _inside_unit(shape, u, v).mean(axis=-1)
-    return (coverage >= 0.5).astype(np.uint8)
+    return (coverage >= COVERAGE_THRESHOLD).astype(np.uint8)
 
 
-def centre_pixels(num_positions: int) -> np.ndarray:
-    """Centre pixel (P,) int64 of each position value linspace(0, 1, P) along one axis."""
+def centre_corners(num_positions: int) -> np.ndarray:
+    """Centre (P,) int64 of each position value linspace(0, 1, P) along one axis: the pixel
+    corner 16 + round(32 p), round half up (see the module docstring)."""
     pos = np.linspace(0.0, 1.0, num_positions)
-    return (MASK_RADIUS + np.rint(pos * CENTRE_SPAN_PX)).astype(np.int64)
+    return (CENTRE_MIN_PX + np.floor(pos * CENTRE_SPAN_PX + 0.5)).astype(np.int64)
 
 
 def place_all_positions(mask_QQ: np.ndarray, num_positions: int) -> np.ndarray:
     """Images (P, P, H, W) uint8 of one mask at every (posX, posY); posX shifts columns."""
     p = num_positions
-    starts = centre_pixels(p) - MASK_RADIUS
+    starts = centre_corners(p) - MASK_HALF
     strip_PHQ = np.zeros((p, IMAGE_SIZE, MASK_SIDE), dtype=np.uint8)
     for iy, r0 in enumerate(starts):
         strip_PHQ[iy, r0 : r0 + MASK_SIDE, :] = mask_QQ

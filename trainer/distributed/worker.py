@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,14 @@ from unittest import mock
 import numpy as np
 import torch
 
-from trainer.build import build_model, build_optimizer, open_data
+from trainer.build import (
+    apply_memory_format,
+    build_extras,
+    build_model,
+    build_optimizer,
+    open_data,
+    resolve_precision,
+)
 from trainer.checkpoint import (
     CorruptCheckpointError,
     TrainState,
@@ -39,12 +47,13 @@ from trainer.core.agreement import JOINT_PREFIX
 from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.drills import CodeRecorder, FaultDrill, HoldDrill
 from trainer.distributed.runtime import keep_freed_memory
-from trainer.eval import output_keys
+from trainer.eval import TABLE_NAMESPACES, output_keys
 from trainer.loop import (
     Cadence,
     Hook,
     Hooks,
     TrainLoop,
+    evaluation_cadence,
     interval_keys,
     load_batch,
     spread_indices,
@@ -53,11 +62,27 @@ from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
 from trainer.run_folder import prepare_run_folder, upload_checkpoint
+from trainer.variants.registry import variant_of
+from trainer.variants.types import Codes
 
 SOLVER_NAMESPACE = "cascadevae"
 STALL_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
 """Ray Train marks a worker dead when its health check hangs this long (train.stall_timeout_s)."""
 CHECKPOINT_SCORE = "checkpoint/score"
+UNRANKED_SCORE = -sys.float_info.max
+"""The `checkpoint/score` of a checkpoint with no evaluation to rank it: below every real score,
+and finite, because Ray Train's checkpoint snapshot is pydantic JSON, which writes -inf and NaN
+as null and then cannot read them back on resume."""
+
+
+def checkpoint_score(interval: dict[str, float], key: str, ranked: bool) -> float:
+    """The ranking score of the checkpoint at the end of `interval`: the value of `key` when the
+    model was evaluated on the ranked cadence, else (or when that value is not finite)
+    UNRANKED_SCORE."""
+    score = interval.get(key, UNRANKED_SCORE) if ranked else UNRANKED_SCORE
+    return float(score) if math.isfinite(score) else UNRANKED_SCORE
+
+
 """Report key Ray Train ranks checkpoints by when `train.keep_best_by` is set."""
 
 
@@ -107,11 +132,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     dataset = open_data(config)
     model = build_model(config).to(device)
     optimizer, scheduler = build_optimizer(config, model)
-    state = TrainState(model, optimizer, scheduler, next_step=0)
+    extras = build_extras(config, device)  # the variant's other trained modules, if any
+    state = TrainState(model, optimizer, scheduler, next_step=0, extras=extras)
     resumed = _restore(state, ray.train.get_checkpoint(), run_dir)
     start_step = state.next_step
-    record_attempt(run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed)
+    precision = resolve_precision(config.train, device)
+    apply_memory_format(model, precision)  # before DDP lays out its gradient buckets
+    record_attempt(
+        run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed,
+        precision=precision.dtype_name, memory_format=precision.memory_format_name,
+    )  # fmt: skip
     client = _code_client(config, loop_config.get("solver"), rank, world_size)
+    extras.wrap(ray.train.torch.prepare_model)  # DDP when world_size > 1, as the VAE
     loop = TrainLoop(
         config,
         dataset,
@@ -122,6 +154,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         chooser=client,
         rank=rank,
         world_size=world_size,
+        extras=extras,
     )
     log = RunLog(run_dir, config.to_yaml(), resume_step=start_step) if rank == 0 else NullRunLog()
     hooks, recorder = _hooks(
@@ -133,7 +166,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         say(
             f"[cascadevae] rank 0 of {world_size} on {device}: steps {start_step}->"
             f"{config.train.num_steps}, global batch {config.train.global_batch}, "
-            f"{len(dataset)} images, run dir {run_dir}"
+            f"{len(dataset)} images, {precision.describe()}, run dir {run_dir}"
         )
 
     last_interval: dict[str, float] = {}
@@ -147,7 +180,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         scores = output_keys(config.eval.protocols)
         final = {k: v for k, v in last_interval.items() if k in scores or k.startswith("loss/")}
-        log.hparams(_hparams(config), final)
+        used = {  # what `auto` resolved to on this machine
+            "train.precision": precision.dtype_name,
+            "train.memory_format": precision.memory_format_name,
+        }
+        log.hparams(_hparams(config) | used, final)
         log.close()
 
 
@@ -175,8 +212,9 @@ def _restore(state: TrainState, checkpoint, run_dir: Path) -> list[str]:
 
 
 def _code_client(config: Config, solver: dict | None, rank: int, world_size: int):
-    """The chooser of the cascade variant: rank 0 calls the solver actor named in `solver`."""
-    if config.model.variant != "cascade":
+    """The chooser of a variant whose codes come from the solver: rank 0 calls the solver actor
+    named in `solver` (None for the other variants)."""
+    if variant_of(config).codes is not Codes.SOLVER:
         return None
     solve = None
     if rank == 0 and solver:
@@ -206,7 +244,7 @@ def _hooks(
     hooks: list[Hook] = []
     if rank == 0:  # the log after the evaluation, so that its scalars and line include it
         hooks += [
-            EvaluationHook(Cadence(train.eval_every), config, model, dataset, device),
+            EvaluationHook(evaluation_cadence(config), config, model, dataset, device),
             ImageHook(Cadence(train.image_every), model, preview_x, log),
             LogHook(Cadence(1), log, num_steps=train.num_steps, start_step=start_step),
         ]
@@ -217,7 +255,7 @@ def _hooks(
     recorder = None
     if client is not None and train.record_codes_steps:
         recorder = CodeRecorder(client, train.record_codes_steps, run_dir, rank)
-    checkpoints, evaluations = Cadence(train.checkpoint_every), Cadence(train.eval_every)
+    checkpoints, evaluations = Cadence(train.checkpoint_every), evaluation_cadence(config)
     runner = Hooks(
         hooks,
         ends=[Cadence(train.log_every), checkpoints, evaluations, Cadence(train.image_every)],
@@ -242,8 +280,9 @@ def _solver_timings(client: GlobalCodeClient) -> tuple[dict[str, float], dict[st
 class ReportHook:
     """`ray.train.report` at every interval end, on every rank (a report is a barrier): with a
     checkpoint every `train.checkpoint_every` steps, at the end, and, with `train.keep_best_by`,
-    after every evaluation. The latest evaluation is carried forward in every report, so that
-    a Tune scheduler ranking trials on an eval metric sees it each time."""
+    after every evaluation of the `train.eval_every` cadence. The latest evaluation is carried
+    forward in every report, so that a Tune scheduler ranking trials on an eval metric sees it
+    each time."""
 
     def __init__(self, config: Config, state: TrainState, log, rank: int, run_dir: Path):
         train = config.train
@@ -251,7 +290,7 @@ class ReportHook:
         self.run_dir = run_dir
         self.keep_best_by = train.keep_best_by
         self.checkpoints = Cadence(train.checkpoint_every)
-        self.evaluations = Cadence(train.eval_every)
+        self.ranked_evaluations = Cadence(train.eval_every)  # not the extra, diagnostic one
         self.cadence = Cadence(1)  # every interval end
         self.latest_eval: dict[str, float] = {}
 
@@ -259,14 +298,17 @@ class ReportHook:
         import ray.train
 
         last = done == self.config.train.num_steps
-        self.latest_eval.update({k: v for k, v in interval.items() if k.startswith("eval/")})
+        evaluated = ("eval/", *TABLE_NAMESPACES)
+        self.latest_eval.update({k: v for k, v in interval.items() if k.startswith(evaluated)})
         report = {"step": done, **self.latest_eval, **interval}
         checkpoint_due = self.checkpoints.due(done, last)
         if self.keep_best_by:
             # Keeping the best model by a metric needs a checkpoint of every evaluated model;
-            # only a model evaluated at this very step is ranked, the others rank last.
-            checkpoint_due = checkpoint_due or self.evaluations.due(done, last)
-            report[CHECKPOINT_SCORE] = float(interval.get(self.keep_best_by, -math.inf))
+            # only a model evaluated at this very step on the eval_every cadence is ranked, the
+            # others rank last.
+            ranked = self.ranked_evaluations.due(done, last)
+            checkpoint_due = checkpoint_due or ranked
+            report[CHECKPOINT_SCORE] = checkpoint_score(interval, self.keep_best_by, ranked)
         if not checkpoint_due:
             ray.train.report(report)
             return
@@ -358,7 +400,7 @@ def fit(config: Config, *, storage_path: str | None = None, callbacks: list | No
     open_data(config, progress=True)
 
     solver_info, actor = None, None
-    if config.model.variant == "cascade":
+    if variant_of(config).codes is Codes.SOLVER:
         from trainer.distributed.solver_actor import get_or_create_solver_actor
 
         name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"

@@ -22,18 +22,32 @@ DESCRIPTION = (
 )
 
 
-def _discrete_accuracy_core(codes_N: np.ndarray, shapes_N: np.ndarray) -> MetricResult:
-    """Best one-to-one match of learned categories (K) to true shapes (S), any K and S:
-    accuracy = matched counts of the confusion matrix (K, S) / N. With K > S the unmatched
-    categories, with K < S the unmatched shapes, count as errors."""
+def confusion_matrix(
+    codes_N: np.ndarray,
+    shapes_N: np.ndarray,
+    num_categories: int = 0,
+    num_shapes: int = 0,
+) -> np.ndarray:
+    """(K, S) int64 counts of images with learned category k and true shape s. K is the larger
+    of `num_categories` and the largest code + 1, S likewise for the shapes."""
     if codes_N.shape != shapes_N.shape or codes_N.ndim != 1 or codes_N.size == 0:
         raise ValueError(
             f"need two non-empty 1-D arrays of equal length, got {codes_N.shape}, {shapes_N.shape}"
         )
     if codes_N.min() < 0 or shapes_N.min() < 0:
         raise ValueError("codes and shapes must be >= 0")
-    confusion_KS = np.zeros((int(codes_N.max()) + 1, int(shapes_N.max()) + 1), dtype=np.int64)
+    num_k = max(num_categories, int(codes_N.max()) + 1)
+    num_s = max(num_shapes, int(shapes_N.max()) + 1)
+    confusion_KS = np.zeros((num_k, num_s), dtype=np.int64)
     np.add.at(confusion_KS, (codes_N, shapes_N), 1)
+    return confusion_KS
+
+
+def _discrete_accuracy_core(codes_N: np.ndarray, shapes_N: np.ndarray) -> MetricResult:
+    """Best one-to-one match of learned categories (K) to true shapes (S), any K and S:
+    accuracy = matched counts of the confusion matrix (K, S) / N. With K > S the unmatched
+    categories, with K < S the unmatched shapes, count as errors."""
+    confusion_KS = confusion_matrix(codes_N, shapes_N)
     rows, cols = linear_sum_assignment(confusion_KS, maximize=True)
     accuracy = float(confusion_KS[rows, cols].sum() / codes_N.size)
     details = {

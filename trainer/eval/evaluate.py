@@ -24,7 +24,8 @@ def evaluate_model(
     seed: int = 0,
     **settings: Any,
 ) -> dict[str, float]:
-    """Evaluate `model` on `dataset`; flat keys of the asked protocols only (registry order).
+    """Evaluate `model` on `dataset`; flat keys of the asked protocols only (registry order):
+    their outputs and their tables (`registry.table_keys`).
 
     `settings`: fields of EvalConfig (`protocols`, `num_global`, `batch_size` and the metrics'
     options), the others at EvalConfig's defaults; a bad value raises ConfigError naming it.
@@ -63,4 +64,5 @@ def evaluate_model(
             represent, dataset, rngs[metric.name], global_sample=sample, **kwargs[metric.name]
         )
         out.update({o.key: float(o.read(result)) for o in metric.outputs})
+        out.update(metric.read_table(result))
     return out

@@ -54,6 +54,7 @@ class ModelRepresenter(Representer):
         self.model = net
         self.num_continuous = int(model.num_continuous)
         self.has_codes = int(model.num_categories) > 0
+        self.num_categories = int(model.num_categories)
         self.code_images = 0
 
     def _images(self, indices_B: np.ndarray) -> torch.Tensor:

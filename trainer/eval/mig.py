@@ -32,18 +32,18 @@ DESCRIPTION = (
 )
 
 
-def _mig_core(
+def mutual_information_table(
     mu_NM: np.ndarray,
     codes_N: np.ndarray | None,
     factors_NF: np.ndarray,
     num_bins: int = MIG_NUM_BINS,
-) -> MetricResult:
-    """Mutual information gap over arrays.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mi_CF, entropy_F): plug-in mutual information (nats) of every code column with every
+    factor, and each factor's plug-in entropy (nats).
 
-    Code columns C: each dim of mu_NM histogram-discretised into num_bins bins, then the
-    discrete code as is (already discrete). mi_CF[c, f] = I(code c; factor f) in nats; per
-    factor, (largest - second largest) / H(factor) (second = 0 with a single column); score =
-    mean over factors. factors_NF: classes of the factors that vary (each must vary here).
+    Code columns C: each dim of mu_NM histogram-discretised into num_bins equal-width bins over
+    its sample range, then the discrete code as is (already discrete), when given.
+    factors_NF: classes of the factors that vary (each must vary here: raises ValueError).
     """
     columns_NC = histogram_discretize(mu_NM, num_bins)
     if codes_N is not None:
@@ -60,6 +60,23 @@ def _mig_core(
             for c in range(num_c)
         ]
     )
+    return mi_CF, entropy_F
+
+
+def _mig_core(
+    mu_NM: np.ndarray,
+    codes_N: np.ndarray | None,
+    factors_NF: np.ndarray,
+    num_bins: int = MIG_NUM_BINS,
+) -> MetricResult:
+    """Mutual information gap over arrays.
+
+    mi_CF[c, f] = I(code column c; factor f) in nats (`mutual_information_table`); per
+    factor, (largest - second largest) / H(factor) (second = 0 with a single column); score =
+    mean over factors. factors_NF: classes of the factors that vary (each must vary here).
+    """
+    mi_CF, entropy_F = mutual_information_table(mu_NM, codes_N, factors_NF, num_bins)
+    num_f = factors_NF.shape[1]
     top_2F = np.sort(np.vstack([mi_CF, np.zeros((1, num_f))]), axis=0)[::-1][:2]
     gap_F = (top_2F[0] - top_2F[1]) / entropy_F
     settings = {"num_samples": int(mu_NM.shape[0]), "num_bins": num_bins}

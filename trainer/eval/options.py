@@ -52,7 +52,7 @@ class EvalConfig(Schema):
     factorvae_include_discrete: bool = False
     """factorvae: also vote with the discrete code as one more dim (Gini variances)."""
     mig_num_bins: int = Field(MIG_NUM_BINS, ge=1)
-    """mig: equal-width bins of each continuous dim."""
+    """mig and factor_dim_mi: equal-width bins of each continuous dim."""
 
     @field_validator("protocols")
     @classmethod

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.eval import authors_factorvae, discrete_accuracy, factorvae, mig
+from trainer.eval import authors_factorvae, discrete_accuracy, factor_dim_mi, factorvae, mig
 from trainer.eval.types import MetricResult
 
 
@@ -51,6 +51,10 @@ class Metric:
     """Refused for a model without a discrete code."""
     reads_codes: Callable[[Mapping[str, Any]], bool] = lambda kwargs: True
     """Whether, with these `compute` keywords, it reads the discrete code when there is one."""
+    table_keys: Callable[[int, int], tuple[str, ...]] = lambda num_continuous, num_categories: ()
+    """Keys of a diagnostic table reported besides `outputs` (they rank nothing), for a model with
+    these numbers of continuous dims and categories; `read_table` gives their values."""
+    read_table: Callable[[MetricResult], dict[str, float]] = lambda result: {}
 
     @property
     def higher_is_better(self) -> bool | None:
@@ -126,10 +130,27 @@ METRICS: dict[str, Metric] = {
             description=mig.DESCRIPTION,
             options={"mig_num_bins": "num_bins"},
         ),
+        Metric(
+            name="factor_dim_mi",
+            compute=factor_dim_mi.compute_factor_dim_mi,
+            outputs=(
+                Output(
+                    "eval/mi_shape_z",
+                    _score,
+                    "largest share of the shape's entropy one continuous dim holds",
+                    higher_is_better=None,
+                ),
+            ),
+            description=factor_dim_mi.DESCRIPTION,
+            options={"mig_num_bins": "num_bins"},
+            table_keys=factor_dim_mi.table_keys,
+            read_table=lambda result: dict(result.details["table"]),
+        ),
     )
 }
 """Every protocol, in a fixed order: `evaluate_model` gives each its own random stream by its
-position here, and reports in this order."""
+position here, and reports in this order (a new protocol goes last: the streams of the others
+stay as they were)."""
 
 SHARED_OPTIONS = ("num_global", "batch_size")
 """Evaluation settings of every protocol: the global sample's size and the encoder batch."""
@@ -146,8 +167,21 @@ def select(protocols: Iterable[str]) -> list[Metric]:
 
 
 def output_keys(protocols: Iterable[str]) -> list[str]:
-    """Every key the evaluation of `protocols` reports, in registry order."""
+    """Every output key of `protocols`, in registry order (their tables: `table_keys`)."""
     return [key for metric in select(protocols) for key in metric.keys]
+
+
+def table_keys(protocols: Iterable[str], num_continuous: int, num_categories: int) -> list[str]:
+    """The diagnostic table keys of `protocols` for a model with these dims and categories."""
+    return [
+        key
+        for metric in select(protocols)
+        for key in metric.table_keys(num_continuous, num_categories)
+    ]
+
+
+TABLE_NAMESPACES = ("mi/", "confusion/")
+"""The namespaces of the table keys (besides `eval/`, what an evaluation reports)."""
 
 
 def score_keys(protocols: Iterable[str]) -> list[str]:
@@ -157,4 +191,5 @@ def score_keys(protocols: Iterable[str]) -> list[str]:
 
 def option_names() -> list[str]:
     """Every evaluation setting a metric reads (the `--metric-option` keys)."""
-    return [*SHARED_OPTIONS, *(name for m in METRICS.values() for name in m.options)]
+    names = [*SHARED_OPTIONS, *(name for m in METRICS.values() for name in m.options)]
+    return list(dict.fromkeys(names))  # a setting two metrics read is listed once

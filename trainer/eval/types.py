@@ -50,9 +50,11 @@ class Representer:
     """Maps image indices to representations. Subclasses implement `__call__`.
 
     has_codes: whether the representation has a discrete code at all.
+    num_categories: the number of values the discrete code can take (0: unknown or none).
     """
 
     has_codes: bool = False
+    num_categories: int = 0
 
     def __call__(self, indices_N: np.ndarray, *, codes: bool = True) -> Representation:
         """Representation of the images `indices_N` (N,); codes_N only if `codes` and has_codes."""
@@ -84,6 +86,8 @@ class FactorRepresenter(Representer):
         self.columns = [LATENT_NAMES.index(name) for name in continuous]
         self.discrete_column = None if discrete is None else LATENT_NAMES.index(discrete)
         self.has_codes = discrete is not None
+        if self.discrete_column is not None:
+            self.num_categories = int(dataset.latent_sizes[self.discrete_column])
 
     def __call__(self, indices_N: np.ndarray, *, codes: bool = True) -> Representation:
         classes_NL = self.classes_NL[np.asarray(indices_N, dtype=np.int64)]

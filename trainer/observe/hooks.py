@@ -12,16 +12,19 @@ from trainer.build import evaluation_kwargs
 from trainer.config import Config
 from trainer.core.model import CascadeVAE
 from trainer.data.dsprites import DSprites
-from trainer.eval import evaluate_model, output_keys
+from trainer.eval import evaluate_model, output_keys, table_keys
 from trainer.loop import Cadence
 from trainer.observe.images import category_means, reconstructions, traversals
 from trainer.observe.progress import codes_text, eval_text, format_eta, say
 from trainer.observe.run_log import NullRunLog
+from trainer.observe.tables import confusion_table, factor_dim_table, heatmap_image
 
 
 def evaluation_keys(config: Config) -> set[str]:
-    """The keys EvaluationHook adds."""
-    return set(output_keys(config.eval.protocols)) | {"perf/eval_s"}
+    """The keys EvaluationHook adds: the protocols' outputs and tables, and `perf/eval_s`."""
+    protocols, model = config.eval.protocols, config.model
+    tables = table_keys(protocols, model.num_continuous, model.effective_categories)
+    return set(output_keys(protocols)) | set(tables) | {"perf/eval_s"}
 
 
 class EvaluationHook:
@@ -75,8 +78,22 @@ class ImageHook:
         log.flush()
 
 
+def log_tables(log: NullRunLog, done: int, interval: dict[str, float]) -> None:
+    """The factor x dim table (`tables/factor_dim_mi`) and the category x shape confusion matrix
+    (`tables/code_shape`) of an evaluation in `interval`, as heatmap images; nothing when the
+    interval holds no evaluation of them."""
+    drawn = (
+        ("tables/factor_dim_mi", factor_dim_table(interval, f"MI / H(factor), step {done}")),
+        ("tables/code_shape", confusion_table(interval, f"code x shape, step {done}")),
+    )
+    for tag, table in drawn:
+        if table is not None:
+            log.image(tag, done, heatmap_image(table))
+
+
 class LogHook:
-    """The interval's scalars to TensorBoard and the metrics table, and one progress line."""
+    """The interval's scalars to TensorBoard and the metrics table, the evaluation's tables as
+    images, and one progress line."""
 
     def __init__(self, cadence: Cadence, log: NullRunLog, *, num_steps: int, start_step: int):
         self.cadence = cadence
@@ -87,6 +104,7 @@ class LogHook:
 
     def run(self, done: int, interval: dict[str, float]) -> None:
         self.log.scalars(done, interval)
+        log_tables(self.log, done, interval)
         rate = (done - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
         line = (
             f"[cascadevae] step {done}/{self.num_steps} | "
