@@ -64,6 +64,8 @@ __all__ = [
     "read_yaml",
 ]
 
+MAX_NUM_STEPS = 10**9
+"""Bound of train.num_steps: 3,300x the paper's 300,000; a larger value is a typo."""
 if TYPE_CHECKING:  # a Literal built at run time is no static type; mypy sees the str it is
     Variant = str
 else:
@@ -186,8 +188,8 @@ class SolverConfig(Schema):
 
 
 class TrainConfig(Schema):
-    num_steps: int = Field(300_000, ge=1)
-    """Total iterations (authors: 300,000)."""
+    num_steps: int = Field(300_000, ge=1, le=MAX_NUM_STEPS)
+    """Total iterations (authors: 300,000); at most 10^9."""
     global_batch: int = Field(64, ge=1)
     """Images per step summed over all workers (authors: 64)."""
     num_workers: int = Field(1, ge=1)
