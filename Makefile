@@ -6,19 +6,27 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quick.yaml
+TORCH := torch==2.13.0
+CPU_INDEX := https://download.pytorch.org/whl/cpu
+# The offline install for a GPU node (tools/wheelhouse.py): target Python, platform, folder.
+WHEELS ?= wheels
+WHEEL_PYTHON ?= 3.12
+WHEEL_PLATFORM ?= manylinux2014_x86_64
 
-.PHONY: run test test-fast lint bench setup clean-venv
+.PHONY: run test test-fast lint bench setup clean-venv wheelhouse install-offline
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@# No NVIDIA GPU: take the CPU wheel first so that `torch` below does not pull a CUDA build.
+	@# No NVIDIA GPU: the CPU build from PyTorch's CPU index first (PyPI's Linux wheel is the
+	@# multi-GB CUDA build); the plain install only when that index cannot be reached.
 	@if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
-		echo "no NVIDIA GPU found: installing the CPU build torch==2.13.0"; \
-		$(PY) -m pip install --quiet "torch==2.13.0" || \
-		$(PY) -m pip install --quiet "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu; \
+		echo "no NVIDIA GPU found: installing the CPU build $(TORCH) from $(CPU_INDEX)"; \
+		$(PY) -m pip install --quiet --retries 1 --timeout 15 "$(TORCH)" --index-url $(CPU_INDEX) || \
+		{ echo "the CPU index cannot be reached: installing $(TORCH) from the default index"; \
+		  $(PY) -m pip install --quiet "$(TORCH)"; }; \
 	fi
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
@@ -48,6 +56,19 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.fast_step
 	$(PY) -m benchmarks.data_path
+
+# Every wheel a GPU node needs beyond what it has (torch, numpy, pyarrow, ...), for
+# WHEEL_PYTHON on WHEEL_PLATFORM, into WHEELS (at most 60 MiB; needs PyPI).
+wheelhouse: $(STAMP)
+	$(PY) tools/wheelhouse.py build --out $(WHEELS) --python-version $(WHEEL_PYTHON) \
+		--platform $(WHEEL_PLATFORM)
+
+# On the GPU node, with no index: the wheelhouse into PYTHON (the node's, torch installed),
+# then this checkout in editable mode.
+install-offline:
+	$(PYTHON) -m pip install --no-index --find-links $(WHEELS) --no-deps -r $(WHEELS)/requirements.txt
+	$(PYTHON) -m pip install --no-index --find-links $(WHEELS) --no-deps -e .
+	$(PYTHON) -c "import ray.train, ray.tune, pyomo.environ, highspy, trainer, solver; print('offline install: ok')"
 
 clean-venv:
 	rm -rf $(VENV)

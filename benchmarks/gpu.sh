@@ -3,8 +3,11 @@
 #
 #   bash benchmarks/gpu.sh OUT_DIR [WHEEL_DIR]
 #
-# 1. installs what is missing next to the CUDA torch already installed (from WHEEL_DIR when
-#    given, with no index; otherwise from PyPI), never torch itself;
+# 1. installs what is missing next to the CUDA torch already installed, never torch itself:
+#    when Ray, Pyomo or HiGHS is missing and WHEEL_DIR (default: ./wheels, built by
+#    `make wheelhouse`) holds a wheelhouse, its pinned set with no index (as
+#    `make install-offline`); otherwise the missing packages from PyPI (a node with internet);
+#    OUT_DIR/install.json says which;
 # 2. runs the tests marked `gpu`;
 # 3. measures steps/s of the plain loop (the worker's step pipeline, solver in-process; needs
 #    only pyomo and highspy) and, where Ray imports, of the system, before and in the discrete
@@ -15,7 +18,8 @@
 #    evaluation at the end;
 # 5. writes OUT_DIR/figures.json (every figure) and one log per part.
 # Each part has its own time limit; a part that fails or runs out of time is recorded as such
-# and the next one runs. GPU_BUDGET_S (default 540) is the whole budget in seconds.
+# and the next one runs. GPU_BUDGET_S (default 540) is the whole budget in seconds, the
+# install included; GPU_PARTS (default: all) names the parts to run, e.g. "install tests".
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [WHEEL_DIR]}
 wheels=${2:-}
@@ -27,9 +31,14 @@ started=$(date +%s)
 left() { echo $((budget - ($(date +%s) - started))); }
 status() { echo "{\"part\": \"$1\", \"exit_status\": $2}" > "$out/$1.status.json"; }
 
+only=${GPU_PARTS:-}
 part() {  # part NAME LIMIT_S COMMAND...: run with a limit, log to OUT_DIR/NAME.log
     local name=$1 limit=$2
     shift 2
+    if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then
+        echo "[gpu.sh] $name: not in GPU_PARTS"
+        return 0
+    fi
     local remaining
     remaining=$(left)
     [ "$limit" -gt "$remaining" ] && limit=$remaining
@@ -47,17 +56,28 @@ part() {  # part NAME LIMIT_S COMMAND...: run with a limit, log to OUT_DIR/NAME.
 }
 
 # ---- 1. what is missing (module:package)
+[ -z "$wheels" ] && [ -f wheels/requirements.txt ] && wheels=wheels
 missing=()
-for pair in pyomo:pyomo highspy:highspy pyarrow:pyarrow yaml:pyyaml pydantic:pydantic \
-            scipy:scipy filelock:filelock tensorboard:tensorboard PIL:pillow matplotlib:matplotlib \
-            pytest:pytest pytest_timeout:pytest-timeout ray:"ray[default,train,tune]"; do
+for pair in ray:"ray[default,train,tune]" pyomo:pyomo highspy:highspy pyarrow:pyarrow \
+            yaml:pyyaml pydantic:pydantic filelock:filelock tensorboard:tensorboard PIL:pillow \
+            pytest:pytest pytest_timeout:pytest-timeout; do
     "$PY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
 done
-pip_source=()
-[ -n "$wheels" ] && pip_source=(--no-index --find-links "$wheels")
-if [ ${#missing[@]} -gt 0 ]; then
-    part install 120 "$PY" -m pip install "${pip_source[@]}" "${missing[@]}"
+core_missing=0
+for module in ray pyomo highspy; do
+    "$PY" -c "import $module" 2>/dev/null || core_missing=1
+done
+source=none
+if [ "$core_missing" = 1 ] && [ -n "$wheels" ] && [ -f "$wheels/requirements.txt" ]; then
+    source=wheelhouse
+    part install 150 "$PY" -m pip install --no-index --find-links "$wheels" --no-deps \
+        -r "$wheels/requirements.txt"
+elif [ ${#missing[@]} -gt 0 ]; then
+    source=pypi
+    part install 150 "$PY" -m pip install "${missing[@]}"
 fi
+printf '{"source": "%s", "wheel_dir": "%s", "missing_before": "%s"}\n' \
+    "$source" "$wheels" "${missing[*]}" > "$out/install.json"
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || {
     echo "[gpu.sh] torch sees no CUDA device: the figures below are CPU figures"
 }

@@ -31,7 +31,7 @@ from trainer.loop import local_loop
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_config(args, workers: int, storage: str):
+def make_config(args, workers: int, storage: str, extra: tuple[str, ...] = ()):
     overrides = [
         f"train.num_steps={args.steps}",
         f"train.global_batch={args.batch}",
@@ -51,6 +51,7 @@ def make_config(args, workers: int, storage: str):
         "data.num_positions=8",
         "data.num_orientations=10",
         "data.num_scales=6",
+        *extra,
     ]
     return load_config(ROOT / "configs" / "debug.yaml", overrides)
 

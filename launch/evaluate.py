@@ -32,6 +32,29 @@ def save_png(image_1HW: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels, mode="L").save(path)
 
 
+def shape_problems(built: dict, saved: dict, trained: dict, config) -> list[str]:
+    """One line per overridden field that gives the model other tensors than the checkpoint's
+    (`trained`: the checkpoint's flat config), then the tensors that differ;
+    [] when the model built from `config` takes the checkpoint's weights."""
+    differ = [
+        f"{key}: {tuple(built[key].shape) if key in built else 'absent'} in the model, "
+        f"{tuple(saved[key].shape) if key in saved else 'absent'} in the checkpoint"
+        for key in sorted(built.keys() | saved.keys())
+        if key not in built or key not in saved or built[key].shape != saved[key].shape
+    ]
+    if not differ:
+        return []
+    flat = config.flat()
+    fields = [
+        f"{key}: the checkpoint was trained with {trained.get(key)!r}, --set gives "
+        f"{flat[key]!r}; the model's shapes must match the checkpoint's"
+        for key in sorted(flat)
+        if key.split(".")[0] in ("model", "jointvae") and trained.get(key) != flat[key]
+    ]
+    more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+    return fields + ["tensors that differ: " + "; ".join(differ[:3]) + more]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m launch.evaluate", description=__doc__.split("\n")[0]
@@ -96,9 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 [f"expected a mapping, got {raw!r}"], f"{args.checkpoint}/config.yaml"
             )
+        trained = raw
         raw = apply_overrides(raw, [*args.set, *metric_option_overrides(args.metric_option)])
         config = Config.from_dict(raw, source=f"{args.checkpoint}/config.yaml")
         kwargs = evaluation_kwargs(config)
+        model = build_model(config)
+        trained_flat = Config.from_dict(trained, source=f"{args.checkpoint}/config.yaml").flat()
+        problems = shape_problems(model.state_dict(), payload["model"], trained_flat, config)
+        if problems:
+            raise ConfigError(problems, f"--set on checkpoint {args.checkpoint}")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -117,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # Rebuild the model from the checkpoint and the data from the (possibly overridden) config.
     device = torch.device(args.device)
-    model = build_model(config)
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     dataset = open_data(config, progress=True)

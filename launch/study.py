@@ -48,6 +48,7 @@ from pydantic import (
 from launch.study_report import RunRecord, read_run, write_report
 from launch.sweep import Dimension, SweepConfig, resolve_base, trial_config
 from trainer.config import Config, ConfigError, read_yaml
+from trainer.distributed.worker import reported_keys
 from trainer.eval.registry import output_keys
 from trainer.loop import extra_evaluation_steps
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
@@ -137,7 +138,8 @@ class StudyFile(Schema):
 
     @model_validator(mode="after")
     def _runs_are_valid(self, info: ValidationInfo) -> StudyFile:
-        if not rules_apply(info, self, "base", "set", "models", "selection_metric", "metrics"):
+        reads = ("base", "set", "models", "selection_metric", "metrics", "curve_metrics")
+        if not rules_apply(info, self, *reads):
             return self
         problems: list[str] = []
         folder = Path((info.context or {}).get("folder", "."))
@@ -162,6 +164,15 @@ class StudyFile(Schema):
                     known = sorted(evaluated)
                     problems.append(
                         f"metrics: {metric!r} is evaluated by no run; evaluated: {known}"
+                    )
+            # A curve may also follow a training scalar (codes/shape_agreement, loss/recon).
+            reported = evaluated | {key for c in self._configs for key in reported_keys(c)}
+            for metric in self.curve_metrics or []:
+                if metric not in reported:
+                    problems.append(
+                        f"curve_metrics: {metric!r} is reported by no run; evaluated: "
+                        f"{sorted(evaluated)}, or any training scalar such as "
+                        f"{sorted(k for k in reported - evaluated if '/' in k)[:6]}"
                     )
         if problems:
             raise RuleError(problems)
@@ -288,6 +299,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
 
+    from launch.tune import prepare_experiment
+    from trainer.run_folder import RunFolderBusyError
+
+    folder = experiment_dir(study)
+    try:
+        lock, lines = prepare_experiment(
+            study, folder, args.config, ["python -m launch.study", *(argv or sys.argv[1:])]
+        )
+    except (ConfigError, RunFolderBusyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(f"[cascadevae] {line}", file=sys.stderr, flush=True)
+    try:
+        return _run_study(study, folder)
+    finally:
+        lock.release()
+
+
+def _run_study(study: StudyConfig, folder: Path) -> int:
     import os
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -298,7 +329,6 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     where = connect(resources={TRIAL_DRIVER: 1000})
-    folder = experiment_dir(study)
     restore = tune.Tuner.can_restore(str(folder))
     print(
         f"[cascadevae] Ray: {where}; study '{study.name}': {study.num_trials()} run(s) "

@@ -56,28 +56,21 @@ def summary_lines(config: Config, result, run_dir: str, seconds: float) -> list[
     ]
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest `checkpoint_*` folder holding a state.pt (Ray Train names them by time)."""
-    folders = sorted(p for p in Path(run_dir).glob("checkpoint_*") if (p / "state.pt").is_file())
-    return folders[-1] if folders else None
-
-
 def resume_hint(run_dir: Path, argv: list[str], prog: str = PROG) -> str:
-    """What an interrupted run says: the step of its newest checkpoint and the resume command."""
-    from trainer.checkpoint import CorruptCheckpointError, read_checkpoint, read_meta
+    """What an interrupted run says: the step of its newest INTACT checkpoint (each newer folder
+    that cannot be read is named, with why) and the resume command."""
+    from trainer.run_folder import newest_intact
 
     command = f"{prog} {shlex.join(argv)}".rstrip()
-    folder = newest_checkpoint(run_dir)
-    if folder is None:
-        where = f"no checkpoint in {run_dir} yet; the same command starts the run from step 0"
+    folder, step, skipped = newest_intact(run_dir)
+    lines = [f"skipped {line}" for line in skipped]
+    if folder is not None:
+        where = f"last checkpoint: step {step} ({folder}); the same command resumes from it"
+    elif skipped:
+        where = f"no intact checkpoint in {run_dir}; the same command starts the run from step 0"
     else:
-        try:
-            meta = read_meta(folder)
-            step = meta["next_step"] if meta else read_checkpoint(folder)[0]["next_step"]
-            where = f"last checkpoint: step {step} ({folder}); the same command resumes from it"
-        except (CorruptCheckpointError, FileNotFoundError) as err:
-            where = f"the newest checkpoint cannot be read ({err})"
-    return f"interrupted: {where}\n  {command}"
+        where = f"no checkpoint in {run_dir} yet; the same command starts the run from step 0"
+    return "\n".join([f"interrupted: {where}", *(f"  {line}" for line in lines), f"  {command}"])
 
 
 def _fit_in_thread(fit, config: Config, storage_path: str):
@@ -121,6 +114,27 @@ def cluster_problem(config: Config, storage: Path) -> str | None:
     return storage_message(storage, probe_storage(storage))
 
 
+def check_run_folder(config: Config, storage: Path, argv: list[str]):
+    """The checks of the run folder before any Ray work, in order: storage and cache writable,
+    the folder's lock (held by this process until it exits or releases it), the resume's
+    config against the run's own. Returns the lock and lines to print; raises ConfigError (or
+    RunFolderBusyError) with the message to show."""
+    from trainer.run_folder import RunLock, check_resume, space_warning, storage_problems
+
+    problems = storage_problems(config, storage)
+    if problems:
+        raise ConfigError(problems, "storage")
+    run_dir = storage / config.run_name
+    lock = RunLock(run_dir, f"{PROG} {shlex.join(argv)}")
+    try:
+        check_resume(run_dir, config)
+        lines = [line for line in (lock.message(), space_warning(config, storage)) if line]
+    except BaseException:
+        lock.release()
+        raise
+    return lock, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -129,24 +143,41 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from trainer.run_folder import RunFolderBusyError
 
-    from launch.cluster import check_resources, connect
-    from trainer.distributed.worker import fit
-
-    started = time.time()
     train = config.train
     storage = Path(train.storage_path).expanduser().resolve()
     run_dir = storage / config.run_name
     try:
+        lock, lines = check_run_folder(config, storage, argv)
+    except (ConfigError, RunFolderBusyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(f"[cascadevae] {line}", file=sys.stderr, flush=True)
+    try:
+        return _train(config, args.config, storage, run_dir, argv)
+    finally:
+        lock.release()
+
+
+def _train(config: Config, config_path: str, storage: Path, run_dir: Path, argv: list[str]) -> int:
+    from launch.cluster import check_resources, connect
+    from trainer.distributed.worker import fit
+    from trainer.errors import project_cause
+
+    started = time.time()
+    train = config.train
+    try:
         where = connect()
         print(
-            f"[cascadevae] Ray: {where}; config {args.config} (run '{config.run_name}')",
+            f"[cascadevae] Ray: {where}; config {config_path} (run '{config.run_name}')",
             flush=True,
         )
         check_resources(
             train.num_workers * train.cpus_per_worker,
             train.num_workers * train.gpus_per_worker if train.use_gpu else 0,
-            f"config {args.config}",
+            f"config {config_path}",
         )
         problem = cluster_problem(config, storage)
         if problem:
@@ -156,14 +187,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{resume_hint(run_dir, argv)}", file=sys.stderr, flush=True)
         return 130
-    except Exception as err:  # Ray wraps worker errors; show the cause and fail
-        print(f"error: training failed: {type(err).__name__}: {err}", file=sys.stderr)
+    except Exception as err:  # Ray wraps worker errors; show the project's own error if any
+        print(f"error: training failed: {_one_line(project_cause(err) or err)}", file=sys.stderr)
         return 1
     if result.error is not None:
-        print(f"error: training failed: {result.error}", file=sys.stderr)
+        cause = project_cause(result.error) or result.error
+        print(f"error: training failed: {_one_line(cause)}", file=sys.stderr)
         return 1
     print("\n".join(summary_lines(config, result, str(run_dir), time.time() - started)), flush=True)
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: message` of a project error; other errors keep their (multi-line) text."""
+    from trainer.errors import is_project_error
+
+    text = str(error)
+    if is_project_error(error):
+        text = " ".join(part.strip() for part in text.splitlines())
+    return f"{type(error).__name__}: {text}"
 
 
 if __name__ == "__main__":

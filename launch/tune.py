@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
@@ -50,6 +51,104 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig) -> None:
     result = fit(config, storage_path=str(trial_dir), callbacks=[TuneReportCallback()])
     if result.error is not None:
         raise result.error
+
+
+EXPERIMENT_RECORD = "cascadevae_experiment.json"
+"""What defines the trials of an experiment, written when it starts; a resume compares it."""
+TUNE_STATE = "tuner.pkl"
+"""Written by Tune when an experiment starts: its presence means the folder can be resumed."""
+
+
+def experiment_record(sweep: SweepConfig) -> dict[str, Any]:
+    """Flat {key: value} of what defines the experiment's trials: the searcher, metric and
+    scheduler, the space, and every trial's base config (a study: each run's config). Tune
+    restores its searcher and scheduler as they were, so any difference is a changed
+    experiment."""
+    record: dict[str, Any] = {
+        "search.algorithm": sweep.algorithm,
+        "search.num_samples": sweep.num_samples,
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "scheduler.type": sweep.scheduler,
+        "scheduler.grace_period": sweep.grace_period,
+        "scheduler.reduction_factor": sweep.reduction_factor,
+        "max_trial_failures": sweep.max_trial_failures,
+    }
+    runs = getattr(sweep, "runs", None)
+    if runs:  # a study: one run per grid point, each with its own config
+        from launch.study import RUN_DIMENSION
+
+        for name in runs:
+            flat = sweep.trial_config({RUN_DIMENSION: name}).flat()
+            record.update({f"runs.{name}.{k}": v for k, v in flat.items()})
+        return record
+    record.update({f"search.space.{d.name}": {d.kind: list(d.values)} for d in sweep.dimensions})
+    record.update({f"base.{k}": v for k, v in sweep.base.flat().items()})
+    return record
+
+
+def experiment_problems(sweep: SweepConfig, experiment_dir: Path) -> list[str]:
+    """One line per difference between the sweep (or study) file and the experiment it would
+    resume; [] for a new experiment, the same file, or an experiment without a record."""
+    path = experiment_dir / EXPERIMENT_RECORD
+    if not (experiment_dir / TUNE_STATE).is_file() or not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(experiment_record(sweep)))  # the same types as the stored one
+    problems = []
+    added = sorted({k.split(".")[1] for k in new.keys() - old.keys() if k.startswith("runs.")})
+    gone = sorted({k.split(".")[1] for k in old.keys() - new.keys() if k.startswith("runs.")})
+    problems += [
+        f"runs.{n}: not a run of the experiment (a study's runs are fixed when it starts)"
+        for n in added
+    ]
+    problems += [f"runs.{n}: a run of the experiment, missing from the file" for n in gone]
+    skip = {f"runs.{n}." for n in added + gone}
+    for key in sorted(old.keys() | new.keys()):
+        if any(key.startswith(prefix) for prefix in skip):
+            continue
+        if old.get(key) != new.get(key):
+            before, after = old.get(key), new.get(key)
+            problems.append(f"{key}: the experiment has {before!r}, this file {after!r}")
+    return problems
+
+
+def write_experiment_record(sweep: SweepConfig, experiment_dir: Path) -> None:
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    path = experiment_dir / EXPERIMENT_RECORD
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(experiment_record(sweep), indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def prepare_experiment(sweep: SweepConfig, experiment_dir: Path, source: str, argv: list[str]):
+    """The checks of an experiment folder before Ray: storage and data cache writable, its lock
+    (held until released), a resume's file against the experiment's record (which is written
+    for a new experiment). Returns the lock and lines to print; raises ConfigError or
+    RunFolderBusyError with the message to show."""
+    import shlex
+
+    from trainer.run_folder import RunLock, storage_problems
+
+    problems = storage_problems(sweep.base, experiment_dir.parent)
+    if problems:
+        raise ConfigError(problems, "storage")
+    lock = RunLock(experiment_dir, f"{shlex.join(argv)}")
+    try:
+        problems = experiment_problems(sweep, experiment_dir)
+        if problems:
+            problems.append(
+                f"the experiment in {experiment_dir} was started from another file; resuming "
+                "it would mix two experiments. Give the changed file another `name` (a new "
+                "experiment folder), or restore the file"
+            )
+            raise ConfigError(problems, f"{source} (resume of {experiment_dir})")
+        if not (experiment_dir / TUNE_STATE).is_file():
+            write_experiment_record(sweep, experiment_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, [line for line in [lock.message()] if line]
 
 
 def trial_name(params: dict[str, Any], index: int | str) -> str:
@@ -262,12 +361,27 @@ def main(argv: list[str] | None = None) -> int:
         "--config", required=True, help="sweep file, e.g. configs/sweeps/debug.yaml"
     )
     args = parser.parse_args(argv)
+    from trainer.run_folder import RunFolderBusyError
+
     try:
         sweep = load_sweep(args.config)
         sweep.base.check_files(f"{args.config} (base config)")
-    except ConfigError as err:
+        experiment_dir = Path(sweep.storage_path).expanduser().resolve() / sweep.name
+        lock, lines = prepare_experiment(
+            sweep, experiment_dir, args.config, ["python -m launch.tune", *(argv or sys.argv[1:])]
+        )
+    except (ConfigError, RunFolderBusyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for line in lines:
+        print(f"[cascadevae] {line}", file=sys.stderr, flush=True)
+    try:
+        return _run_sweep(sweep, args.config, experiment_dir)
+    finally:
+        lock.release()
+
+
+def _run_sweep(sweep: SweepConfig, source: str, experiment_dir: Path) -> int:
 
     # A run reports some metrics only from a later step (the code agreement from the discrete
     # stage, eval/* from the first evaluation); ASHA and the result grid skip reports without
@@ -283,13 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     check_resources(
         train.num_workers * train.cpus_per_worker,
         train.num_workers * train.gpus_per_worker if train.use_gpu else 0,
-        f"sweep {args.config}",
+        f"sweep {source}",
     )
-    experiment_dir = Path(sweep.storage_path).expanduser().resolve() / sweep.name
     from trainer.distributed.nodes import probe_storage, storage_message
 
     reports = probe_storage(experiment_dir.parent)
-    problem = storage_message(experiment_dir.parent, reports, f"{args.config}: storage_path")
+    problem = storage_message(experiment_dir.parent, reports, f"{source}: storage_path")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

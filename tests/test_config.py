@@ -110,7 +110,10 @@ def test_unknown_protocol_is_refused_listing_the_registry():
 @pytest.mark.parametrize(
     "raw, problem",
     [
-        ({"solver": {"typo": 1}}, "solver.typo: unknown key (known: actor_name, lam, placement, "),
+        (
+            {"solver": {"typo": 1}},
+            "solver.typo: unknown key (known: actor_name, lam, placement, timeout_s, transport)",
+        ),
         ({"train": {"lr": 1e-3}}, "train.lr: unknown key (known: autocast, channels_last, "),
         ({"eval": {"num_vote": 3}}, "eval.num_vote: unknown key (known: batch_size, "),
         ({"jointvae": {"gamma": 1.0, "beta": 2}}, "jointvae.beta: unknown key (known: "),

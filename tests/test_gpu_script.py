@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,70 @@ def test_switches_bench_measures_each_rung_and_writes_json(tmp_path):
         assert "error" not in row, row
         assert row["steps_per_s"] == 4 / row["seconds"]
         assert row["speedup_vs_default"] == row["steps_per_s"] / figures["rungs"][0]["steps_per_s"]
+
+
+def _probe_wheelhouse(folder: Path) -> Path:
+    """A wheelhouse of one tiny pure-Python wheel, `cvae_probe`, listed in requirements.txt."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from wheelhouse import record_hash
+
+    folder.mkdir()
+    files = {
+        "cvae_probe/__init__.py": b"ANSWER = 42\n",
+        "cvae_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: cvae_probe\n"
+        b"Version: 1.0\n",
+        "cvae_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    rows = [f"{name},{record_hash(data)},{len(data)}" for name, data in files.items()]
+    rows.append("cvae_probe-1.0.dist-info/RECORD,,")
+    with zipfile.ZipFile(folder / "cvae_probe-1.0-py3-none-any.whl", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr("cvae_probe-1.0.dist-info/RECORD", "\n".join(rows) + "\n")
+    (folder / "requirements.txt").write_text("cvae_probe==1.0\n")
+    return folder
+
+
+def _run_gpu_sh(tmp_path: Path, python: str, *args: str, **env: str):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": python, **env},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return out, done.stdout
+
+
+def test_gpu_script_installs_the_wheelhouse_with_no_index_when_ray_is_missing(tmp_path):
+    """A Python on which `import ray` fails: the script installs the wheelhouse's pinned set
+    (here one probe wheel, into PIP_TARGET) with no index, and says so in install.json."""
+    wheels = _probe_wheelhouse(tmp_path / "wheels")
+    python = tmp_path / "python_without_ray"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1" = "-c" ] && [[ "$2" == "import ray"* ]]; then exit 1; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    target = tmp_path / "site"
+    out, stdout = _run_gpu_sh(
+        tmp_path, str(python), str(wheels), GPU_PARTS="install", PIP_TARGET=str(target)
+    )
+    install = json.loads((out / "install.json").read_text())
+    assert install["source"] == "wheelhouse" and install["wheel_dir"] == str(wheels)
+    assert "ray[default,train,tune]" in install["missing_before"]
+    assert json.loads((out / "install.status.json").read_text())["exit_status"] == 0
+    assert (target / "cvae_probe" / "__init__.py").read_text() == "ANSWER = 42\n"
+    assert "Ray does not import" in stdout  # the Ray parts were left out
+    assert not (out / "tests.status.json").exists()  # not in GPU_PARTS
+
+
+def test_gpu_script_installs_nothing_when_everything_imports(tmp_path):
+    wheels = _probe_wheelhouse(tmp_path / "wheels")
+    out, _ = _run_gpu_sh(tmp_path, sys.executable, str(wheels), GPU_PARTS="install")
+    assert json.loads((out / "install.json").read_text())["source"] == "none"
+    assert not (out / "install.status.json").exists()

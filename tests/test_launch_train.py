@@ -26,9 +26,11 @@ def _checkpoint(run_dir, name: str, step: int):
 def test_the_hint_names_the_newest_checkpoint_and_the_same_command(tmp_path):
     _checkpoint(tmp_path, "checkpoint_2026-01-01_10-00-00.000001", 200)
     newest = _checkpoint(tmp_path, "checkpoint_2026-01-01_10-05-00.000001", 400)
-    (tmp_path / "checkpoint_2026-01-01_10-09-00.000001").mkdir()  # being written: no state.pt
+    partial = tmp_path / "checkpoint_2026-01-01_10-09-00.000001"
+    partial.mkdir()  # a copy that never completed: no state.pt
     assert resume_hint(tmp_path, ARGV) == (
         f"interrupted: last checkpoint: step 400 ({newest}); the same command resumes from it\n"
+        f"  skipped not a CascadeVAE checkpoint: {partial / 'state.pt'} is missing\n"
         f"  {COMMAND}"
     )
 
@@ -46,13 +48,28 @@ def test_the_hint_without_a_checkpoint(tmp_path):
     )
 
 
-def test_the_hint_says_when_the_newest_checkpoint_is_unreadable(tmp_path):
+def test_the_hint_names_an_unreadable_checkpoint_and_the_intact_one_before_it(tmp_path):
+    older = _checkpoint(tmp_path, "checkpoint_2026-01-01_09-00-00.000001", 20)
     folder = _checkpoint(tmp_path, "checkpoint_2026-01-01_10-00-00.000001", 40)
     (folder / META_FILE).write_text("{not json")
-    hint = resume_hint(tmp_path, ARGV)
-    corrupt = f"corrupt checkpoint {folder / META_FILE}: unreadable"
-    assert hint.startswith(f"interrupted: the newest checkpoint cannot be read ({corrupt}")
-    assert hint.endswith(f"\n  {COMMAND}")
+    lines = resume_hint(tmp_path, ARGV).splitlines()
+    assert lines[0] == (
+        f"interrupted: last checkpoint: step 20 ({older}); the same command resumes from it"
+    )
+    assert lines[1].startswith(f"  skipped corrupt checkpoint {folder / META_FILE}: unreadable")
+    assert lines[2] == f"  {COMMAND}"
+
+
+def test_the_hint_without_an_intact_checkpoint_says_the_run_starts_again(tmp_path):
+    folder = _checkpoint(tmp_path, "checkpoint_2026-01-01_10-00-00.000001", 40)
+    with open(folder / "state.pt", "r+b") as f:
+        f.truncate(100)
+    lines = resume_hint(tmp_path, ARGV).splitlines()
+    assert lines[0] == (
+        f"interrupted: no intact checkpoint in {tmp_path}; the same command starts the run "
+        "from step 0"
+    )
+    assert lines[1].startswith(f"  skipped corrupt checkpoint {folder / 'state.pt'}: ")
 
 
 def test_ctrl_c_during_the_fit_exits_130_with_the_hint(tmp_path, monkeypatch, capsys):

@@ -84,7 +84,14 @@ def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
     reports: list = []
     monkeypatch.setattr(ray.train, "report", lambda report, **kw: reports.append((report, kw)))
     provenance = Provenance("a" * 40, False)
-    hook = ReportHook(config, state=None, log=None, rank=0, provenance=provenance)  # type: ignore[arg-type]
+    hook = ReportHook(
+        config,
+        state=None,
+        log=None,
+        rank=0,
+        run_dir=tmp_path,
+        provenance=provenance,  # type: ignore[arg-type]
+    )
     hook.run(20, {"eval/authors_factorvae": 0.9, "mi/shape/z0": 0.5})
     ((report, kwargs),) = reports
     assert kwargs == {} and report[CHECKPOINT_SCORE] == UNRANKED_SCORE

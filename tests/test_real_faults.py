@@ -199,7 +199,7 @@ def test_a_sigkilled_solver_actor_is_restarted_without_restarting_the_run(refere
     _assert_same_parameters(_final_model(result), reference)
 
 
-def test_ctrl_c_of_the_driver_exits_130_and_the_same_command_resumes(reference, tmp_path):
+def test_ctrl_c_of_the_driver_exits_130_and_the_same_command_resumes(reference, tmp_path, spawn):
     """The driver is `python -m launch.train` with a local Ray of its own, started while the
     test session's cluster is up: it must also stay quiet about the other Ray instance."""
     storage = tmp_path / "runs"
@@ -210,23 +210,19 @@ def test_ctrl_c_of_the_driver_exits_130_and_the_same_command_resumes(reference, 
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_SERVER_VAR)}
     run_dir = storage / "interrupted"
-    driver = subprocess.Popen(
+    driver = spawn(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    try:
-        _wait_until_held(run_dir)
-        driver.send_signal(signal.SIGINT)
-        first, _ = driver.communicate(timeout=WAIT_S)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    _wait_until_held(run_dir)
+    driver.send_signal(signal.SIGINT)
+    first, _ = driver.communicate(timeout=WAIT_S)
     assert driver.returncode == 130, first[-3000:]
     assert f"last checkpoint: step {LAST_CHECKPOINT}" in first, first[-3000:]
 
-    again = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S
+    again = spawn(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    second = again.stdout + again.stderr
+    second, _ = again.communicate(timeout=WAIT_S)
     assert again.returncode == 0, second[-3000:]
     assert "final step    : 40" in second
     starts = [a["start_step"] for a in read_attempts(run_dir) if a["rank"] == 0]

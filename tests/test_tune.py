@@ -118,7 +118,7 @@ def test_debug_sweep_runs_with_asha_and_writes_one_row_per_trial(ray_session, tm
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes(ray_session, tmp_path):
+def test_interrupted_sweep_resumes(ray_session, tmp_path, spawn):
     """SIGINT the sweep once the first of its two trials finished; the same command then
     continues it. Short single-worker trials: what is tested is Tune's resume (the 2-worker
     sweep is the ASHA test's)."""
@@ -140,7 +140,7 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
     experiment = tmp_path / "sweeps" / "debug_sweep"
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     command = [sys.executable, "-m", "launch.tune", "--config", str(sweep)]
-    first = subprocess.Popen(
+    first = spawn(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.time() + 900  # a ceiling for a loaded machine; the loop ends with the trial
@@ -161,9 +161,11 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
     done_trial = finished[0].parent.parent
     rows_before = read_metrics(finished[0].parent).num_rows
 
-    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming experiment" in second.stdout
+    second = spawn(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second_out, second_err = second.communicate(timeout=600)
+    second_out, second_err = second_out.decode(), second_err.decode()
+    assert second.returncode == 0, second_out[-3000:] + second_err[-3000:]
+    assert "resuming experiment" in second_out
     rows = pq.read_table(experiment / "results.parquet").to_pylist()
     assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows)
     # The trial finished before the interruption was not run again.
@@ -221,3 +223,40 @@ def test_failed_trials_are_reported_and_do_not_stop_the_others(ray_session, tmp_
     assert all("injected worker failure" in r["error"] for r in rows)
     assert out.count("failed: t") == 2 and "2 failed" in out
     assert not (tmp_path / "sweeps" / "failing_sweep" / "best_config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_beside_another_ray_instance_finishes_and_frees_every_placement_group(
+    ray_session, ray_head, tmp_path
+):
+    """Another local Ray instance is up (`ray_head`) while the sweep runs on the session's
+    cluster: every trial must finish (ASHA stops some early) and every placement group the sweep
+    made must be removed, which Ray's placement-group cleaner does through the State API."""
+    import ray
+    from ray.util import placement_group_table
+
+    from launch.tune import main
+
+    before = set(placement_group_table())
+    sweep = _sweep_file(
+        tmp_path,
+        name="beside_sweep",
+        scheduler={"type": "asha", "grace_period": 10, "reduction_factor": 2},
+        set={"train.num_workers": 1, "train.num_steps": 20, "cascade.discrete_start_stage": 2},
+    )
+    assert main(["--config", str(sweep)]) == 0
+    rows = pq.read_table(tmp_path / "sweeps" / "beside_sweep" / "results.parquet").to_pylist()
+    assert len(rows) == 3
+    assert {r["status"] for r in rows} <= {"COMPLETED", "STOPPED_EARLY"}, rows
+    deadline = time.time() + 120
+    while True:
+        made = {k: v for k, v in placement_group_table().items() if k not in before}
+        if all(group["state"] == "REMOVED" for group in made.values()) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert made and all(g["state"] == "REMOVED" for g in made.values()), made
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    for log in logs.glob("*"):
+        if log.is_file():
+            text = log.read_text(errors="replace")
+            assert "Found multiple active Ray instances" not in text, log

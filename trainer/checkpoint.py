@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from trainer.errors import PicklableError
+
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 META_FILE = "state.json"
@@ -34,7 +36,7 @@ META_FILE = "state.json"
 `extra_meta` of `save_checkpoint` (training writes git_revision, git_dirty, unknown_reason)."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(PicklableError, ValueError):
     """A checkpoint's state.pt does not match its recorded checksum or cannot be unpickled;
     the message names the file and what is wrong."""
 

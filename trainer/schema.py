@@ -30,8 +30,10 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
 from pydantic_core import ErrorDetails
 
+from trainer.errors import PicklableError
 
-class ConfigError(ValueError):
+
+class ConfigError(PicklableError, ValueError):
     """Settings that must not start a run; `problems` lists every issue found."""
 
     def __init__(self, problems: list[str], source: str = "config"):
@@ -40,7 +42,7 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
 
 
-class RuleError(ValueError):
+class RuleError(PicklableError, ValueError):
     """Raised by a model validator: every problem its rules found, each naming its field."""
 
     def __init__(self, problems: list[str]):

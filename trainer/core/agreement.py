@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+
+from trainer.core.matching import best_matching
 
 JOINT_PREFIX = "codes/joint_"
 _JOINT_KEY = re.compile(r"^codes/joint_k(\d+)_s(\d+)$")
@@ -44,7 +45,7 @@ def best_match_accuracy(table_KS: np.ndarray) -> float:
     total = float(table_KS.sum())
     if total <= 0:
         return float("nan")
-    rows, cols = linear_sum_assignment(table_KS, maximize=True)
+    rows, cols = best_matching(table_KS, maximize=True)
     return float(table_KS[rows, cols].sum() / total)
 
 

@@ -44,11 +44,12 @@ from trainer.core.scalars import StepMetrics
 from trainer.core.schedule import CascadeSchedule
 from trainer.core.types import JointVAEOutput, VAEOutput
 from trainer.core.unary import unary_matrix
+from trainer.errors import PicklableError
 
 NUM_SHAPES = 3  # dSprites: square, ellipse, heart
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(PicklableError, FloatingPointError):
     """The loss of a step is NaN or inf. With the metrics read every step it is raised before
     the backward pass, so the weights are still those of the previous step and no checkpoint of
     a NaN model can follow.

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainer.errors import PicklableError
+
 SolveFn = Callable[[np.ndarray], tuple[np.ndarray, float]]
 """(unary_NK float64) -> (labels_N int64, solve_ms)."""
 
@@ -31,7 +33,7 @@ class CodeExchangeError(RuntimeError):
     """A rank could not obtain its codes (a peer missing, the solver unreachable)."""
 
 
-class NonFiniteUnaryError(FloatingPointError):
+class NonFiniteUnaryError(PicklableError, FloatingPointError):
     """The unary matrix of a step holds NaN or inf (the model diverged or its input is bad);
     the solver is not called. Every rank raises it for the same step."""
 

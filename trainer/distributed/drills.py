@@ -98,9 +98,11 @@ class DelayedSolverActor(SolverActor):
         self._delay_s = float(delay_s)
         self._started_log = started_log
 
-    def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    def solve(
+        self, unary_NK: np.ndarray, lam: float, checked: bool = False, counted: bool = True
+    ) -> tuple[np.ndarray, float]:
         if self._started_log is not None:
             with open(self._started_log, "a") as log:
                 log.write(f"{os.getpid()}\n")
         time.sleep(self._delay_s)
-        return super().solve(unary_NK, lam)
+        return super().solve(unary_NK, lam, checked, counted)

@@ -11,7 +11,9 @@ solvers (one per shape, built on the first call of that shape) and timing counte
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import logging
 import os
 import statistics
 import threading
@@ -26,6 +28,9 @@ from ray.exceptions import GetTimeoutError
 from solver.network import validate_problem
 from solver.solve import AssignmentSolver
 
+logger = logging.getLogger(__name__)
+
+_BUILD_TIMEOUT_S = 300.0  # the longest wait of a graph's build for each of its steps
 _MAX_SHAPES = 4  # solvers kept; training uses one shape, tests and benchmarks a few
 _MAX_TIMINGS = 100_000  # solve times kept for the median
 
@@ -43,17 +48,28 @@ class SolverActor:
         self._solve_ms: deque[float] = deque(maxlen=_MAX_TIMINGS)
         self._calls = 0
         self._total_ms = 0.0
+        # A compiled graph's calls run in the actor's `_ray_system` thread, ordinary calls in
+        # its default one: one solve at a time, since a solver is stateful.
+        self._lock = threading.Lock()
 
-    def solve(self, unary_NK: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
-        """(labels_N int64, solve_ms) of one global assignment; solve_ms excludes model builds."""
-        unary_NK, lam = validate_problem(unary_NK, lam)  # once here; solve_valid trusts it
-        solver = self._solver_for(unary_NK.shape)
-        started = time.perf_counter()
-        labels_N = solver.solve_valid(unary_NK, lam)
-        solve_ms = 1e3 * (time.perf_counter() - started)
-        self._calls += 1
-        self._total_ms += solve_ms
-        self._solve_ms.append(solve_ms)
+    def solve(
+        self, unary_NK: np.ndarray, lam: float, checked: bool = False, counted: bool = True
+    ) -> tuple[np.ndarray, float]:
+        """(labels_N int64, solve_ms) of one global assignment; solve_ms excludes model builds.
+
+        `checked=True`: the caller has validated the problem (the worker's code client checks
+        every step's matrix once, on every rank), so it is not checked again here.
+        `counted=False` (a compiled graph's warm-up) leaves the call out of `stats`."""
+        if not checked:
+            unary_NK, lam = validate_problem(unary_NK, lam)
+        with self._lock:
+            solver = self._solver_for(unary_NK.shape)
+            labels_N = solver.solve_valid(unary_NK, lam)
+            solve_ms = solver.last_solve_ms  # the solver's own timing: the solve is timed once
+            if counted:
+                self._calls += 1
+                self._total_ms += solve_ms
+                self._solve_ms.append(solve_ms)
         return labels_N.astype(np.int64, copy=False), solve_ms
 
     def stats(self) -> dict[str, Any]:
@@ -118,16 +134,19 @@ def get_or_create_solver_actor(
 
 
 def solve_remote(
-    actor: Any, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0
+    actor: Any, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0, *, checked=False
 ) -> tuple[np.ndarray, float, float]:
     """(labels_N int64, solve_ms, round_trip_ms) from the actor; SolverTimeoutError on timeout.
 
-    Bad input raises ValueError here, before anything is sent. On timeout the call is
-    cancelled if it has not started; a running one finishes on the actor and is dropped.
+    Bad input raises ValueError here, before anything is sent (`checked=True`: the caller
+    validated it, see `validate_problem`, and nothing is checked again, here or on the actor).
+    On timeout the call is cancelled if it has not started; a running one finishes on the actor
+    and is dropped.
     """
-    unary_NK, lam = validate_problem(unary_NK, lam)
+    if not checked:
+        unary_NK, lam = validate_problem(unary_NK, lam)
     started = time.perf_counter()
-    ref = actor.solve.remote(unary_NK, lam)
+    ref = actor.solve.remote(unary_NK, lam, True)
     try:
         labels_N, solve_ms = ray.get(ref, timeout=timeout_s)
     except GetTimeoutError as exc:
@@ -140,73 +159,192 @@ def solve_remote(
     return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
 
 
+class ActorLostError(RuntimeError):
+    """The solver actor died (or was restarted) with a compiled-graph call in flight."""
+
+
 class CompiledSolve:
     """`solve_remote` through a Ray Compiled Graph on the same actor: the problem and the
     answer travel through shared-memory channels instead of an ordinary actor call.
 
-    Same answers, errors and restart behaviour as `solve_remote`: the actor keeps its restart
-    policy; when the graph fails (the actor died or was restarted: a compiled graph does not
-    survive that, Ray raises a channel or system error), the graph is torn down in the
-    background and that call is answered by `solve_remote`, whose ordinary call Ray retries on
-    the restarted actor; the next call compiles a new graph. A timeout raises
-    SolverTimeoutError and drops the graph as well. When compiling fails, ordinary calls are
-    used for the next `recompile_after` calls. `compiled_calls` / `fallback_calls` count what
-    answered.
+    Same answers, errors and restart behaviour as `solve_remote`. The graph is built in the
+    background (`start`, or the first call): once the actor answers a ping, it is compiled and
+    answers one warm-up problem of the calls' shape (the first execution of a graph starts its
+    loop on the actor: seconds on a loaded machine); ordinary calls answer until then. When it
+    cannot be built, ordinary calls answer (the reason is logged once) and building is tried
+    again after `recompile_after` calls.
+
+    A compiled graph does not survive its actor. A dead actor is noticed within about
+    `health_check_s`: while a call is unanswered, the caller asks the GCS for the actor's state
+    and restart count every `health_check_s` (a graph's answer can be waited for only once, so
+    that wait runs in a helper thread and the caller waits on it in slices). Then the graph is
+    torn down (in the background: it waits for the actor), Ray restarts the actor (its restart
+    policy), the call in flight is sent again as an ordinary call, which Ray runs on the
+    restarted actor, and a new graph is built once the teardown has finished: the old graph's
+    loop is retried on the restarted actor until its teardown cancels it, and a new graph's
+    loop would wait behind it. `ready` waits for the graph.
+
+    A timeout raises SolverTimeoutError and drops the graph. `compiled_calls`,
+    `fallback_calls` and `recoveries` count what answered and how often a lost actor was
+    recovered from.
     """
 
-    def __init__(self, actor: Any, *, recompile_after: int = 100):
+    def __init__(self, actor: Any, *, recompile_after: int = 100, health_check_s: float = 0.05):
         self.actor = actor
         self.recompile_after = recompile_after
+        self.health_check_s = health_check_s
         self.compiled_calls = 0
         self.fallback_calls = 0
+        self.recoveries = 0
+        self.compile_error: str | None = None
         self._graph: Any = None
-        self._ordinary_left = 0  # ordinary calls left before the next compile attempt
+        self._restarts_at_compile: int | None = None
+        self._ordinary_left = 0  # ordinary calls left before the next build attempt
+        self._reader = _reader_thread()
+        self._reading: concurrent.futures.Future | None = None
+        self._teardown: threading.Thread | None = None
+        self._builder: threading.Thread | None = None
+        self._closed = False
+
+    def start(self, n: int, k: int, lam: float) -> None:
+        """Build the graph in the background for (n, k) problems (no wait)."""
+        if self._graph is None and (self._builder is None or not self._builder.is_alive()):
+            warm_NK = np.zeros((n, k), dtype=np.float64)
+            self._builder = threading.Thread(
+                target=self._build, args=(warm_NK, float(lam)), name="compiled-solve-build",
+                daemon=True,
+            )  # fmt: skip
+            self._builder.start()
+
+    def ready(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the graph (building it when needed); True when calls
+        now go through it."""
+        deadline = time.monotonic() + timeout_s
+        for thread in (self._teardown, self._builder):
+            if thread is not None:
+                thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        return self._graph is not None
 
     def __call__(
-        self, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0
+        self, unary_NK: np.ndarray, lam: float, timeout_s: float = 120.0, *, checked=False
     ) -> tuple[np.ndarray, float, float]:
-        """(labels_N int64, solve_ms, round_trip_ms), as `solve_remote`."""
-        unary_NK, lam = validate_problem(unary_NK, lam)
-        graph = self._current_graph()
-        if graph is None:
-            self.fallback_calls += 1
-            return solve_remote(self.actor, unary_NK, lam, timeout_s)
+        """(labels_N int64, solve_ms, round_trip_ms), as `solve_remote` (and `checked` too)."""
+        if not checked:
+            unary_NK, lam = validate_problem(unary_NK, lam)
         started = time.perf_counter()
-        try:
-            labels_N, solve_ms = ray.get(graph.execute(unary_NK, lam), timeout=timeout_s)
-        except (GetTimeoutError, TimeoutError) as exc:
-            self._drop_graph()
-            raise _timeout_error(self.actor, unary_NK, lam, timeout_s) from exc
-        except Exception:  # the graph broke (actor died or restarted): an ordinary call
-            self._drop_graph()
-            self.fallback_calls += 1
-            return solve_remote(self.actor, unary_NK, lam, timeout_s)
-        round_trip_ms = 1e3 * (time.perf_counter() - started)
-        self.compiled_calls += 1
-        return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
+        deadline = time.monotonic() + timeout_s
+        graph = self._graph
+        if graph is not None:
+            try:
+                labels_N, solve_ms = self._execute(graph, unary_NK, lam, deadline, timeout_s)
+            except SolverTimeoutError:
+                self._drop_graph()
+                raise
+            except Exception as exc:  # the actor died or the graph broke
+                self._drop_graph()
+                self.recoveries += 1
+                logger.warning(
+                    "solver actor %s lost with a call in flight (%s): the call goes again as "
+                    "an ordinary call, which Ray runs on the restarted actor; a new graph is "
+                    "built once the old one is torn down",
+                    _actor_label(self.actor),
+                    type(exc).__name__,
+                )
+            else:
+                self.compiled_calls += 1
+                round_trip_ms = 1e3 * (time.perf_counter() - started)
+                return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
+        if self._ordinary_left > 0:
+            self._ordinary_left -= 1
+        else:
+            n, k = unary_NK.shape
+            self.start(n, k, lam)
+        self.fallback_calls += 1
+        left_s = max(deadline - time.monotonic(), 1e-3)
+        labels_N, solve_ms, _ = solve_remote(self.actor, unary_NK, lam, left_s, checked=True)
+        return labels_N, solve_ms, 1e3 * (time.perf_counter() - started)
 
     def close(self) -> None:
         """Tear the graph down (waits for the actor's side to stop)."""
+        self._closed = True
+        if self._builder is not None:
+            self._builder.join(timeout=_BUILD_TIMEOUT_S)
         graph, self._graph = self._graph, None
         if graph is not None:
-            graph.teardown()
+            try:
+                graph.teardown()
+            except Exception:  # a graph whose actor died may fail to tear down
+                pass
+        self._reader.shutdown(wait=False)
 
-    def _current_graph(self) -> Any:
-        if self._graph is not None:
-            return self._graph
-        if self._ordinary_left > 0:
-            self._ordinary_left -= 1
-            return None
+    def _execute(
+        self, graph: Any, unary_NK: np.ndarray, lam: float, deadline: float, timeout_s: float
+    ) -> tuple[np.ndarray, float]:
+        """One call through `graph`; ActorLostError when the actor died meanwhile."""
+        if self._reading is not None and not self._reading.done():
+            # A read of a dropped graph still waits in the old thread: use a new one.
+            self._reader.shutdown(wait=False)
+            self._reader = _reader_thread()
+        ref = graph.execute(unary_NK, lam, True)
+        answer = self._reading = self._reader.submit(ray.get, ref)
+        while True:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise _timeout_error(self.actor, unary_NK, lam, timeout_s)
+            try:
+                return answer.result(timeout=min(self.health_check_s, left_s))
+            except concurrent.futures.TimeoutError:
+                if not self._actor_unchanged():
+                    raise ActorLostError(
+                        f"solver actor {self.actor._actor_id.hex()} died"
+                    ) from None
+
+    def _actor_unchanged(self) -> bool:
+        """Whether the GCS holds the actor neither restarting nor dead, with the restart count
+        seen when the graph was built (True when the GCS cannot be asked: Ray's own failure
+        detection then decides)."""
+        state = _actor_state(self.actor)
+        if state is None or self._restarts_at_compile is None:
+            return True
+        name, restarts = state
+        return name not in ("RESTARTING", "DEAD") and restarts == self._restarts_at_compile
+
+    def _build(self, warm_NK: np.ndarray, lam: float) -> None:
+        """Compile a graph and run one warm-up problem through it; publish it when it answered."""
         from ray.dag import InputNode
 
+        graph = None
         try:
+            if self._teardown is not None:  # the old graph's loop must be gone first
+                self._teardown.join(timeout=_BUILD_TIMEOUT_S)
+            # A graph compiled before its actor is created never answered (Ray 2.60): the
+            # actor answers an ordinary call first.
+            ray.get(self.actor.ping.remote(), timeout=_BUILD_TIMEOUT_S)
+            state = _actor_state(self.actor)
             with InputNode() as problem:
-                node = self.actor.solve.bind(problem[0], problem[1])
-            self._graph = node.experimental_compile()
-        except Exception:  # no compiled graphs here: ordinary calls for a while
+                node = self.actor.solve.bind(problem[0], problem[1], True, problem[2])
+            graph = node.experimental_compile()
+            ray.get(graph.execute(warm_NK, lam, False), timeout=_BUILD_TIMEOUT_S)
+        except Exception as exc:  # no compiled graphs here: ordinary calls for a while
+            if graph is not None:
+                try:
+                    graph.teardown()
+                except Exception:
+                    pass
             self._ordinary_left = self.recompile_after
-            return None
-        return self._graph
+            if self.compile_error is None:
+                self.compile_error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "the solver call cannot use a Ray compiled graph (%s); using ordinary "
+                    "actor calls",
+                    self.compile_error,
+                )
+            return
+        if self._closed:
+            graph.teardown()
+            return
+        self._restarts_at_compile = None if state is None else state[1]
+        self._graph = graph
 
     def _drop_graph(self) -> None:
         """Forget the graph; its teardown waits for the actor, so it runs in a daemon thread."""
@@ -219,7 +357,30 @@ class CompiledSolve:
                 except Exception:  # a graph whose actor died may fail to tear down: dropped
                     pass
 
-            threading.Thread(target=teardown, name="compiled-solve-teardown", daemon=True).start()
+            self._teardown = threading.Thread(
+                target=teardown, name="compiled-solve-teardown", daemon=True
+            )
+            self._teardown.start()
+
+
+def _reader_thread() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="compiled-solve-read"
+    )
+
+
+def _actor_state(actor: Any) -> tuple[str, int] | None:
+    """(state, restart count) of the actor in the GCS ("ALIVE", "RESTARTING", "DEAD", ...);
+    None when the GCS cannot be asked."""
+    try:
+        from ray._private import state
+
+        info = state.state.actor_table(actor._actor_id.hex())
+    except Exception:
+        return None
+    if not info:
+        return None
+    return str(info["State"]), int(info["NumRestarts"])
 
 
 def _timeout_error(actor: Any, unary_NK: np.ndarray, lam: float, timeout_s: float):

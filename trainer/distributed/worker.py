@@ -16,6 +16,7 @@ calls `ray.train.report` once per log interval (a report is a barrier across ran
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -62,6 +63,7 @@ from trainer.observe.images import preview_indices
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
 from trainer.provenance import Provenance, read_provenance
+from trainer.run_folder import prepare_run_folder, upload_checkpoint
 from trainer.variants.registry import variant_of
 from trainer.variants.types import Codes
 
@@ -234,7 +236,11 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
     if rank == 0 and solver:
         import ray
 
-        from trainer.distributed.solver_actor import get_or_create_solver_actor, solve_remote
+        from trainer.distributed.solver_actor import (
+            CompiledSolve,
+            get_or_create_solver_actor,
+            solve_remote,
+        )
 
         if solver.get("beside_rank0"):  # owned by this worker: it ends with the worker group
             # A name per worker process: a restarted group never finds its dead predecessor's.
@@ -244,9 +250,16 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
         else:
             actor = ray.get_actor(solver["name"], namespace=SOLVER_NAMESPACE)
         lam, timeout_s = config.solver.lam, config.solver.timeout_s
+        # The client checks each step's matrix once (finite, float64, 2-D) on every rank;
+        # lam was checked with the config: nothing is validated again on the way.
+        call: Any = functools.partial(solve_remote, actor)
+        if config.solver.transport == "compiled":
+            call = CompiledSolve(actor)
+            # Built and warmed up in the background while the first steps run.
+            call.start(config.train.global_batch, config.model.num_categories, lam)
 
         def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
-            labels_N, solve_ms, _ = solve_remote(actor, unary_NK, lam, timeout_s)
+            labels_N, solve_ms, _ = call(unary_NK, lam, timeout_s, checked=True)
             return labels_N, solve_ms
 
     return GlobalCodeClient(solve, rank=rank, world_size=world_size)
@@ -277,7 +290,7 @@ def _hooks(
             ImageHook(Cadence(train.image_every), model, preview_x, log),
             LogHook(Cadence(1), log, num_steps=train.num_steps, start_step=start_step),
         ]
-    hooks.append(ReportHook(config, state, log, rank, provenance))
+    hooks.append(ReportHook(config, state, log, rank, run_dir, provenance))
     before: list = [FaultDrill(train.fail_at_step, run_dir, rank)] if train.fail_at_step else []
     if train.hold_at_step:
         before.append(HoldDrill(train.hold_at_step, run_dir, rank))
@@ -315,10 +328,18 @@ class ReportHook:
     forward in every report, so that a Tune scheduler ranking trials on an eval metric sees it
     each time."""
 
-    def __init__(self, config: Config, state: TrainState, log, rank: int, provenance: Provenance):
+    def __init__(
+        self,
+        config: Config,
+        state: TrainState,
+        log,
+        rank: int,
+        run_dir: Path,
+        provenance: Provenance,
+    ):
         train = config.train
         self.config, self.state, self.log, self.rank = config, state, log, rank
-        self.provenance = provenance
+        self.run_dir, self.provenance = run_dir, provenance
         self.keep_best_by = train.keep_best_by
         self.checkpoints = Cadence(train.checkpoint_every)
         self.ranked_evaluations = Cadence(train.eval_every)  # not the extra, diagnostic one
@@ -351,7 +372,16 @@ class ReportHook:
                 run_yaml = self.provenance.yaml_header() + self.config.to_yaml()
                 save_checkpoint(folder, self.state, run_yaml, self.provenance.as_dict())
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(report, checkpoint=checkpoint)
+            ray.train.report(report, checkpoint=checkpoint, checkpoint_upload_fn=self._upload)
+
+    def _upload(self, checkpoint, name: str):
+        """Ray Train's copy of a checkpoint into the run folder, made whole-or-absent
+        (trainer.run_folder.upload_checkpoint)."""
+        import ray.train
+
+        return ray.train.Checkpoint.from_directory(
+            str(upload_checkpoint(checkpoint.path, self.run_dir, name))
+        )
 
 
 def _quiet_report_echo() -> None:
@@ -425,9 +455,10 @@ def fit(
     train = config.train
     storage = Path(storage_path or train.storage_path).expanduser().resolve()
     run_dir = storage / config.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
     provenance = provenance or read_provenance()
-    (run_dir / "config.yaml").write_text(provenance.yaml_header() + config.to_yaml())
+    # Refuses a resume with another trained state; config.yaml is written after the check.
+    for line in prepare_run_folder(run_dir, config, header=provenance.yaml_header()):
+        say(f"[cascadevae] {line}")
     open_data(config, progress=True)
 
     solver_info, actor = None, None

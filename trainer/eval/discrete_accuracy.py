@@ -7,8 +7,8 @@ Shape legend: N images, K learned categories, S true shapes.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from trainer.core.matching import best_matching
 from trainer.data.dsprites import DSprites
 from trainer.eval.sampling import draw_global_sample, with_codes
 from trainer.eval.types import SHAPE_FACTOR, GlobalSample, MetricResult, Representer
@@ -18,7 +18,7 @@ DISCRETE_NUM_SAMPLES = 10_000
 DESCRIPTION = (
     "Unsupervised discrete accuracy: confusion matrix of learned categories vs true shapes "
     f"over {DISCRETE_NUM_SAMPLES} random images, best one-to-one match "
-    "(scipy linear_sum_assignment), accuracy in [0, 1]; unmatched categories count as errors."
+    "(exact, trainer/core/matching.py), accuracy in [0, 1]; unmatched categories count as errors."
 )
 
 
@@ -48,7 +48,7 @@ def _discrete_accuracy_core(codes_N: np.ndarray, shapes_N: np.ndarray) -> Metric
     accuracy = matched counts of the confusion matrix (K, S) / N. With K > S the unmatched
     categories, with K < S the unmatched shapes, count as errors."""
     confusion_KS = confusion_matrix(codes_N, shapes_N)
-    rows, cols = linear_sum_assignment(confusion_KS, maximize=True)
+    rows, cols = best_matching(confusion_KS, maximize=True)
     accuracy = float(confusion_KS[rows, cols].sum() / codes_N.size)
     details = {
         "confusion_KS": confusion_KS,

@@ -1,0 +1,98 @@
+"""The run folder's record through real `python -m launch.train` runs (each with a local Ray of
+its own): a diverging run ends with the project's message, a resume with more steps records the
+change, a full disk ends with one line and leaves no partial checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.cluster import API_SERVER_VAR
+from trainer.observe.run_log import read_attempts, read_metrics
+from trainer.run_folder import checkpoint_folders, is_partial, read_history
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parent.parent
+DEBUG = ROOT / "configs" / "debug.yaml"
+WAIT_S = 900  # a ceiling for a loaded machine
+
+
+def _train(spawn, storage: Path, name: str, *overrides: str) -> tuple[int, str, str]:
+    command = [sys.executable, "-m", "launch.train", "--config", str(DEBUG)]
+    for item in [f"train.storage_path={storage}", f"train.run_name={name}", *overrides]:
+        command += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_SERVER_VAR)}
+    process = spawn(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = process.communicate(timeout=WAIT_S)
+    return process.returncode, out, err
+
+
+def test_a_diverging_run_ends_with_the_projects_message_naming_the_step(tmp_path, spawn):
+    code, out, err = _train(spawn, tmp_path, "nan", "optim.lr=1e9")
+    assert code == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    print(f"\nlr 1e9: exit {code}: {last}")  # shown with pytest -s
+    assert last.startswith("error: training failed: NonFiniteLossError: iteration "), last
+    assert "the loss is not finite" in last
+    assert "missing 1 required positional argument" not in err
+
+
+def test_a_resume_with_more_steps_runs_them_and_records_the_change(tmp_path, spawn):
+    code, _, err = _train(spawn, tmp_path, "r1")
+    assert code == 0, err[-3000:]
+    code, out, err = _train(spawn, tmp_path, "r1", "train.num_steps=60")
+    assert code == 0, err[-3000:]
+    run = tmp_path / "r1"
+    (history,) = read_history(run)
+    print(f"\nmore steps: history {history}")  # shown with pytest -s
+    assert history["step"] == 40
+    assert history["changes"] == {"train.num_steps": {"old": 40, "new": 60}}
+    assert [a for a in read_attempts(run) if a.get("event") == "config_change"][0]["step"] == 40
+    table = read_metrics(run)
+    assert table["step"].to_pylist()[-1] == 60
+    # The run's own learning rate throughout (a mean over the interval's steps).
+    assert table["lr"].to_pylist() == pytest.approx([1e-3] * table.num_rows, rel=1e-9)
+    assert "final step    : 60" in out
+
+
+@pytest.fixture
+def tmpfs_14mb(tmp_path):
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip("no `mount` command on this machine")
+    done = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=14m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_ends_the_run_with_one_line_and_no_partial_checkpoint(tmpfs_14mb, spawn):
+    code, _, err = _train(spawn, tmpfs_14mb, "full")
+    assert code == 1, err[-3000:]
+    assert "warning: " in err and "the kept checkpoints need about" in err
+    last = err.strip().splitlines()[-1]
+    print(f"\nfull disk: exit {code}: {last}")  # shown with pytest -s
+    run = tmpfs_14mb / "full"
+    assert last.startswith(
+        f"error: training failed: DiskFullError: no space left for checkpoint {run}/checkpoint_"
+    ), last
+    assert "bytes needed" in last and "last intact checkpoint: " in last
+    folders = checkpoint_folders(run)
+    assert folders and not any(is_partial(f) for f in folders)
+    assert f"{folders[0]} (step 20)" in last
+    assert not list(run.glob(".partial-*"))
