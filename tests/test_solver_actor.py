@@ -223,7 +223,8 @@ def test_compiled_solve_call_in_flight_during_a_kill_is_answered(ray_session, tm
     got: dict[str, np.ndarray] = {}
     call = threading.Thread(target=lambda: got.setdefault("labels", client(unary_NK, 1.0, 60)[0]))
     call.start()
-    assert started_pids(log, 2) == [slow_pid, slow_pid]  # the call is sleeping inside the actor
+    # The graph's warm-up, the first call, then the call in flight, sleeping inside the actor.
+    assert started_pids(log, 3) == [slow_pid] * 3
     ray.kill(slow, no_restart=False)
     call.join(timeout=90)
     np.testing.assert_array_equal(got["labels"], assign(unary_NK, 1.0))
@@ -231,6 +232,7 @@ def test_compiled_solve_call_in_flight_during_a_kill_is_answered(ray_session, tm
     assert (client.recoveries, client.fallback_calls) == (1, 1)
     restarted_pid = ray.get(slow.stats.remote())["pid"]
     assert restarted_pid != slow_pid
-    assert started_pids(log, 3)[:3] == [slow_pid, slow_pid, restarted_pid]
+    # The call in flight ran again on the restarted actor (as may the new graph's warm-up).
+    assert started_pids(log, 4)[:4] == [slow_pid] * 3 + [restarted_pid]
     client.close()
     ray.kill(slow, no_restart=True)
