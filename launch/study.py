@@ -22,8 +22,10 @@ A study file::
     results_dir: results/cpu_budget     # results.md, results.parquet, curves.png, bars.png
 
 Each (model, seed) is one Tune trial (a grid over run names), each trial a Ray Train run; the
-same command resumes an interrupted study (finished runs are kept, unfinished ones restart from
-their last checkpoint). Everything is validated before Ray starts (the `StudyFile` schema).
+same command resumes an interrupted study: finished runs are kept; unfinished ones start again
+at step 0, because each run's Train folder is Ray's session-local trial folder, which a new Ray
+session does not have (a known defect, README Results). Everything is validated before Ray
+starts (the `StudyFile` schema).
 """
 
 from __future__ import annotations
