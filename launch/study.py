@@ -22,9 +22,9 @@ A study file::
     results_dir: results/cpu_budget     # results.md, results.parquet, curves.png, bars.png
 
 Each (model, seed) is one Tune trial (a grid over run names), each trial a Ray Train run; the
-same command resumes an interrupted study: finished runs are kept; unfinished ones start again
-at step 0, because each run's Train folder is Ray's session-local trial folder, which a new Ray
-session does not have (a known defect, README Results). Everything is validated before Ray
+same command resumes an interrupted study: finished runs are kept; unfinished ones continue
+from their last checkpoint, because each run's Train folder is the trial's folder under the
+study's storage path (`launch.tune.run_trial`). Everything is validated before Ray
 starts (the `StudyFile` schema).
 """
 

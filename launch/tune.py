@@ -39,15 +39,21 @@ TRIAL_DRIVER = "trial_driver"
 can use every CPU (a driver holding one CPU starves 2 workers on 2 CPUs forever)."""
 
 
-def run_trial(params: dict[str, Any], sweep: SweepConfig) -> None:
-    """Tune's per-trial driver: fit one TorchTrainer in the trial folder, report to Tune."""
+def run_trial(params: dict[str, Any], sweep: SweepConfig, experiment_dir: str) -> None:
+    """Tune's per-trial driver: fit one TorchTrainer in the trial's folder of the experiment,
+    report to Tune.
+
+    The run folder is `<experiment_dir>/<trial>/train`, in the experiment's storage, so a
+    resumed experiment (a new driver, often a new Ray session) finds each unfinished trial's
+    checkpoints and continues it from there. `get_trial_dir()` is a working folder of the
+    current Ray session, which a later session does not have."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from trainer.distributed.worker import fit
 
     config = sweep.trial_config(params)
-    trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    trial_dir = Path(experiment_dir) / Path(ray.tune.get_context().get_trial_dir()).name
     result = fit(config, storage_path=str(trial_dir), callbacks=[TuneReportCallback()])
     if result.error is not None:
         raise result.error
@@ -175,7 +181,8 @@ def build_tuner(sweep: SweepConfig, experiment_dir: Path, restore: bool):
         {"cpu": 0, TRIAL_DRIVER: 1} if has_driver_resource else {"cpu": 0.001}
     )
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=sweep), resources=driver_resources
+        tune.with_parameters(run_trial, sweep=sweep, experiment_dir=str(experiment_dir)),
+        resources=driver_resources,
     )
     if restore:
         return tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import yaml
 
 from launch.sweep import load_sweep, reported_metrics
 from trainer.config import ConfigError, load_config
-from trainer.observe.run_log import read_metrics
+from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE
+from trainer.observe.run_log import read_attempts, read_metrics
 
 ROOT = Path(__file__).parent.parent
 DEBUG_SWEEP = ROOT / "configs" / "sweeps" / "debug.yaml"
@@ -117,12 +119,23 @@ def test_debug_sweep_runs_with_asha_and_writes_one_row_per_trial(ray_session, tm
     assert best_config.cascade.beta_high == rows[0]["param/beta_h"]
 
 
+def _registered_steps(run_dir: Path) -> list[int]:
+    """Steps of the checkpoints Ray Train has registered (its snapshot in the run folder)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        return [r["metrics"]["step"] for r in snapshot["checkpoint_results"]]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
 @pytest.mark.slow
-def test_interrupted_sweep_resumes(ray_session, tmp_path, spawn):
-    """SIGINT the sweep once the first of its two trials finished; the same command then
-    continues it. Short single-worker trials: what is tested is Tune's resume (the 2-worker
-    sweep is the ASHA test's)."""
-    steps = 20
+def test_interrupted_sweep_resumes_each_trial_where_it_stopped(ray_session, tmp_path, spawn):
+    """Two single-worker trials one after the other, each holding before step 25
+    (`train.hold_at_step`). The first is released and finishes; the sweep is interrupted with
+    SIGINT while the second holds with its checkpoint of step 20 registered. The same command
+    then continues the experiment: the finished trial is not run again and the second resumes
+    from step 20 in its own run folder (not from step 0)."""
+    steps, hold, checkpoint = 40, 25, 20
     sweep = _sweep_file(
         tmp_path,
         scheduler={"type": "none"},
@@ -134,6 +147,8 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path, spawn):
         set={
             "train.num_workers": 1,
             "train.num_steps": steps,
+            "train.checkpoint_every": 10,
+            "train.hold_at_step": hold,
             "cascade.discrete_start_stage": 2,
         },
     )
@@ -143,23 +158,31 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path, spawn):
     first = spawn(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.time() + 900  # a ceiling for a loaded machine; the loop ends with the trial
-    finished = []
-    while time.time() < deadline and not finished:
-        time.sleep(1)
-        finished = [
-            p
-            for p in experiment.glob("*/train/metrics.parquet")
-            if read_metrics(p.parent)["step"].to_pylist()[-1:] == [steps]
-        ]
-        assert first.poll() is None, first.stdout.read()
-    assert finished, "no trial finished in time"
+
+    def starts(run_dir: Path) -> list[int]:
+        return [a["start_step"] for a in read_attempts(run_dir) if a["rank"] == 0]
+
+    def wait_for_held(exclude: set[Path]) -> Path:
+        deadline = time.time() + 600  # a ceiling for a loaded machine
+        while time.time() < deadline:
+            for marker in experiment.glob(f"*/train/{HELD_MARKER}"):
+                run_dir = marker.parent
+                if run_dir not in exclude and checkpoint in _registered_steps(run_dir):
+                    return run_dir
+            assert first.poll() is None, first.stdout.read()
+            time.sleep(0.2)
+        raise AssertionError("no trial held in time")
+
+    done = wait_for_held(exclude=set())
+    (done / RELEASE_FILE).write_text("")
+    stopped = wait_for_held(exclude={done})
+    assert read_metrics(done)["step"].to_pylist()[-1] == steps
     first.send_signal(signal.SIGINT)
     first_output, _ = first.communicate(timeout=120)
     assert first.returncode == 130, first_output[-3000:]
     assert "Run the same command to continue it" in first_output
-    done_trial = finished[0].parent.parent
-    rows_before = read_metrics(finished[0].parent).num_rows
+    rows_before = read_metrics(done).num_rows
+    assert starts(stopped) == [0]
 
     second = spawn(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     second_out, second_err = second.communicate(timeout=600)
@@ -168,9 +191,13 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path, spawn):
     assert "resuming experiment" in second_out
     rows = pq.read_table(experiment / "results.parquet").to_pylist()
     assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows)
-    # The trial finished before the interruption was not run again.
-    assert read_metrics(done_trial / "train").num_rows == rows_before
     assert len(list(experiment.glob("t0*"))) == 2, first_output[-2000:]
+    # The trial finished before the interruption was not run again.
+    assert read_metrics(done).num_rows == rows_before
+    assert starts(done) == [0]
+    # The interrupted trial continued from its checkpoint, in the same run folder.
+    assert starts(stopped) == [0, checkpoint]
+    assert read_metrics(stopped)["step"].to_pylist() == [10, 20, 30, 40]
 
 
 @pytest.mark.slow
