@@ -47,6 +47,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	@# The packages are listed under [tool.mypy] files in pyproject.toml.
 	$(PY) -m mypy
+	@# The layer contracts under [tool.importlinter] in pyproject.toml.
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"

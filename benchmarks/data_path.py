@@ -4,11 +4,12 @@
    map, np.unpackbits, copy to the device) against the device path (trainer.data.device: index
    the packed tensor on the device and unpack it with torch bit operations). Batches of
    `--batch` random indices, the two paths interleaved call by call; medians in microseconds.
-2. Per step: the plain loop (trainer.loop.local_loop) with its interval meter (trainer.loop.Hooks,
-   read every `--log-every` steps), metrics read every step (train.metrics_on_device=false)
-   against metrics left on the device and read once per interval (true), both on the data path
-   of 1.; blocks of `--log-every` steps alternate between the two (in both orders), so
-   drifting load on the machine falls on both; medians of the blocks' ms per step.
+2. Per step: the plain loop (benchmarks.local_loop) with its interval meter
+   (trainer.observe.cadence.Hooks, read every `--log-every` steps), metrics read every step
+   (train.metrics_on_device=false) against metrics left on the device and read once per
+   interval (true), both on the data path of 1.; blocks of `--log-every` steps alternate
+   between the two (in both orders), so drifting load on the machine falls on both; medians of
+   the blocks' ms per step.
 
 Prints both medians and their ratio per part (host / device: above 1 means the device path is
 faster).
@@ -27,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.local_loop import local_loop
 from trainer.config import load_config
 from trainer.data.device import DeviceDSprites
-from trainer.loop import Cadence, Hooks, load_batch, local_loop
+from trainer.loop import load_batch
+from trainer.observe.cadence import Cadence, Hooks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2 * args.log_every or args.steps % args.log_every:
         parser.error("--steps must be a multiple of --log-every, at least two blocks")
-    from trainer.distributed.runtime import keep_freed_memory
+    from trainer.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the Train workers do: activation buffers are reused, not re-faulted
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

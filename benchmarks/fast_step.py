@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.local_loop import local_loop
 from benchmarks.overhead import make_config as overhead_config
 from trainer.build import open_data
-from trainer.loop import local_loop
 
 PARTS = (
     "data",
@@ -184,7 +184,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from launch.cluster import connect
-    from trainer.distributed.runtime import keep_freed_memory
+    from trainer.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the Train workers do, so (a) and (b) allocate alike
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())

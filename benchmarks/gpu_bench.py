@@ -6,9 +6,10 @@
     python benchmarks/gpu_bench.py trials   --count 10 --steps 2000 --out trials.json
 
 plain: the worker's own step pipeline (trainer.loop.TrainLoop) and its interval meter
-(trainer.loop.Hooks, read every train.log_every steps) in this process, the solver called
-in-process (needs torch, pyomo and highspy; no Ray). switches: the plain loop once per rung of
-SWITCH_RUNGS, each rung adding one device switch to the one before (`--rungs` picks some).
+(trainer.observe.cadence.Hooks, read every train.log_every steps) in this process, the solver
+called in-process (benchmarks.local_loop; needs torch, pyomo and highspy; no Ray). switches:
+the plain loop once per rung of SWITCH_RUNGS, each rung adding one device switch to the one
+before (`--rungs` picks some).
 system: one Ray Train run with the
 solver actor (needs Ray). trials: `count` single-worker runs at once through Ray Tune, sharing
 one GPU (`train.gpus_per_worker = 1 / count`). Each writes one JSON object of figures; steps/s
@@ -98,7 +99,8 @@ def rung_overrides(names: list[str]) -> list[tuple[str, list[str]]]:
 
 def _measure(config: Config, warmup: int, steps: int) -> tuple[str, float]:
     """(device, seconds of steps warmup..steps-1) of the plain loop with its interval meter."""
-    from trainer.loop import Cadence, Hooks, local_loop
+    from benchmarks.local_loop import local_loop
+    from trainer.observe.cadence import Cadence, Hooks
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loop, _ = local_loop(config, device, progress=True)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.local_loop import local_loop
 from trainer.build import open_data
 from trainer.config import load_config
-from trainer.loop import local_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from launch.cluster import connect
-    from trainer.distributed.runtime import keep_freed_memory
+    from trainer.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the Train workers do, so (a) and (b) allocate alike
 

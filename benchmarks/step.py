@@ -46,7 +46,7 @@ from trainer.config import Config, load_config
 from trainer.core.model import CascadeVAE
 from trainer.core.step import train_step
 from trainer.core.unary import unary_matrix, unary_matrix_k_passes
-from trainer.distributed.runtime import keep_freed_memory
+from trainer.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -89,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.build import build_model, evaluation_kwargs, open_data
     from trainer.checkpoint import CONFIG_FILE, CorruptCheckpointError, read_checkpoint
     from trainer.config import Config, ConfigError, apply_overrides
-    from trainer.distributed.runtime import keep_freed_memory
     from trainer.eval import evaluate_model, metric_option_overrides
     from trainer.eval.registry import METRICS
     from trainer.loop import load_batch
     from trainer.observe.images import preview_indices, reconstructions, traversals
+    from trainer.runtime import keep_freed_memory
 
     keep_freed_memory()
 

@@ -48,15 +48,14 @@ from pydantic import (
 )
 
 from launch.study_report import RunRecord, read_run, write_report
-from launch.sweep import Dimension, SweepConfig, resolve_base, trial_config
+from launch.sweep import RUN_DIMENSION, Dimension, SweepConfig, resolve_base, trial_config
 from trainer.config import Config, ConfigError, read_yaml
-from trainer.distributed.worker import reported_keys
 from trainer.eval.registry import output_keys
-from trainer.loop import extra_evaluation_steps
+from trainer.observe.cadence import extra_evaluation_steps
+from trainer.reported import reported_keys
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
 from trainer.variants.registry import VARIANTS
 
-RUN_DIMENSION = "run"
 VARIANT_KEY = "model.variant"
 
 

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, model_validator
 
 from trainer.config import Config, ConfigError, apply_overrides, read_yaml
-from trainer.distributed.worker import reported_keys
+from trainer.reported import reported_keys
 from trainer.schema import Float, RuleError, Schema, plain_name, rules_apply, validate
 
 PARAMETERS = {
@@ -49,6 +49,8 @@ PARAMETERS = {
 """Searchable names -> config fields (the dotted field names are accepted too)."""
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
+RUN_DIMENSION = "run"
+"""The one dimension of a study's grid (launch.study): the name of the run of each trial."""
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _yaml_scalar(value: Any) -> str:
 
 def reported_metrics(config: Config) -> set[str]:
     """Every scalar name a training run with `config` reports to Ray (and so to Tune): the
-    list the reporting code declares (trainer.distributed.worker.reported_keys)."""
+    list the reporting code declares (trainer.reported.reported_keys)."""
     return reported_keys(config)
 
 

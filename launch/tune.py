@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launch.sweep import SweepConfig, load_sweep
+from launch.sweep import RUN_DIMENSION, SweepConfig, load_sweep
 from trainer.config import ConfigError
 
 TRIAL_DRIVER = "trial_driver"
@@ -82,8 +82,6 @@ def experiment_record(sweep: SweepConfig) -> dict[str, Any]:
     }
     runs = getattr(sweep, "runs", None)
     if runs:  # a study: one run per grid point, each with its own config
-        from launch.study import RUN_DIMENSION
-
         for name in runs:
             flat = sweep.trial_config({RUN_DIMENSION: name}).flat()
             record.update({f"runs.{name}.{k}": v for k, v in flat.items()})

@@ -1,7 +1,7 @@
 """The golden loss file: a short debug run's per-step losses, stored in the repository.
 
 `run_golden(cache_dir)` runs the debug config (configs/debug.yaml) with OVERRIDES in this
-process (trainer.loop.local_loop: the solver in-process, no Ray), one worker, seed 0, float32,
+process (benchmarks.local_loop: the solver in-process, no Ray), one worker, seed 0, float32,
 THREADS torch threads, and returns its per-step values of KEYS and the codes' counts.
 tests/test_golden.py compares a fresh run with GOLDEN_FILE.
 
@@ -43,8 +43,8 @@ continuous latent, `kl/z*`)."""
 def run_golden(cache_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
     """The debug run with OVERRIDES (then `overrides`) -> {"steps": [{key: value}],
     "codes": [{count_k: n}] per step (empty before the discrete stage), "seed", "num_workers"}."""
+    from benchmarks.local_loop import local_loop
     from trainer.config import load_config
-    from trainer.loop import local_loop
 
     config = load_config(DEBUG_CONFIG, [f"data.cache_dir={cache_dir}", *OVERRIDES, *overrides])
     previous = torch.get_num_threads()

@@ -13,7 +13,8 @@ from trainer.build import build_extras, build_model, build_optimizer, build_sche
 from trainer.checkpoint import TrainState, read_checkpoint, restore_state, save_checkpoint
 from trainer.config import load_config
 from trainer.core.step import sample_eps
-from trainer.loop import TrainLoop, interval_keys
+from trainer.loop import TrainLoop
+from trainer.reported import interval_keys
 from trainer.variants.factorvae import (
     DISCRIMINATOR,
     TC_KEYS,

@@ -12,8 +12,8 @@ import torch
 from launch.train import main
 from trainer.checkpoint import read_checkpoint
 from trainer.config import load_config
-from trainer.distributed.worker import reported_keys
 from trainer.observe.run_log import read_metrics
+from trainer.reported import reported_keys
 from trainer.variants.factorvae import DISCRIMINATOR, TC_KEYS
 
 pytestmark = pytest.mark.slow

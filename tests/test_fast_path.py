@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import trainer.core.losses as losses
+from benchmarks.local_loop import local_loop
 from trainer.build import cpu_bf16_feature
 from trainer.config import load_config
-from trainer.loop import local_loop
 
 DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 FAST = ["train.autocast=bf16", "train.channels_last=true"]

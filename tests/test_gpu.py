@@ -104,7 +104,7 @@ def test_fused_adam_is_used_on_cuda_and_takes_the_for_loop_step():
 def test_steps_before_the_discrete_stage_never_wait_on_the_host(tmp_path):
     """With the device switches on (auto on CUDA), no step synchronises with the host (CUDA's
     sync debug mode raises on any synchronising call) until the interval is read."""
-    from trainer.loop import Cadence, Hooks
+    from trainer.observe.cadence import Cadence, Hooks
 
     config = load_config(DEBUG, [f"data.cache_dir={tmp_path}", "cascade.discrete_start_stage=4"])
     device = torch.device("cuda")

@@ -15,15 +15,8 @@ from trainer.build import build_capacities, build_model, build_optimizer, build_
 from trainer.config import load_config
 from trainer.core.step import train_step
 from trainer.data.dsprites import batch_indices_for_step
-from trainer.loop import (
-    SHAPE_FACTOR,
-    Cadence,
-    Hooks,
-    TrainLoop,
-    evaluation_cadence,
-    load_batch,
-    step_seed,
-)
+from trainer.loop import SHAPE_FACTOR, TrainLoop, load_batch, step_seed
+from trainer.observe.cadence import Cadence, Hooks, evaluation_cadence
 
 DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 
@@ -65,9 +58,10 @@ def test_the_evaluation_cadence_adds_the_discrete_start(tmp_path):
 def test_the_extra_evaluation_is_diagnostic(tmp_path, monkeypatch):
     import ray.train
 
-    from trainer.distributed.worker import CHECKPOINT_SCORE, UNRANKED_SCORE, ReportHook
-    from trainer.loop import extra_evaluation_steps
+    from trainer.distributed.worker import UNRANKED_SCORE, ReportHook
+    from trainer.observe.cadence import extra_evaluation_steps
     from trainer.provenance import Provenance
+    from trainer.reported import CHECKPOINT_SCORE
 
     flag = "train.eval_at_discrete_start=true"
     assert extra_evaluation_steps(_config(tmp_path)) == frozenset()

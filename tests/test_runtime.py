@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from trainer.distributed.runtime import keep_freed_memory
+from trainer.runtime import keep_freed_memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is a glibc interface")
@@ -20,7 +20,7 @@ def test_glibc_accepts_the_malloc_settings_and_calls_repeat():
 _THREAD_FAULTS = """
 import resource, sys, threading
 import torch
-from trainer.distributed.runtime import keep_freed_memory
+from trainer.runtime import keep_freed_memory
 if sys.argv[1] == "keep":
     keep_freed_memory()
 result = {}

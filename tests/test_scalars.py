@@ -11,7 +11,7 @@ import torch
 
 from trainer.core.scalars import StepMetrics
 from trainer.core.step import NonFiniteLossError
-from trainer.loop import Cadence, Hooks
+from trainer.observe.cadence import Cadence, Hooks
 from trainer.observe.progress import IntervalMeter
 
 NAMES = ("loss/total", "loss/recon")

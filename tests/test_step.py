@@ -564,7 +564,7 @@ def test_metrics_left_on_the_device_are_the_read_metrics(iteration):
 
 
 def test_a_nan_image_with_metrics_on_the_device_is_found_where_the_interval_is_read():
-    from trainer.loop import Cadence, Hooks
+    from trainer.observe.cadence import Cadence, Hooks
 
     model, optimizer, scheduler = _setup()
     hooks = Hooks([], ends=[Cadence(3)], num_steps=3, global_batch=4)

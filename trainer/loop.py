@@ -1,13 +1,9 @@
-"""The training loop with no Ray: the step pipeline and the hooks that run between steps.
+"""The training loop with no Ray: the step pipeline of one rank.
 
 `TrainLoop.step(step)` is one step of one rank: batch indices -> images on the device -> one
 train step (trainer.core.step) with this step's noise and chooser -> the step's metrics. The
-Train worker and the overhead benchmark both run it.
-
-`Hooks.after_step(step, metrics)` collects the metrics and, when any hook's `Cadence` is due,
-ends a log interval: the interval means are reduced over ranks and every due hook runs on them
-(evaluation, images, logging, the report with or without a checkpoint), in the given order.
-Every rank reaches the same decisions, so the collective reduction and the reports stay in step.
+Train worker and the benchmarks' in-process loop (benchmarks/local_loop.py) both run it; what
+runs between steps (log intervals, hooks) is trainer.observe.cadence.
 
 Legend: B = this rank's batch.
 """
@@ -15,9 +11,7 @@ Legend: B = this rank's batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, MutableMapping
 
 import numpy as np
 import torch
@@ -25,31 +19,21 @@ import torch
 from trainer.build import (
     apply_memory_format,
     build_extras,
-    build_model,
-    build_optimizer,
     build_schedule,
     compile_networks,
     device_switch,
-    open_data,
     resolve_precision,
 )
 from trainer.config import Config
-from trainer.core.agreement import agreement_keys, agreement_metrics
-from trainer.core.step import STEP_KEYS, NonFiniteLossError, host_to_device, unwrap
+from trainer.core.step import host_to_device, unwrap
 from trainer.data.device import DeviceDSprites
 from trainer.data.dsprites import LATENT_NAMES, DSprites, batch_indices_for_step
-from trainer.distributed.codes import CodeTimings
-from trainer.distributed.codes import GlobalCodeClient as CodeClient
-from trainer.observe.progress import IntervalMeter
 from trainer.variants.registry import variant_of
 from trainer.variants.types import Codes, Extras
 
 SHAPE_FACTOR = LATENT_NAMES.index("shape")
 Chooser = Callable[[torch.Tensor], torch.Tensor]
 """unary_BK -> codes_B (int64)."""
-
-PERF_KEYS = ("perf/data_ms", "perf/train_step_ms", "perf/images_per_s", "perf/step_ms")
-"""Timing keys of every interval (plus perf/code_wait_share with a solver)."""
 
 
 def true_shape_codes(shapes_B: np.ndarray) -> Chooser:
@@ -169,166 +153,3 @@ class TrainLoop:
         metrics["perf/data_ms"] = 1000.0 * (data_done - started)
         metrics["perf/train_step_ms"] = 1000.0 * (time.perf_counter() - data_done)
         return metrics
-
-
-def interval_keys(config: Config) -> set[str]:
-    """Every key an interval of a run with `config` can hold: the step's metrics, the solver's
-    timings, the code agreement, the timings of `Hooks.summary`, and the evaluation's keys."""
-    from trainer.observe.hooks import evaluation_keys
-
-    model, variant = config.model, variant_of(config)
-    categories = model.effective_categories
-    keys = variant.loss_keys(model.num_continuous, categories)
-    keys |= set(STEP_KEYS) | set(PERF_KEYS)
-    if categories:
-        keys |= agreement_keys(categories)
-    if variant.codes is Codes.SOLVER:
-        keys |= set(CodeTimings.KEYS) | {"perf/code_wait_share"}
-    return keys | evaluation_keys(config)
-
-
-def local_loop(
-    config: Config, device: torch.device, progress: bool = False
-) -> tuple[TrainLoop, CodeClient]:
-    """One process's TrainLoop with the solver called in-process (no Ray): the plain loop the
-    benchmarks compare the system with. Returns it and its code client (whose timings hold the
-    solve time itself)."""
-    from solver import get_solver
-
-    torch.manual_seed(config.seed)
-    dataset = open_data(config, progress=progress)
-    model = build_model(config).to(device)
-    optimizer, scheduler = build_optimizer(config, model)
-    lam = config.solver.lam
-
-    def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
-        # The client checked the matrix (finite float64 (N, K)); the solver times itself.
-        solver = get_solver(*unary_NK.shape)
-        labels_N = solver.solve_valid(unary_NK, lam)
-        return labels_N, solver.last_solve_ms
-
-    client = CodeClient(solve)
-    loop = TrainLoop(config, dataset, model, optimizer, scheduler, device=device, chooser=client)
-    return loop, client
-
-
-@dataclass(frozen=True)
-class Cadence:
-    """When a hook runs: every `every` steps (0: never on the way), after the steps done listed
-    in `at_steps` and, with `at_end`, after the last step. `due(done, last)` takes the number of
-    steps done."""
-
-    every: int
-    at_end: bool = True
-    at_steps: frozenset[int] = frozenset()
-
-    def due(self, done: int, last: bool) -> bool:
-        return (
-            (last and self.at_end)
-            or (self.every > 0 and done % self.every == 0)
-            or done in self.at_steps
-        )
-
-
-def extra_evaluation_steps(config: Config) -> frozenset[int]:
-    """The evaluation `train.eval_at_discrete_start` adds to the `train.eval_every` cadence (none
-    when the discrete start is on it). It is diagnostic: it ranks no checkpoint
-    (`train.keep_best_by`) and no best-by-metric reading of a study."""
-    train = config.train
-    start = config.cascade.discrete_start_step
-    on_cadence = train.eval_every > 0 and start % train.eval_every == 0
-    return frozenset({start} if train.eval_at_discrete_start and not on_cadence else ())
-
-
-def evaluation_cadence(config: Config) -> Cadence:
-    """When a run evaluates: every `train.eval_every` steps, at the end and, with
-    `train.eval_at_discrete_start`, after the steps before the discrete stage."""
-    return Cadence(config.train.eval_every, at_steps=extra_evaluation_steps(config))
-
-
-class Hook(Protocol):
-    """A component run at the end of the log intervals its cadence selects. `run` may add keys
-    to `interval` (an evaluation does) for the hooks after it."""
-
-    cadence: Cadence
-
-    def run(self, done: int, interval: dict[str, float]) -> None: ...
-
-
-class StepHook(Protocol):
-    """A component run before every step (the fault drills)."""
-
-    def before_step(self, step: int) -> None: ...
-
-
-Reduce = Callable[[dict[str, float]], dict[str, float]]
-"""Interval means of this rank -> the same keys over all ranks (identity with one rank)."""
-
-
-class Hooks:
-    """Runs the hooks. A log interval ends where any of `ends` is due (the same cadences on
-    every rank, whatever hooks a rank runs); then every hook whose own cadence is due runs.
-
-    `extra` (optional) returns keys to add to an interval before the reduction (held by every
-    rank) and after it (rank 0's own, such as its solver timings), then forgets them.
-    """
-
-    def __init__(
-        self,
-        hooks: Sequence[Hook],
-        *,
-        ends: Sequence[Cadence],
-        num_steps: int,
-        global_batch: int,
-        reduce: Reduce = lambda metrics: metrics,
-        extra: Callable[[], tuple[dict[str, float], dict[str, float]]] | None = None,
-        before: Sequence[StepHook] = (),
-    ):
-        self.hooks = list(hooks)
-        self.ends = list(ends)
-        self.before = list(before)
-        self.num_steps = num_steps
-        self.global_batch = global_batch
-        self.reduce = reduce
-        self.extra = extra
-        self.meter = IntervalMeter()
-
-    def before_step(self, step: int) -> None:
-        for hook in self.before:
-            hook.before_step(step)
-
-    def after_step(self, step: int, metrics: Mapping[str, float]) -> dict[str, float] | None:
-        """Add the step's metrics; at an interval end, run the due hooks and return the
-        interval's metrics (None otherwise). Metrics left on the device are read there, once,
-        and a non-finite loss among them raises NonFiniteLossError naming its step before
-        any hook (report, checkpoint) runs."""
-        self.meter.add(metrics, step)
-        done = step + 1
-        last = done == self.num_steps
-        if not any(cadence.due(done, last) for cadence in self.ends):
-            return None
-        interval_end = time.perf_counter()
-        interval = self.summary(interval_end, done)
-        for hook in self.hooks:
-            if hook.cadence.due(done, last):
-                hook.run(done, interval)
-        self.meter = IntervalMeter(started=interval_end)
-        return interval
-
-    def summary(self, interval_end: float, done: int | None = None) -> dict[str, float]:
-        """The interval's means over ranks, with agreement, perf and solver keys (`done`: the
-        steps done, named in a NonFiniteLossError)."""
-        meter = self.meter
-        means, non_finite = meter.read()
-        if non_finite is not None:
-            raise NonFiniteLossError(*non_finite, stopped_at=done)
-        shared, own = self.extra() if self.extra is not None else ({}, {})
-        interval = self.reduce({**means, **shared})
-        interval.update(agreement_metrics(interval))
-        interval.update(own)
-        elapsed = interval_end - meter.started
-        interval["perf/images_per_s"] = meter.steps * self.global_batch / max(elapsed, 1e-9)
-        interval["perf/step_ms"] = 1000.0 * elapsed / max(meter.steps, 1)
-        if "solver/wait_ms" in interval:
-            interval["perf/code_wait_share"] = interval["solver/wait_ms"] / interval["perf/step_ms"]
-        return interval

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.errors import PicklableError
+from trainer.reported import CODE_TIMING_KEYS, CODE_TIMING_NAMES
 
 SolveFn = Callable[[np.ndarray], tuple[np.ndarray, float]]
 """(unary_NK float64) -> (labels_N int64, solve_ms)."""
@@ -65,16 +66,9 @@ class CodeTimings:
     to_device_ms: this rank's labels into an int64 tensor on the unary's device.
     """
 
-    NAMES: ClassVar[tuple[str, ...]] = (
-        "solve_ms",
-        "round_trip_ms",
-        "gather_ms",
-        "wait_ms",
-        "to_host_ms",
-        "broadcast_ms",
-        "to_device_ms",
-    )
-    KEYS: ClassVar[tuple[str, ...]] = tuple(f"solver/{name}" for name in NAMES)
+    NAMES: ClassVar[tuple[str, ...]] = CODE_TIMING_NAMES
+    """The fields below, in order (the reported keys are declared in trainer.reported)."""
+    KEYS: ClassVar[tuple[str, ...]] = CODE_TIMING_KEYS
     """Keys `summary` can return."""
 
     solve_ms: list[float] = field(default_factory=list)

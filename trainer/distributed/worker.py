@@ -47,30 +47,23 @@ from trainer.config import Config
 from trainer.core.agreement import JOINT_PREFIX
 from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.drills import CodeRecorder, FaultDrill, HoldDrill
-from trainer.distributed.runtime import keep_freed_memory
 from trainer.eval import TABLE_NAMESPACES, output_keys
-from trainer.loop import (
-    Cadence,
-    Hook,
-    Hooks,
-    TrainLoop,
-    evaluation_cadence,
-    interval_keys,
-    load_batch,
-)
+from trainer.loop import TrainLoop, load_batch
+from trainer.observe.cadence import Cadence, Hook, Hooks, evaluation_cadence
 from trainer.observe.hooks import EvaluationHook, ImageHook, LogHook
 from trainer.observe.images import preview_indices
 from trainer.observe.progress import say
 from trainer.observe.run_log import NullRunLog, RunLog, record_attempt
 from trainer.provenance import Provenance, read_provenance
+from trainer.reported import CHECKPOINT_SCORE
 from trainer.run_folder import prepare_run_folder, upload_checkpoint
+from trainer.runtime import keep_freed_memory
 from trainer.variants.registry import variant_of
 from trainer.variants.types import Codes
 
 SOLVER_NAMESPACE = "cascadevae"
 STALL_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
 """Ray Train marks a worker dead when its health check hangs this long (train.stall_timeout_s)."""
-CHECKPOINT_SCORE = "checkpoint/score"
 UNRANKED_SCORE = -sys.float_info.max
 """The `checkpoint/score` of a checkpoint with no evaluation to rank it: below every real score,
 and finite, because Ray Train's checkpoint snapshot is pydantic JSON, which writes -inf and NaN
@@ -85,16 +78,7 @@ def checkpoint_score(interval: dict[str, float], key: str, ranked: bool) -> floa
     return float(score) if math.isfinite(score) else UNRANKED_SCORE
 
 
-"""Report key Ray Train ranks checkpoints by when `train.keep_best_by` is set."""
-
-
 # --------------------------------------------------------------------------- pure helpers
-def reported_keys(config: Config) -> set[str]:
-    """Every scalar name a training run with `config` reports to Ray (and so to Tune)."""
-    keys = interval_keys(config) | {"step"}
-    return keys | {CHECKPOINT_SCORE} if config.train.keep_best_by else keys
-
-
 def average_across_ranks(metrics: dict[str, float], world_size: int) -> dict[str, float]:
     """Mean of every metric over ranks; `codes/count_*` and `codes/joint_*` are summed (counts
     of the global batch)."""

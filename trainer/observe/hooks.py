@@ -1,5 +1,6 @@
 """The rank-0 hooks of a run that need no Ray: evaluation, pictures, the run log and the
-progress line. Each runs at the end of the log intervals its `Cadence` selects (trainer.loop).
+progress line. Each runs at the end of the log intervals its `Cadence` selects
+(trainer.observe.cadence).
 """
 
 from __future__ import annotations
@@ -12,23 +13,17 @@ from trainer.build import evaluation_kwargs
 from trainer.config import Config
 from trainer.core.model import CascadeVAE
 from trainer.data.dsprites import DSprites
-from trainer.eval import evaluate_model, output_keys, table_keys
-from trainer.loop import Cadence
+from trainer.eval import evaluate_model
+from trainer.observe.cadence import Cadence
 from trainer.observe.images import category_means, reconstructions, traversals
 from trainer.observe.progress import codes_text, eval_text, format_eta, say
 from trainer.observe.run_log import NullRunLog
 from trainer.observe.tables import confusion_table, factor_dim_table, heatmap_image
 
 
-def evaluation_keys(config: Config) -> set[str]:
-    """The keys EvaluationHook adds: the protocols' outputs and tables, and `perf/eval_s`."""
-    protocols, model = config.eval.protocols, config.model
-    tables = table_keys(protocols, model.num_continuous, model.effective_categories)
-    return set(output_keys(protocols)) | set(tables) | {"perf/eval_s"}
-
-
 class EvaluationHook:
-    """Adds the configured metrics (`eval/...`) and `perf/eval_s` to the interval."""
+    """Adds the configured metrics (`eval/...`) and `perf/eval_s` to the interval (the keys
+    trainer.reported.evaluation_keys declares)."""
 
     def __init__(
         self, cadence: Cadence, config: Config, model: CascadeVAE, dataset: DSprites, device

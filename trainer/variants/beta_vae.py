@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from trainer.core.schedule import CascadeSchedule
-
-if TYPE_CHECKING:
-    from trainer.config import Config
+from trainer.variants.cascade import CascadeRun
 
 
-def schedule(config: Config) -> CascadeSchedule:
+def schedule(config: CascadeRun) -> CascadeSchedule:
     """The continuous-only schedule with beta_high = beta_low = `model.beta`."""
     beta = config.model.beta
     cascade = config.cascade.model_copy(update={"beta_high": beta, "beta_low": beta})

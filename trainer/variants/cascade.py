@@ -6,33 +6,42 @@ also trains through this step.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from trainer.core.losses import loss_keys as _loss_keys
 from trainer.core.model import CascadeVAE
-from trainer.core.schedule import CascadeSchedule
+from trainer.core.schedule import CascadeConfig, CascadeSchedule
 from trainer.core.step import train_step
+from trainer.variants.types import ModelSettings
 
 if TYPE_CHECKING:
-    from trainer.config import Config
     from trainer.variants.types import Extras
 
 
-def build_model(config: Config) -> CascadeVAE:
+class CascadeRun(Protocol):
+    """What these builders read of a run config (trainer.config.Config)."""
+
+    @property
+    def model(self) -> ModelSettings: ...
+    @property
+    def cascade(self) -> CascadeConfig: ...
+
+
+def build_model(config: CascadeRun) -> CascadeVAE:
     """The authors' encoder and decoder with K = `model.effective_categories` codes."""
     m = config.model
     return CascadeVAE(num_continuous=m.num_continuous, num_categories=m.effective_categories)
 
 
-def cascade_schedule(config: Config) -> CascadeSchedule:
+def cascade_schedule(config: CascadeRun) -> CascadeSchedule:
     """The cascade's KL weights with its discrete stage."""
     return CascadeSchedule(config.cascade, config.model.num_continuous, "cascade")
 
 
-def continuous_schedule(config: Config) -> CascadeSchedule:
+def continuous_schedule(config: CascadeRun) -> CascadeSchedule:
     """The cascade's KL weights without a discrete stage (CascadeVAE-C; JointVAE, whose
     objective has no betas, uses it only for the latent size)."""
     return CascadeSchedule(config.cascade, config.model.num_continuous, "cascade_c")

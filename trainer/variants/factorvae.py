@@ -26,7 +26,7 @@ H, W image sides.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +38,11 @@ from trainer.core.losses import cascade_terms, widen
 from trainer.core.losses import loss_keys as _loss_keys
 from trainer.core.model import CascadeVAE
 from trainer.core.scalars import StepMetrics
-from trainer.core.schedule import CascadeSchedule
+from trainer.core.schedule import CascadeConfig, CascadeSchedule
 from trainer.core.step import bf16_autocast, check_finite_loss, host_to_device, sample_eps, unwrap
 from trainer.core.types import VAEOutput
 from trainer.schema import Float, Schema
-from trainer.variants.types import Extras
-
-if TYPE_CHECKING:
-    from trainer.config import Config
+from trainer.variants.types import Extras, ModelSettings
 
 DISCRIMINATOR = "discriminator"
 """The name of D and of its optimizer in the variant's Extras (and so in checkpoints)."""
@@ -122,18 +119,29 @@ def discriminator_loss(joint_logits_B2: Tensor, permuted_logits_B2: Tensor) -> T
     )
 
 
-def build_model(config: Config) -> CascadeVAE:
+class FactorVAERun(Protocol):
+    """What these builders read of a run config (trainer.config.Config)."""
+
+    @property
+    def model(self) -> ModelSettings: ...
+    @property
+    def cascade(self) -> CascadeConfig: ...
+    @property
+    def factorvae(self) -> FactorVAEConfig: ...
+
+
+def build_model(config: FactorVAERun) -> CascadeVAE:
     """The CascadeVAE encoder and decoder without a discrete code."""
     return CascadeVAE(num_continuous=config.model.num_continuous, num_categories=0)
 
 
-def schedule(config: Config) -> CascadeSchedule:
+def schedule(config: FactorVAERun) -> CascadeSchedule:
     """KL weight 1 on every continuous dim (the ELBO's), never a discrete stage."""
     cascade = config.cascade.model_copy(update={"beta_high": 1.0, "beta_low": 1.0})
     return CascadeSchedule(cascade, config.model.num_continuous, "cascade_c")
 
 
-def build_extras(config: Config, device: torch.device) -> Extras:
+def build_extras(config: FactorVAERun, device: torch.device) -> Extras:
     """D on `device`, its Adam (constant learning rate), and gamma."""
     f = config.factorvae
     discriminator = Discriminator(

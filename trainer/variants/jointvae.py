@@ -6,7 +6,7 @@ KL weights (trainer.core.model.JointVAE, trainer.core.losses.jointvae_terms).
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from pydantic import Field
@@ -16,10 +16,7 @@ from trainer.core.losses import loss_keys as _loss_keys
 from trainer.core.model import JointVAE
 from trainer.core.step import CapacitySchedule, train_step
 from trainer.schema import Float, Schema
-from trainer.variants.types import Extras
-
-if TYPE_CHECKING:
-    from trainer.config import Config
+from trainer.variants.types import Extras, ModelSettings, TrainSettings
 
 
 class JointVAEConfig(Schema):
@@ -37,12 +34,23 @@ class JointVAEConfig(Schema):
     """Iterations over which both capacities rise linearly from 0; 0 = train.num_steps."""
 
 
-def build_model(config: Config) -> JointVAE:
+class JointVAERun(Protocol):
+    """What these builders read of a run config (trainer.config.Config)."""
+
+    @property
+    def model(self) -> ModelSettings: ...
+    @property
+    def train(self) -> TrainSettings: ...
+    @property
+    def jointvae(self) -> JointVAEConfig: ...
+
+
+def build_model(config: JointVAERun) -> JointVAE:
     m = config.model
     return JointVAE(m.num_continuous, m.num_categories, config.jointvae.temperature)
 
 
-def capacities(config: Config) -> CapacitySchedule:
+def capacities(config: JointVAERun) -> CapacitySchedule:
     """The capacity ramp of the `jointvae` section (capacity_steps 0: the whole run)."""
     j = config.jointvae
     return CapacitySchedule(
@@ -53,7 +61,7 @@ def capacities(config: Config) -> CapacitySchedule:
     )
 
 
-def build_extras(config: Config, device: torch.device) -> Extras:
+def build_extras(config: JointVAERun, device: torch.device) -> Extras:
     return Extras(settings=capacities(config))
 
 

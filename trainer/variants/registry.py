@@ -11,24 +11,51 @@ Adding a variant is one file in this package (its builders and step, and its set
 if it has one) and one entry below; a variant with settings also declares that section as a
 field of `trainer.config.Config` (tests/test_variants.py checks that the two agree).
 
-Pure core: no Ray, no config module at import time (trainer.config imports this one).
+Pure core: no Ray, no config module (trainer.config imports this one): a builder reads a run
+config through `RunSettings`, which trainer.config.Config satisfies; a variant with a settings
+section adds it there too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
+from trainer.core.schedule import CascadeConfig
 from trainer.variants import beta_vae, cascade, factorvae, jointvae
-from trainer.variants.types import Codes, Extras, StepFunction, no_extras
+from trainer.variants.factorvae import FactorVAEConfig
+from trainer.variants.jointvae import JointVAEConfig
+from trainer.variants.types import (
+    Codes,
+    Extras,
+    ModelSettings,
+    StepFunction,
+    TrainSettings,
+    no_extras,
+)
 
 if TYPE_CHECKING:
-    from trainer.config import Config
     from trainer.core.model import CascadeVAE
     from trainer.core.schedule import CascadeSchedule
+
+
+class RunSettings(Protocol):
+    """What the variants' builders read of a run config: trainer.config.Config, with every
+    variant's settings section."""
+
+    @property
+    def model(self) -> ModelSettings: ...
+    @property
+    def train(self) -> TrainSettings: ...
+    @property
+    def cascade(self) -> CascadeConfig: ...
+    @property
+    def jointvae(self) -> JointVAEConfig: ...
+    @property
+    def factorvae(self) -> FactorVAEConfig: ...
 
 
 @dataclass(frozen=True)
@@ -45,13 +72,13 @@ class Variant:
     `cascade.discrete_start_stage` on, `cascade_c` never has one."""
     codes: Codes
     """Who chooses the codes in the discrete stage."""
-    build_model: Callable[[Config], CascadeVAE]
-    build_schedule: Callable[[Config], CascadeSchedule]
+    build_model: Callable[[RunSettings], CascadeVAE]
+    build_schedule: Callable[[RunSettings], CascadeSchedule]
     """The per-dim KL weights over training."""
     step: StepFunction
     loss_keys: Callable[[int, int], set[str]]
     """(num_continuous, num_categories) -> every loss key the step returns."""
-    build_extras: Callable[[Config, torch.device], Extras] = no_extras
+    build_extras: Callable[[RunSettings, torch.device], Extras] = no_extras
     """The variant's extra trained modules, their optimizers and its step settings, on a device."""
     section: str | None = None
     """The config section holding the variant's settings (a field of Config), if any."""
@@ -149,6 +176,6 @@ def names() -> list[str]:
     return list(VARIANTS)
 
 
-def variant_of(config: Config) -> Variant:
+def variant_of(config: RunSettings) -> Variant:
     """The registry entry of `config.model.variant` (validated by the config)."""
     return VARIANTS[config.model.variant]

@@ -1,18 +1,41 @@
-"""The types a variant's entry is made of: who chooses its codes, and the extra parts its step
-trains or reads (trainer.variants.registry)."""
+"""The types a variant's entry is made of: who chooses its codes, the extra parts its step
+trains or reads (trainer.variants.registry), and the parts of a run config its builders read.
+
+The config module imports the variants (their names and settings sections), so the variants
+name no config module: their builders read a run config through the protocols below, which
+trainer.config.Config and its sections satisfy."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from trainer.config import Config
+
+class ModelSettings(Protocol):
+    """The `model` section as the variants read it (trainer.config.ModelConfig)."""
+
+    @property
+    def variant(self) -> str: ...
+    @property
+    def num_continuous(self) -> int: ...
+    @property
+    def num_categories(self) -> int: ...
+    @property
+    def effective_categories(self) -> int: ...
+    @property
+    def beta(self) -> float: ...
+
+
+class TrainSettings(Protocol):
+    """The `train` section as the variants read it (trainer.config.TrainConfig)."""
+
+    @property
+    def num_steps(self) -> int: ...
 
 
 class Codes(enum.Enum):
@@ -75,7 +98,7 @@ class Extras:
         self.modules = {name: prepare(module) for name, module in self.modules.items()}
 
 
-def no_extras(config: Config, device: torch.device) -> Extras:
+def no_extras(config: object, device: torch.device) -> Extras:
     return Extras()
 
 
