@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dsprites_grid import SMALL
 
 from launch.cluster import API_SERVER_VAR, JOB_ENV, LOCAL_HOST, cluster_env, free_port
 
@@ -258,3 +259,12 @@ def ray_head(tmp_path_factory):
     finally:
         left = stop_group(pgid)
         assert not left, f"head processes left running: {left}"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """The small rendered dSprites grid of the data tests (tests/dsprites_grid.py), built once
+    per test module in a temporary cache."""
+    from trainer.data.dsprites import open_dsprites
+
+    return open_dsprites(**SMALL, cache_dir=tmp_path_factory.mktemp("cache"))

@@ -1,4 +1,5 @@
-"""Known answers of the dSprites renderer against the official pixel geometry.
+"""Known answers of the dSprites renderer (trainer.data.render) against the official pixel
+geometry, and of the rendered grid: its mixed-radix bases and where its shapes sit.
 
 The official figures are measured from the real frames of `dsprites.gif`
 (google-deepmind/dsprites-dataset; /work/shared/spec/cascadevae.md, "Official pixel geometry";
@@ -15,6 +16,7 @@ import math
 import numpy as np
 import pytest
 
+from trainer.data.dsprites import open_dsprites
 from trainer.data.render import (
     IMAGE_SIZE,
     MASK_HALF,
@@ -22,6 +24,7 @@ from trainer.data.render import (
     SHAPE_NAMES,
     GridSpec,
     centre_corners,
+    mixed_radix_bases,
     place_all_positions,
     render_mask,
 )
@@ -175,3 +178,123 @@ def test_position_count_is_bounded_by_distinct_centres():
     with pytest.raises(ConfigError) as info:
         Config.from_dict({"data": {"num_positions": 34}})
     assert info.value.problems == ["data.num_positions: must be <= 33, got 34"]
+
+
+# --- the grid of images: indexing bases, geometry (from the small rendered grid) ---------
+
+
+# Centre corners of positions linspace(0, 1, 8): 16 + round(k / 7 * 32), computed by hand
+# (0, 4.57, 9.14, 13.71, 18.29, 22.86, 27.43, 32 -> 0, 5, 9, 14, 18, 23, 27, 32).
+CENTRES_8 = [16, 21, 25, 30, 34, 39, 43, 48]
+
+
+def centroid(image_HW: np.ndarray) -> tuple[float, float]:
+    """Area centroid (row, column) in frame coordinates: pixel (i, j) has its centre at
+    (i + 0.5, j + 0.5), so a shape's centre corner c is the centroid c of a symmetric shape."""
+    rows, cols = np.nonzero(image_HW)
+    return float(rows.mean()) + 0.5, float(cols.mean()) + 0.5
+
+
+def test_official_bases_by_hand():
+    # 3*6*40*32*32, 6*40*32*32, 40*32*32, 32*32, 32, 1
+    assert mixed_radix_bases((1, 3, 6, 40, 32, 32)).tolist() == [
+        737280,
+        245760,
+        40960,
+        1024,
+        32,
+        1,
+    ]
+
+
+def test_every_official_mask_fits_and_area_grows_with_scale():
+    values = GridSpec().possible_values()  # the official 6 scales x 40 orientations
+    for shape in range(3):
+        areas = np.zeros((6, 40))
+        for s, scale in enumerate(values[2]):
+            for o, theta in enumerate(values[3]):
+                mask_QQ = render_mask(shape, float(scale), float(theta))
+                ring = (
+                    mask_QQ[0].sum()
+                    + mask_QQ[-1].sum()
+                    + mask_QQ[:, 0].sum()
+                    + mask_QQ[:, -1].sum()
+                )
+                assert ring == 0  # the mask's outer ring is empty: the shape is never cut
+                areas[s, o] = mask_QQ.sum()
+        # Strictly larger at every orientation of the next scale than at any of this one.
+        assert (areas[1:].min(axis=1) > areas[:-1].max(axis=1)).all(), SHAPE_NAMES[shape]
+        # Area ~ scale^2: scale 1 vs 0.5 is about 4x.
+        assert 3.3 < areas[-1].mean() / areas[0].mean() < 4.7
+
+
+def test_shapes_inside_frame_at_extreme_positions(tmp_path):
+    ds = open_dsprites(num_scales=2, num_orientations=9, num_positions=2, cache_dir=tmp_path)
+    images_NHW = ds.images(np.arange(len(ds)))
+    border = images_NHW[:, 0].sum() + images_NHW[:, -1].sum()
+    border += images_NHW[:, :, 0].sum() + images_NHW[:, :, -1].sum()
+    assert border == 0
+    # Same pixel count at all 4 corners of the position range: nothing clipped anywhere.
+    counts = images_NHW.reshape(-1, 4, 64 * 64).sum(axis=2)
+    assert (counts == counts[:, :1]).all() and counts.min() > 20
+    # The extreme shapes do reach near the frame (positions span the image, not a small box).
+    rows = np.nonzero(images_NHW.any(axis=(0, 2)))[0]
+    assert rows.min() <= 2 and rows.max() >= 61
+
+
+def test_posx_moves_columns_posy_moves_rows(small):
+    # Square, scale 1, orientation 0: point-symmetric, so its centroid is exactly its centre.
+    base = [0, 0, 5, 0, 0, 0]
+    for axis, along in ((4, 1), (5, 0)):
+        classes_BF = np.tile(base, (8, 1))
+        classes_BF[:, axis] = np.arange(8)
+        cents = np.array([centroid(im) for im in small.images(classes_BF @ small.bases)])
+        assert cents[:, along].tolist() == CENTRES_8  # moving coordinate, exact
+        assert (cents[:, 1 - along] == 16).all()  # the other stays at its position-0 centre
+    # Monotone for every shape, scale and orientation along both axes.
+    cls = small.latent_classes
+    for axis, along in ((4, 1), (5, 0)):
+        for shape in range(3):
+            sel = (cls[:, 1] == shape) & (cls[:, 3] == 3) & (cls[:, 5 if axis == 4 else 4] == 2)
+            sel &= cls[:, 2] == 0
+            order = np.argsort(cls[sel, axis])
+            cents = [centroid(im)[along] for im in small.images(np.nonzero(sel)[0][order])]
+            assert np.all(np.diff(cents) > 0.5)
+
+
+def test_orientation_zero_and_two_pi_identical_and_rotation_about_centre(small):
+    cls = small.latent_classes
+    first = small.images(np.nonzero(cls[:, 3] == 0)[0])
+    last = small.images(np.nonzero(cls[:, 3] == 9)[0])
+    assert np.array_equal(first, last)
+    mid = small.images(np.nonzero(cls[:, 3] == 2)[0])
+    assert not np.array_equal(first, mid)  # orientation does change the image
+    for shape, tol in ((0, 1e-9), (1, 1e-9), (2, 0.25)):
+        idx = np.nonzero((cls[:, 1] == shape) & (cls[:, 4] == 3) & (cls[:, 5] == 5))[0]
+        cents = np.array([centroid(im) for im in small.images(idx)])
+        centre = (CENTRES_8[5], CENTRES_8[3])
+        assert np.abs(cents - centre).max() <= tol, SHAPE_NAMES[shape]
+
+
+def test_shapes_look_like_dsprites():
+    square = render_mask(0, 1.0, 0.0)
+    rows, cols = np.nonzero(square)
+    assert square.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1) == 20 * 20  # filled 20x20 square
+    ellipse = render_mask(1, 1.0, 0.0)
+    rows, cols = np.nonzero(ellipse)
+    assert (np.ptp(cols) + 1, np.ptp(rows) + 1) == (26, 14)  # long axis horizontal
+    ellipse90 = render_mask(1, 1.0, math.pi / 2)
+    assert np.array_equal(ellipse90, ellipse.T)  # a quarter turn swaps the axes
+    heart = render_mask(2, 1.0, 0.0)
+    assert np.array_equal(heart, heart[:, ::-1])  # mirror-symmetric at orientation 0
+    rows = np.nonzero(heart.any(axis=1))[0]
+    top, bottom = heart[rows[0]], heart[rows[-1]]
+    on = np.nonzero(top)[0]
+    # Two lobes: the top row has pixels on both sides of the centre line and a gap between
+    # (the centre line runs between columns MASK_HALF - 1 and MASK_HALF).
+    assert on.min() < MASK_HALF - 1 and on.max() > MASK_HALF
+    assert top[MASK_HALF - 1] == 0 and top[MASK_HALF] == 0
+    # A point at the bottom: the two pixels either side of the centre line.
+    assert bottom.sum() == 2 and bottom[MASK_HALF - 1] == bottom[MASK_HALF] == 1
+    widths = heart.sum(axis=1)[rows]
+    assert np.argmax(widths) < len(rows) / 2  # widest in the upper half

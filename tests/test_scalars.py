@@ -8,9 +8,17 @@ import math
 
 import pytest
 import torch
+from step_helpers import (
+    AUTHORS,
+    argmin_codes,
+    model_and_optimizer,
+    nan_images,
+    squares,
+    step_both_ways,
+)
 
 from trainer.core.scalars import StepMetrics
-from trainer.core.step import NonFiniteLossError
+from trainer.core.step import NonFiniteLossError, train_step
 from trainer.observe.cadence import Cadence, Hooks
 from trainer.observe.progress import IntervalMeter
 
@@ -96,3 +104,33 @@ def test_a_nan_loss_stops_the_interval_before_any_hook_and_names_its_step():
         "the log interval (8 steps done), before any report or checkpoint of it"
     )
     assert saver.calls == [4]  # no hook (report, checkpoint) ran for the bad interval
+
+
+# --- a train step with its metrics left on the device ----------------------------------
+
+
+@pytest.mark.parametrize("iteration", [0, 80_000])
+def test_metrics_left_on_the_device_are_the_read_metrics(iteration):
+    from trainer.core.scalars import StepMetrics
+
+    shapes_B = torch.tensor([0, 1, 2, 0, 1, 1])
+    (read, model_a), (unread, model_b) = step_both_ways(iteration, argmin_codes, shapes_B=shapes_B)
+    assert isinstance(read, dict) and isinstance(unread, StepMetrics) and unread.pending
+    assert dict(unread.read()) == read  # same keys, bit-identical values
+    for p, q in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_nan_image_with_metrics_on_the_device_is_found_where_the_interval_is_read():
+    model, optimizer, scheduler = model_and_optimizer()
+    hooks = Hooks([], ends=[Cadence(3)], num_steps=3, global_batch=4)
+    for step in range(3):
+        images = nan_images(4, seed=9) if step == 1 else squares(4, seed=9)
+        metrics = train_step(
+            model, optimizer, scheduler, images, iteration=step, schedule=AUTHORS,
+            eps_generator=torch.Generator().manual_seed(0), metrics_on_device=True,
+        )  # fmt: skip
+        if step < 2:
+            hooks.after_step(step, metrics)  # no host read, no error yet
+    with pytest.raises(NonFiniteLossError, match=r"iteration 1: .*loss/recon=nan.*3 steps done"):
+        hooks.after_step(2, metrics)

@@ -1,6 +1,8 @@
-"""The train step without Ray: eps, code gating, one forward, weight penalty, LR, learning.
+"""Tests of trainer.core.step: one train step (noise from a generator, the loss it minimises,
+the codes chosen only in the discrete stage, the learning rate, DDP), its checks of non-finite
+values before any update, and bf16 autocast.
 
-Shape legend: B batch, M continuous dims, K categories, H/W image sides.
+Shape suffixes (CONTRIBUTING.md): B batch, K categories.
 """
 
 from __future__ import annotations
@@ -11,41 +13,24 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
+from step_helpers import (
+    AUTHORS,
+    argmin_codes,
+    model_and_optimizer,
+    nan_images,
+    squares,
+    step_both_ways,
+)
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.config import CascadeConfig, OptimConfig
+from trainer.config import CascadeConfig
 from trainer.core.losses import cascade_loss
-from trainer.core.model import CascadeVAE, JointVAE
+from trainer.core.model import JointVAE
 from trainer.core.schedule import CascadeSchedule, make_optimizer
 from trainer.core.step import CapacitySchedule, NonFiniteLossError, sample_eps, train_step
 from trainer.core.types import VAEOutput
 from trainer.core.unary import unary_matrix
 from trainer.distributed.codes import GlobalCodeClient, NonFiniteUnaryError
-
-AUTHORS = CascadeSchedule()  # discrete from iteration 80,000
-
-
-def _squares(count: int, seed: int) -> torch.Tensor:
-    """(count, 1, 64, 64) binary images, each of one to three filled squares (side 8-20)."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.zeros(count, 1, 64, 64)
-    for i in range(count):
-        for _ in range(int(torch.randint(1, 4, (), generator=gen))):
-            side = int(torch.randint(8, 21, (), generator=gen))
-            row, col = torch.randint(0, 64 - side + 1, (2,), generator=gen).tolist()
-            images[i, 0, row : row + side, col : col + side] = 1.0
-    return images
-
-
-def _argmin(unary_BK: torch.Tensor) -> torch.Tensor:
-    return unary_BK.argmin(dim=1)
-
-
-def _setup(num_categories: int = 3, seed: int = 0, **opt_kwargs):
-    torch.manual_seed(seed)
-    model = CascadeVAE(num_continuous=6, num_categories=num_categories)
-    optimizer, scheduler = make_optimizer(model, OptimConfig(**opt_kwargs))
-    return model, optimizer, scheduler
 
 
 def test_sample_eps_reproducible_from_generator():
@@ -59,8 +44,8 @@ def test_sample_eps_reproducible_from_generator():
 
 
 def test_step_uses_generator_eps_and_reports_the_loss_it_minimised():
-    model, optimizer, scheduler = _setup()
-    images = _squares(4, seed=1)
+    model, optimizer, scheduler = model_and_optimizer()
+    images = squares(4, seed=1)
     reference = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(11)
     eps_BM = sample_eps(torch.Generator().manual_seed(11), 4, 6, "cpu")
@@ -87,12 +72,12 @@ def test_step_uses_generator_eps_and_reports_the_loss_it_minimised():
 
 
 def test_weight_penalty_switch():
-    model, optimizer, scheduler = _setup()
+    model, optimizer, scheduler = model_and_optimizer()
     metrics = train_step(
         model,
         optimizer,
         scheduler,
-        _squares(4, seed=2),
+        squares(4, seed=2),
         iteration=0,
         schedule=AUTHORS,
         eps_generator=torch.Generator().manual_seed(0),
@@ -109,7 +94,7 @@ def test_weight_penalty_switch():
 def test_codes_chosen_only_in_discrete_stage_with_one_encoder_pass(
     iteration, num_categories, expect_codes
 ):
-    model, optimizer, scheduler = _setup(num_categories)
+    model, optimizer, scheduler = model_and_optimizer(num_categories)
     calls = {"choose": 0, "encoder": 0}
 
     def choose(unary_BK: torch.Tensor) -> torch.Tensor:
@@ -125,7 +110,7 @@ def test_codes_chosen_only_in_discrete_stage_with_one_encoder_pass(
             model,
             optimizer,
             scheduler,
-            _squares(5, seed=3),
+            squares(5, seed=3),
             iteration=iteration,
             schedule=AUTHORS,
             eps_generator=torch.Generator().manual_seed(0),
@@ -143,13 +128,13 @@ def test_codes_chosen_only_in_discrete_stage_with_one_encoder_pass(
 
 
 def test_discrete_stage_without_chooser_is_an_error():
-    model, optimizer, scheduler = _setup()
+    model, optimizer, scheduler = model_and_optimizer()
     with pytest.raises(ValueError, match="choose_codes"):
         train_step(
             model,
             optimizer,
             scheduler,
-            _squares(2, seed=4),
+            squares(2, seed=4),
             iteration=80_000,
             schedule=AUTHORS,
             eps_generator=torch.Generator(),
@@ -157,13 +142,13 @@ def test_discrete_stage_without_chooser_is_an_error():
 
 
 def test_schedule_must_match_the_model():
-    model, optimizer, scheduler = _setup()
+    model, optimizer, scheduler = model_and_optimizer()
     with pytest.raises(ValueError, match="num_continuous"):
         train_step(
             model,
             optimizer,
             scheduler,
-            _squares(2, seed=4),
+            squares(2, seed=4),
             iteration=0,
             schedule=CascadeSchedule(num_continuous=5),
             eps_generator=torch.Generator(),
@@ -171,8 +156,8 @@ def test_schedule_must_match_the_model():
 
 
 def test_lr_reported_is_the_one_used_and_decays():
-    model, optimizer, scheduler = _setup(decay_every=2)
-    images = _squares(2, seed=5)
+    model, optimizer, scheduler = model_and_optimizer(decay_every=2)
+    images = squares(2, seed=5)
     gen = torch.Generator().manual_seed(0)
     lrs = [
         train_step(
@@ -188,9 +173,9 @@ def test_ddp_wrapped_step_equals_plain_step(tmp_path):
     assert not dist.is_initialized(), (
         "an earlier test left a default process group in this process (it must destroy it)"
     )
-    images = _squares(4, seed=6)
-    plain = _setup(seed=3)
-    wrapped_inner, opt_wrapped, sched_wrapped = _setup(seed=3)
+    images = squares(4, seed=6)
+    plain = model_and_optimizer(seed=3)
+    wrapped_inner, opt_wrapped, sched_wrapped = model_and_optimizer(seed=3)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         wrapped = (DistributedDataParallel(wrapped_inner), opt_wrapped, sched_wrapped)
@@ -202,7 +187,7 @@ def test_ddp_wrapped_step_equals_plain_step(tmp_path):
                     iteration=it,
                     schedule=AUTHORS,
                     eps_generator=torch.Generator().manual_seed(it),
-                    choose_codes=_argmin,
+                    choose_codes=argmin_codes,
                 )
                 for setup in (plain, wrapped)
             )
@@ -218,8 +203,8 @@ def test_ddp_wrapped_step_equals_plain_step(tmp_path):
 
 def test_a_few_hundred_steps_lower_the_loss():
     """Both phases of a compressed cascade on 64 images of squares: the loss must fall well."""
-    images = _squares(64, seed=7)
-    model, optimizer, scheduler = _setup(seed=0, lr=1e-3)
+    images = squares(64, seed=7)
+    model, optimizer, scheduler = model_and_optimizer(seed=0, lr=1e-3)
     cascade = CascadeConfig(stage_length=60, discrete_start_stage=2)  # codes from step 120
     schedule = CascadeSchedule(cascade)
     gen = torch.Generator().manual_seed(0)
@@ -235,7 +220,7 @@ def test_a_few_hundred_steps_lower_the_loss():
             iteration=it,
             schedule=schedule,
             eps_generator=gen,
-            choose_codes=_argmin,
+            choose_codes=argmin_codes,
         )
         losses.append(metrics["loss/total"])
         active.append(metrics["discrete/active"])
@@ -243,86 +228,6 @@ def test_a_few_hundred_steps_lower_the_loss():
     initial = sum(losses[:10]) / 10
     final = sum(losses[-20:]) / 20
     assert final < 0.8 * initial, (initial, final)
-
-
-def _variant_config(variant: str, **model):
-    from trainer.config import Config
-
-    raw = {"model": {"variant": variant, **model}, "train": {"num_steps": 100}}
-    raw["cascade"] = {"stage_length": 10, "discrete_start_stage": 1}
-    raw["jointvae"] = {"capacity_steps": 50}
-    if variant in ("beta_vae", "cascade_c"):
-        raw["eval"] = {"protocols": ["authors_factorvae"]}
-    return Config.from_dict(raw)
-
-
-def test_beta_vae_weighs_every_dim_with_beta_from_the_first_step():
-    from trainer.build import build_model, build_schedule
-
-    config = _variant_config("beta_vae", beta=6.0)
-    model, schedule = build_model(config), build_schedule(config)
-    assert model.num_categories == 0
-    for iteration in (0, 35, 99):
-        assert schedule.betas(iteration).tolist() == [6.0] * 6
-        assert not schedule.discrete_active(iteration)
-
-
-def test_oracle_decodes_with_the_true_shapes():
-    import numpy as np
-
-    from trainer.build import build_model, build_schedule
-    from trainer.loop import true_shape_codes
-
-    config = _variant_config("oracle")
-    torch.manual_seed(0)
-    model, schedule = build_model(config), build_schedule(config)
-    optimizer, scheduler = make_optimizer(model)
-    shapes = np.array([2, 0, 1, 1])
-    metrics = train_step(
-        model, optimizer, scheduler, (torch.rand(4, 1, 64, 64) > 0.5).float(),
-        iteration=15, schedule=schedule, eps_generator=torch.Generator().manual_seed(0),
-        choose_codes=true_shape_codes(shapes), shapes_B=shapes,
-    )  # fmt: skip
-    assert metrics["discrete/active"] == 1.0
-    assert [metrics[f"codes/count_{k}"] for k in range(3)] == [1.0, 2.0, 1.0]
-    assert metrics["codes/joint_k2_s2"] == 1.0 and metrics["codes/joint_k0_s1"] == 0.0
-
-
-def test_jointvae_step_follows_the_capacity_ramp_and_lowers_its_loss():
-    from trainer.build import build_capacities, build_model, build_schedule
-    from trainer.core.model import JointVAE
-
-    config = _variant_config("jointvae")
-    torch.manual_seed(0)
-    model, schedule = build_model(config), build_schedule(config)
-    assert isinstance(model, JointVAE)
-    capacities = build_capacities(config)
-    assert capacities.steps == 50 and capacities.gamma == 150.0
-    optimizer, scheduler = make_optimizer(model, OptimConfig(lr=1e-3))
-    x = (torch.rand(8, 1, 64, 64) > 0.9).float()
-    generator = torch.Generator().manual_seed(0)
-    losses = []
-    for iteration in range(30):
-        metrics = train_step(
-            model, optimizer, scheduler, x, iteration=iteration, schedule=schedule,
-            eps_generator=generator, capacities=capacities, weight_penalty_coef=0.0,
-        )  # fmt: skip
-        losses.append(metrics["loss/recon"])
-    assert metrics["capacity/z"] == pytest.approx(40.0 * 29 / 50)
-    assert metrics["capacity/c"] == pytest.approx(1.1 * 29 / 50)
-    assert sum(metrics[f"codes/count_{k}"] for k in range(3)) == 8
-    assert losses[-1] < 0.6 * losses[0]
-    with pytest.raises(ValueError, match="capacities"):
-        train_step(
-            model, optimizer, scheduler, x, iteration=0, schedule=schedule,
-            eps_generator=generator,
-        )  # fmt: skip
-
-
-def _nan_images(count: int, seed: int) -> torch.Tensor:
-    images = _squares(count, seed)
-    images[1, 0, 5, 5] = float("nan")
-    return images
 
 
 def _assert_untouched(model, optimizer, scheduler, before) -> None:
@@ -333,7 +238,7 @@ def _assert_untouched(model, optimizer, scheduler, before) -> None:
 
 
 def test_an_infinite_kl_weight_stops_the_step_before_any_update():
-    model, optimizer, scheduler = _setup()
+    model, optimizer, scheduler = model_and_optimizer()
     before = copy.deepcopy(model)
     cascade = CascadeConfig.model_construct(beta_high=float("inf"))  # past the schema's checks
     schedule = CascadeSchedule(cascade)
@@ -342,7 +247,7 @@ def test_an_infinite_kl_weight_stops_the_step_before_any_update():
             model,
             optimizer,
             scheduler,
-            _squares(4, seed=8),
+            squares(4, seed=8),
             iteration=3,
             schedule=schedule,
             eps_generator=torch.Generator().manual_seed(0),
@@ -361,14 +266,14 @@ def test_an_infinite_kl_weight_stops_the_step_before_any_update():
 
 
 def test_a_nan_image_stops_the_step_naming_the_reconstruction():
-    model, optimizer, scheduler = _setup()
+    model, optimizer, scheduler = model_and_optimizer()
     before = copy.deepcopy(model)
     with pytest.raises(NonFiniteLossError, match=r"iteration 0: .*loss/recon=nan") as info:
         train_step(
             model,
             optimizer,
             scheduler,
-            _nan_images(4, seed=9),
+            nan_images(4, seed=9),
             iteration=0,
             schedule=AUTHORS,
             eps_generator=torch.Generator().manual_seed(0),
@@ -390,7 +295,7 @@ def test_a_nan_image_stops_a_jointvae_step():
             model,
             optimizer,
             scheduler,
-            _nan_images(4, seed=10),
+            nan_images(4, seed=10),
             iteration=5,
             schedule=AUTHORS,
             eps_generator=torch.Generator().manual_seed(0),
@@ -400,7 +305,7 @@ def test_a_nan_image_stops_a_jointvae_step():
 
 
 def test_a_nan_image_in_the_discrete_stage_names_the_unary_not_the_solver():
-    model, optimizer, scheduler = _setup()
+    model, optimizer, scheduler = model_and_optimizer()
     calls = []
 
     def solve(unary_NK):
@@ -414,7 +319,7 @@ def test_a_nan_image_in_the_discrete_stage_names_the_unary_not_the_solver():
             model,
             optimizer,
             scheduler,
-            _nan_images(4, seed=11),
+            nan_images(4, seed=11),
             iteration=80_000,
             schedule=AUTHORS,
             eps_generator=torch.Generator().manual_seed(0),
@@ -424,9 +329,9 @@ def test_a_nan_image_in_the_discrete_stage_names_the_unary_not_the_solver():
 
 
 def test_the_chooser_sees_the_unary_of_the_decoded_z_and_its_codes_reach_the_decoder():
-    model, optimizer, scheduler = _setup(seed=7)
+    model, optimizer, scheduler = model_and_optimizer(seed=7)
     before = copy.deepcopy(model)
-    images = _squares(4, seed=8)
+    images = squares(4, seed=8)
     fixed_B = torch.tensor([2, 0, 1, 2], dtype=torch.int32)  # any integer dtype is made int64
     seen_unary, decoder_inputs = [], []
 
@@ -466,11 +371,11 @@ def test_the_chooser_sees_the_unary_of_the_decoded_z_and_its_codes_reach_the_dec
     ],
 )
 def test_bad_codes_from_the_chooser_are_rejected_before_any_update(codes_B, match):
-    model, optimizer, scheduler = _setup()
+    model, optimizer, scheduler = model_and_optimizer()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match=match):
         train_step(
-            model, optimizer, scheduler, _squares(4, seed=1), iteration=80_000,
+            model, optimizer, scheduler, squares(4, seed=1), iteration=80_000,
             schedule=AUTHORS, eps_generator=torch.Generator(), choose_codes=lambda _u: codes_B,
         )  # fmt: skip
     for key, value in model.state_dict().items():
@@ -483,12 +388,12 @@ def _ddp_rank(rank: int, port: int, out_dir: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(60))
-    model, optimizer, scheduler = _setup(seed=11)
-    images = _squares(8, seed=12)[rank * 4 : (rank + 1) * 4]
+    model, optimizer, scheduler = model_and_optimizer(seed=11)
+    images = squares(8, seed=12)[rank * 4 : (rank + 1) * 4]
     ddp = DistributedDataParallel(model)
     train_step(
         ddp, optimizer, scheduler, images, iteration=80_000, schedule=AUTHORS,
-        eps_generator=torch.Generator().manual_seed(rank), choose_codes=_argmin,
+        eps_generator=torch.Generator().manual_seed(rank), choose_codes=argmin_codes,
     )  # fmt: skip
     torch.save({n: p.detach().clone() for n, p in model.named_parameters()},
                os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
@@ -509,11 +414,11 @@ def test_two_ddp_ranks_take_the_full_batch_step_of_one_process(tmp_path):
     mp.start_processes(_ddp_rank, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
-    model, optimizer, scheduler = _setup(seed=11)
+    model, optimizer, scheduler = model_and_optimizer(seed=11)
     eps = [sample_eps(torch.Generator().manual_seed(r), 4, 6, "cpu") for r in range(2)]
     full_eps = torch.cat(eps)
 
-    images = _squares(8, seed=12)
+    images = squares(8, seed=12)
     # The single process must draw the same eps as the two ranks did: patch sample_eps.
     import trainer.core.step as step_module
 
@@ -522,7 +427,7 @@ def test_two_ddp_ranks_take_the_full_batch_step_of_one_process(tmp_path):
     try:
         train_step(
             model, optimizer, scheduler, images, iteration=80_000, schedule=AUTHORS,
-            eps_generator=torch.Generator(), choose_codes=_argmin,
+            eps_generator=torch.Generator(), choose_codes=argmin_codes,
         )  # fmt: skip
     finally:
         step_module.sample_eps = original
@@ -533,59 +438,16 @@ def test_two_ddp_ranks_take_the_full_batch_step_of_one_process(tmp_path):
         torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0)
         torch.testing.assert_close(ranks[0][name], value.detach(), rtol=1e-5, atol=1e-6)
     # The step moved the encoder: a gradient reached it on both ranks.
-    untouched = _setup(seed=11)[0]
+    untouched = model_and_optimizer(seed=11)[0]
     assert not torch.equal(ranks[0]["encoder.0.weight"], untouched.encoder[0].weight)
 
 
-def _step_both_ways(iteration: int, chooser=None, **kwargs):
-    """The same step with metrics read (a dict) and left on the device (a StepMetrics)."""
-    results = []
-    for on_device in (False, True):
-        model, optimizer, scheduler = _setup(seed=3)
-        metrics = train_step(
-            model, optimizer, scheduler, _squares(6, seed=4), iteration=iteration,
-            schedule=AUTHORS, eps_generator=torch.Generator().manual_seed(5),
-            choose_codes=chooser, metrics_on_device=on_device, **kwargs,
-        )  # fmt: skip
-        results.append((metrics, model))
-    return results
-
-
-@pytest.mark.parametrize("iteration", [0, 80_000])
-def test_metrics_left_on_the_device_are_the_read_metrics(iteration):
-    from trainer.core.scalars import StepMetrics
-
-    shapes_B = torch.tensor([0, 1, 2, 0, 1, 1])
-    (read, model_a), (unread, model_b) = _step_both_ways(iteration, _argmin, shapes_B=shapes_B)
-    assert isinstance(read, dict) and isinstance(unread, StepMetrics) and unread.pending
-    assert dict(unread.read()) == read  # same keys, bit-identical values
-    for p, q in zip(model_a.parameters(), model_b.parameters(), strict=True):
-        assert torch.equal(p, q)
-
-
-def test_a_nan_image_with_metrics_on_the_device_is_found_where_the_interval_is_read():
-    from trainer.observe.cadence import Cadence, Hooks
-
-    model, optimizer, scheduler = _setup()
-    hooks = Hooks([], ends=[Cadence(3)], num_steps=3, global_batch=4)
-    for step in range(3):
-        images = _nan_images(4, seed=9) if step == 1 else _squares(4, seed=9)
-        metrics = train_step(
-            model, optimizer, scheduler, images, iteration=step, schedule=AUTHORS,
-            eps_generator=torch.Generator().manual_seed(0), metrics_on_device=True,
-        )  # fmt: skip
-        if step < 2:
-            hooks.after_step(step, metrics)  # no host read, no error yet
-    with pytest.raises(NonFiniteLossError, match=r"iteration 1: .*loss/recon=nan.*3 steps done"):
-        hooks.after_step(2, metrics)
-
-
 def test_a_bf16_autocast_step_is_finite_and_close_to_float32():
-    fp32 = _step_both_ways(80_000, _argmin)[0][0]  # the float32 step, metrics read
-    model, optimizer, scheduler = _setup(seed=3)
+    fp32 = step_both_ways(80_000, argmin_codes)[0][0]  # the float32 step, metrics read
+    model, optimizer, scheduler = model_and_optimizer(seed=3)
     bf16 = train_step(
-        model, optimizer, scheduler, _squares(6, seed=4), iteration=80_000, schedule=AUTHORS,
-        eps_generator=torch.Generator().manual_seed(5), choose_codes=_argmin,
+        model, optimizer, scheduler, squares(6, seed=4), iteration=80_000, schedule=AUTHORS,
+        eps_generator=torch.Generator().manual_seed(5), choose_codes=argmin_codes,
         autocast_bf16=True,
     )  # fmt: skip
     assert math.isfinite(bf16["loss/total"])
@@ -595,8 +457,8 @@ def test_a_bf16_autocast_step_is_finite_and_close_to_float32():
 
 
 def test_a_bf16_unary_matrix_is_float32():
-    model, _, _ = _setup(seed=3)
-    images = _squares(4, seed=4)
+    model, _, _ = model_and_optimizer(seed=3)
+    images = squares(4, seed=4)
     z_BM = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         unary_BK = unary_matrix(model, z_BM, images)

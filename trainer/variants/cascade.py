@@ -6,7 +6,7 @@ also trains through this step.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -15,10 +15,7 @@ from trainer.core.losses import loss_keys as _loss_keys
 from trainer.core.model import CascadeVAE
 from trainer.core.schedule import CascadeConfig, CascadeSchedule
 from trainer.core.step import train_step
-from trainer.variants.types import ModelSettings
-
-if TYPE_CHECKING:
-    from trainer.variants.types import Extras
+from trainer.variants.types import Extras, ModelSettings
 
 
 class CascadeRun(Protocol):
