@@ -1,3 +1,4 @@
-"""What a run shows: the TensorBoard / Parquet run log and the pictures it holds. Imports
-`trainer.core`; no Ray.
+"""What a run shows and when: where log intervals end and which hooks run there (`cadence`),
+the hooks (evaluation, pictures, log line), the TensorBoard / Parquet run log and the pictures
+it holds. No Ray.
 """

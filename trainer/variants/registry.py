@@ -9,7 +9,8 @@ module branches on a variant's name.
 
 Adding a variant is one file in this package (its builders and step, and its settings section
 if it has one) and one entry below; a variant with settings also declares that section as a
-field of `trainer.config.Config` (tests/test_variants.py checks that the two agree).
+field of `trainer.config.Config` (tests/test_variants.py checks that the two agree) and as a
+property of `RunSettings` below.
 
 Pure core: no Ray, no config module (trainer.config imports this one): a builder reads a run
 config through `RunSettings`, which trainer.config.Config satisfies; a variant with a settings
