@@ -170,16 +170,21 @@ def test_compiled_solve_answers_as_assign_and_falls_back_across_a_restart(ray_se
         client(np.array([[0.0, np.nan]]), 0.1)
 
     first_pid = ray.get(actor.stats.remote())["pid"]
-    ray.kill(actor, no_restart=False)
+    ray.kill(actor, no_restart=False)  # with no call in flight, as in the real-fault run
     _wait_for_restart(ray, actor, first_pid)
     unary_NK = problem(23)
     labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)  # the graph broke: ordinary call
     np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
     assert (client.fallback_calls, client.recoveries) == (1, 1)
     assert client.ready(120)  # the old graph torn down, a new one built
+    # The restarted actor solved that problem once: the old graph's loop was not replayed on
+    # it (a replayed loop reads the problem sent through the broken graph and solves it too).
+    assert ray.get(actor.stats.remote())["calls"] == 1
     labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)  # a new graph on the new actor
     np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
     assert (client.compiled_calls, client.fallback_calls) == (4, 1)
+    assert ray.get(actor.stats.remote())["calls"] == 2
+    assert client.transport == "compiled"
     client.close()
     ray.kill(actor, no_restart=True)
 

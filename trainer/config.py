@@ -178,7 +178,7 @@ class SolverConfig(Schema):
     """Where the solver actor runs: `head`, the head node (created by the driver; a lost worker
     node never takes it); `rank0`, the node of rank 0 (created by rank 0, which owns it: it
     ends and comes back with the worker group)."""
-    transport: Literal["compiled", "ordinary"] = "ordinary"
+    transport: Literal["compiled", "ordinary"] = "compiled"
     """How rank 0 calls the solver actor: `ordinary` actor calls (Ray retries a call on a
     restarted actor), or `compiled`, a Ray Compiled Graph (shared-memory channels; built in the
     background, ordinary calls answer until it is ready or when it cannot be built; a lost
