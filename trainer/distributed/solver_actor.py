@@ -349,29 +349,24 @@ class CompiledSolve:
 
     def _build(self, warm_NK: np.ndarray, lam: float) -> None:
         """Compile a graph and run one warm-up problem through it; publish it when it answered."""
-        from ray.dag import InputNode
+        from ray.exceptions import ActorUnavailableError
 
         graph = None
+        deadline = time.monotonic() + _BUILD_TIMEOUT_S
         try:
             if self._teardown is not None:  # the old graph's loop must be gone first
                 self._teardown.join(timeout=_BUILD_TIMEOUT_S)
-            # A graph compiled before its actor is created never answered (Ray 2.60): the
-            # actor answers an ordinary call first.
-            ray.get(self.actor.ping.remote(), timeout=_BUILD_TIMEOUT_S)
-            state = _actor_state(self.actor)
-            handle = _graph_handle(self.actor)
-            with InputNode() as problem:
-                node = handle.solve_numbered.bind(problem[0], problem[1], problem[2], problem[3])
-            graph = node.experimental_compile()
-            _, _, answered = _graph_call(graph, (warm_NK, lam, False, 0), _BUILD_TIMEOUT_S)
-            if answered != 0:
-                raise ActorLostError(f"the warm-up was answered as call {answered}")
-        except Exception as exc:  # no compiled graphs here: ordinary calls for a while
-            if graph is not None:
+            while True:
                 try:
-                    graph.teardown()
-                except Exception:
-                    pass
+                    graph, state = self._compile(warm_NK, lam)
+                    break
+                except ActorUnavailableError:
+                    # Just after a restart, the graph's set-up tasks (not retried) can meet
+                    # the actor's old connection: build again while the time allows.
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)  # a pause between attempts, not a wait for an event
+        except Exception as exc:  # no compiled graphs here: ordinary calls for a while
             self._ordinary_left = self.recompile_after
             if self.compile_error is None:
                 self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
@@ -386,6 +381,30 @@ class CompiledSolve:
             return
         self._restarts_at_compile = None if state is None else state[1]
         self._graph = graph
+
+    def _compile(self, warm_NK: np.ndarray, lam: float) -> tuple[Any, tuple[str, int] | None]:
+        """(a compiled graph that answered one warm-up problem, the actor's state before)."""
+        from ray.dag import InputNode
+
+        # A graph compiled before its actor is created never answered (Ray 2.60): the actor
+        # answers an ordinary call first.
+        ray.get(self.actor.ping.remote(), timeout=_BUILD_TIMEOUT_S)
+        state = _actor_state(self.actor)
+        handle = _graph_handle(self.actor)
+        with InputNode() as problem:
+            node = handle.solve_numbered.bind(problem[0], problem[1], problem[2], problem[3])
+        graph = node.experimental_compile()
+        try:
+            _, _, answered = _graph_call(graph, (warm_NK, lam, False, 0), _BUILD_TIMEOUT_S)
+            if answered != 0:
+                raise ActorLostError(f"the warm-up was answered as call {answered}")
+        except Exception:
+            try:
+                graph.teardown()
+            except Exception:
+                pass
+            raise
+        return graph, state
 
     def _drop_graph(self) -> None:
         """Forget the graph; its teardown waits for the actor, so it runs in a daemon thread."""
