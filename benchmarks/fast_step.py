@@ -21,7 +21,9 @@ intervals, the first interval dropped as warm-up), each run's step is split into
               (perf/step_ms minus perf/data_ms and perf/train_step_ms)
 
 The system runs call the solver actor through `solver.transport` (`--transport`, default
-`compiled`: a Ray Compiled Graph, the worker's default; `ordinary`: ordinary actor calls).
+`compiled`: a Ray Compiled Graph, the worker's default; `ordinary`: ordinary actor calls);
+(b) runs once more with the other transport (a plain run after it too), so that the summary
+gives the one-worker extra cost of both transports from one run (`--no-other` skips it).
 Then, from inside a Ray actor (as rank 0 of a Train run is), the actor call's own cost (round
 trip minus solve) of an ordinary call (trainer.distributed.solver_actor.solve_remote) and of the
 compiled-graph path (trainer.distributed.solver_actor.CompiledSolve), interleaved call by call
@@ -32,7 +34,7 @@ means over ranks, so `glue` takes the difference). Columns "+(b)" and "+(c)" are
 extra cost over (a) per part; the last line is the summary with the ratios.
 
     python -m benchmarks.fast_step [--steps 400] [--log-every 100] [--batch 2] [--calls 300]
-        [--transport compiled|ordinary]
+        [--transport compiled|ordinary] [--no-other]
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ SYSTEM_PARTS = ("gather", "actor call", "broadcast", "reporting")
 def make_config(args, workers: int, storage: str, transport: str):
     """benchmarks/overhead.py's config with the solver actor called through `transport`."""
     return overhead_config(args, workers, storage, (f"solver.transport={transport}",))
+
+
+def fixed_cost(system: dict[str, float], base: dict[str, float]) -> float:
+    """The system's fixed cost per step (ms): the parts the plain loop does not have, plus the
+    solve's and the actor call's differences from the plain runs around it."""
+    extra = sum(system[k] for k in SYSTEM_PARTS) + system["solve"] - base["solve"]
+    return extra - base["actor call"]
 
 
 def split(interval: dict[str, float]) -> dict[str, float]:
@@ -181,7 +190,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300, help="calls per path (call costs)")
     parser.add_argument("--transport", choices=("compiled", "ordinary"), default="compiled")
+    parser.add_argument("--no-other", action="store_true", help="skip (b) with the other transport")
     args = parser.parse_args()
+    other = "ordinary" if args.transport == "compiled" else "compiled"
 
     from launch.cluster import connect
     from trainer.runtime import keep_freed_memory
@@ -198,10 +209,14 @@ def main() -> None:
         plain.append(plain_loop(one, threads))
         c = system_run(make_config(args, 2, storage, args.transport))
         plain.append(plain_loop(one, threads))
+        if not args.no_other:  # (b) again with the other transport, between two plain runs
+            b_other = system_run(make_config(args, 1, storage, other))
+            plain.append(plain_loop(one, threads))
         calls = call_path(args.batch, one.model.num_categories, one.solver.lam, args.calls)
     base_b = {key: (plain[0][key] + plain[1][key]) / 2 for key in plain[0]}
     base_c = {key: (plain[1][key] + plain[2][key]) / 2 for key in plain[0]}
     a = {key: (plain[0][key] + plain[1][key] + plain[2][key]) / 3 for key in plain[0]}
+    base_other = {key: (plain[-2][key] + plain[-1][key]) / 2 for key in plain[0]}
 
     print(
         f"\nsteps {args.steps}, global batch {args.batch}, discrete stage on, "
@@ -219,22 +234,33 @@ def main() -> None:
         "two (a) runs around it.\nfixed system cost: the parts the plain loop does not have "
         f"({', '.join(SYSTEM_PARTS)}) plus the solve and the actor call's difference."
     )
-    fixed_b = sum(b[k] for k in SYSTEM_PARTS) + b["solve"] - base_b["solve"]
-    fixed_c = sum(c[k] for k in SYSTEM_PARTS) + c["solve"] - base_c["solve"]
-    fixed_b -= base_b["actor call"]
-    fixed_c -= base_c["actor call"]
+    fixed_b = fixed_cost(b, base_b)
+    fixed_c = fixed_cost(c, base_c)
     print(
         f"actor call from an actor at N={args.batch}, median of {args.calls}: ordinary "
         f"{calls['ordinary']:.3f} ms, compiled graph {calls['compiled']:.3f} ms "
         f"({calls['fallback_calls']:.0f} fallbacks)"
     )
+    other_part = ""
+    if not args.no_other:
+        fixed_other = fixed_cost(b_other, base_other)
+        print(
+            f"(b) with transport={other}: step {b_other['step']:.3f} ms, actor call "
+            f"{b_other['actor call']:.3f} ms, fixed system cost {fixed_other:.2f} ms "
+            f"(b/a = {b_other['step'] / base_other['step']:.3f})"
+        )
+        other_part = (
+            f"fixed_b_{other}_ms={fixed_other:.2f} "
+            f"b_{other}/a={b_other['step'] / base_other['step']:.3f} "
+        )
     print(
         f"SUMMARY fast_step transport={args.transport} batch={args.batch} "
         f"plain_ms={a['step']:.2f} "
         f"b/a={b['step'] / base_b['step']:.3f} c/a={c['step'] / base_c['step']:.3f} "
         f"fixed_b_ms={fixed_b:.2f} fixed_c_ms={fixed_c:.2f} "
         f"core_b/a={b['core'] / base_b['core']:.3f} core_c/a={c['core'] / base_c['core']:.3f} "
-        f"call_ordinary_ms={calls['ordinary']:.3f} call_compiled_ms={calls['compiled']:.3f} "
+        + other_part
+        + f"call_ordinary_ms={calls['ordinary']:.3f} call_compiled_ms={calls['compiled']:.3f} "
         "(targets: fixed_b <= 1.5 ms, b/a <= 1.10, core_b/a <= 1.05)"
     )
 

@@ -6,6 +6,8 @@ Legend: N items of the global batch, K categories.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -152,6 +154,31 @@ def _wait_for_restart(ray, actor, first_pid: int) -> None:
         time.sleep(0.05)
 
 
+def _graph_tasks(actor) -> list:
+    """The State API's rows (one per attempt) of Ray's `__ray_call__` tasks on `actor`: its
+    compiled graphs' channel set-up, loops and cancellations."""
+    from ray.util.state import list_tasks
+
+    rows = list_tasks(
+        filters=[("actor_id", "=", actor._actor_id.hex())],
+        limit=10_000,
+        raise_on_missing_output=False,
+    )
+    return [row for row in rows if row.name.endswith("__ray_call__")]
+
+
+def _wait_for_graph_loop(actor, old_ids: set[str]) -> set[str]:
+    """The ids of `actor`'s `__ray_call__` tasks once one not in `old_ids` is running (a
+    graph's loop runs until its teardown)."""
+    deadline = time.monotonic() + 120
+    while True:
+        rows = _graph_tasks(actor)
+        if any(row.state == "RUNNING" and row.task_id not in old_ids for row in rows):
+            return {row.task_id for row in rows}
+        assert time.monotonic() < deadline, "no graph loop listed as running within 120 s"
+        time.sleep(0.2)
+
+
 def test_compiled_solve_answers_as_assign_and_falls_back_across_a_restart(ray_session) -> None:
     ray = ray_session
     actor = get_or_create_solver_actor(unique_name("solver-graph"), namespace=NAMESPACE)
@@ -169,17 +196,27 @@ def test_compiled_solve_answers_as_assign_and_falls_back_across_a_restart(ray_se
     with pytest.raises(ValueError, match="NaN or inf"):  # checked before anything is sent
         client(np.array([[0.0, np.nan]]), 0.1)
 
+    first_ids = _wait_for_graph_loop(actor, set())
     first_pid = ray.get(actor.stats.remote())["pid"]
-    ray.kill(actor, no_restart=False)
+    os.kill(first_pid, signal.SIGKILL)  # with no call in flight, as in the real-fault run
     _wait_for_restart(ray, actor, first_pid)
     unary_NK = problem(23)
     labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)  # the graph broke: ordinary call
     np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
     assert (client.fallback_calls, client.recoveries) == (1, 1)
     assert client.ready(120)  # the old graph torn down, a new one built
+    # The restarted actor solved that problem once: the old graph's loop was not replayed on
+    # it (a replayed loop reads the problem sent through the broken graph and solves it too).
+    assert ray.get(actor.stats.remote())["calls"] == 1
     labels_N, _, _ = client(unary_NK, 0.001, timeout_s=60)  # a new graph on the new actor
     np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
     assert (client.compiled_calls, client.fallback_calls) == (4, 1)
+    assert ray.get(actor.stats.remote())["calls"] == 2
+    assert client.transport == "compiled"
+    # Once the new graph's loop is listed, no graph task was retried: the old loop died with
+    # its actor and was not replayed on the restarted one (the actor's other calls are).
+    _wait_for_graph_loop(actor, first_ids)
+    assert [row.attempt_number for row in _graph_tasks(actor) if row.attempt_number > 0] == []
     client.close()
     ray.kill(actor, no_restart=True)
 

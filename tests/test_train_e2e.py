@@ -134,6 +134,9 @@ def test_tensorboard_holds_scalars_images_and_hparams(runs):
     values = {k: v.string_value for k, v in start.session_start_info.hparams.items()}
     recorded = _recorded_provenance(run_dir).hparams()
     assert {k: values[k] for k in ("git.revision", "git.dirty")} == recorded
+    # The solver's transport as used: `compiled`, or `ordinary` while the graph was still being
+    # built when the run ended; `ordinary (reason)` would say that it could not be built.
+    assert values["solver.transport"] in ("compiled", "ordinary"), values["solver.transport"]
     assert "config/text_summary" in acc.Tags()["tensors"]  # the resolved config, as text
     assert "hparam/loss/total" in scalars
     # The cascade is visible in the betas (5-step stages, discrete from stage 4): dim 0 is

@@ -178,13 +178,14 @@ class SolverConfig(Schema):
     """Where the solver actor runs: `head`, the head node (created by the driver; a lost worker
     node never takes it); `rank0`, the node of rank 0 (created by rank 0, which owns it: it
     ends and comes back with the worker group)."""
-    transport: Literal["compiled", "ordinary"] = "ordinary"
-    """How rank 0 calls the solver actor: `ordinary` actor calls (Ray retries a call on a
-    restarted actor), or `compiled`, a Ray Compiled Graph (shared-memory channels; built in the
-    background, ordinary calls answer until it is ready or when it cannot be built; a lost
-    actor is noticed within ~50 ms and the call sent again as an ordinary call). `compiled`
-    is not the default: of two runs of the real-fault test of a killed actor with it, one
-    passed and one stalled in the discrete stage (cause not found)."""
+    transport: Literal["compiled", "ordinary"] = "compiled"
+    """How rank 0 calls the solver actor: `compiled`, a Ray Compiled Graph (shared-memory
+    channels; built in the background at the start of a run; ordinary calls answer until it is
+    ready, and instead of it when it cannot be built, which the worker's log says once and the
+    run's hparams record as `ordinary (reason)`), or `ordinary` actor calls. Either way a killed
+    actor is restarted by Ray and the call in flight answered; with `compiled` the loss is
+    noticed within ~50 ms, the graph torn down, the call sent again as an ordinary call, and a
+    new graph built on the restarted actor (trainer.distributed.solver_actor.CompiledSolve)."""
 
 
 class TrainConfig(Schema):

@@ -98,6 +98,8 @@ class GlobalCodeClient:
 
     `solve` is only called on rank 0. With world_size 1 no collective is used.
     `record` (optional) receives (unary_BK, codes_B) numpy copies of every call, for tests.
+    `transport` (optional) says what answers `solve` (for the run's record), `close` (optional)
+    releases what `solve` holds.
     """
 
     def __init__(
@@ -107,10 +109,14 @@ class GlobalCodeClient:
         rank: int = 0,
         world_size: int = 1,
         record: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        transport: Callable[[], str] | None = None,
+        close: Callable[[], None] | None = None,
     ):
         if rank == 0 and solve is None:
             raise ValueError("GlobalCodeClient: rank 0 needs a solve function")
         self.solve = solve
+        self.transport = transport
+        self._close = close
         self.rank = rank
         self.world_size = world_size
         self.record = record
@@ -141,6 +147,10 @@ class GlobalCodeClient:
             self.record(unary_BK.cpu().numpy().copy(), codes_B.cpu().numpy().copy())
         assert codes_B.shape == (batch,)
         return codes_B
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
 
     def _check_finite(self, unary_NK: np.ndarray, rows_per_rank: int) -> None:
         if not np.isfinite(unary_NK).all():

@@ -12,6 +12,7 @@ solvers (one per shape, built on the first call of that shape) and timing counte
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import functools
 import logging
 import os
@@ -71,6 +72,14 @@ class SolverActor:
                 self._total_ms += solve_ms
                 self._solve_ms.append(solve_ms)
         return labels_N.astype(np.int64, copy=False), solve_ms
+
+    def solve_numbered(
+        self, unary_NK: np.ndarray, lam: float, counted: bool, call: int
+    ) -> tuple[np.ndarray, float, int]:
+        """`solve(unary_NK, lam, checked=True, counted)` and the caller's `call` number back, so
+        that a compiled graph's caller can check that an answer belongs to its call."""
+        labels_N, solve_ms = self.solve(unary_NK, lam, True, counted)
+        return labels_N, solve_ms, call
 
     def stats(self) -> dict[str, Any]:
         """Calls, total / median solve ms, shapes seen (with their model build ms), process id."""
@@ -171,18 +180,25 @@ class CompiledSolve:
     background (`start`, or the first call): once the actor answers a ping, it is compiled and
     answers one warm-up problem of the calls' shape (the first execution of a graph starts its
     loop on the actor: seconds on a loaded machine); ordinary calls answer until then. When it
-    cannot be built, ordinary calls answer (the reason is logged once) and building is tried
-    again after `recompile_after` calls.
+    cannot be built, ordinary calls answer, the reason is logged once and kept in
+    `compile_error`, and building is tried again after `recompile_after` calls.
 
-    A compiled graph does not survive its actor. A dead actor is noticed within about
-    `health_check_s`: while a call is unanswered, the caller asks the GCS for the actor's state
-    and restart count every `health_check_s` (a graph's answer can be waited for only once, so
-    that wait runs in a helper thread and the caller waits on it in slices). Then the graph is
-    torn down (in the background: it waits for the actor), Ray restarts the actor (its restart
+    The graph runs on a second handle of the actor on which Ray's own graph tasks (`__ray_call__`:
+    channel set-up, the graph's loop on the actor, its cancellation) are not retried; the
+    actor's solve calls keep its policy (restarted actor, retried calls). With the actor's
+    policy, Ray would replay the loop of a graph whose actor died on the restarted actor, where
+    none of the graph's channels exist: that loop reads the next problem, solves it and fails
+    to write the answer, and holds the actor's graph thread, so a new graph's loop waits behind
+    it. Not retried, the loop ends with the actor and Ray shuts the graph down.
+
+    A dead actor is noticed within about `health_check_s`: while a call is unanswered, the
+    caller asks the GCS for the actor's state and restart count every `health_check_s` (the
+    graph call runs in a helper thread; the caller waits on it in slices). Every call carries
+    a number that the actor hands back with the answer: an answer to another call is never
+    taken. Then the graph is torn down (in the background), Ray restarts the actor (its restart
     policy), the call in flight is sent again as an ordinary call, which Ray runs on the
-    restarted actor, and a new graph is built once the teardown has finished: the old graph's
-    loop is retried on the restarted actor until its teardown cancels it, and a new graph's
-    loop would wait behind it. `ready` waits for the graph.
+    restarted actor, and a new graph is built on the restarted actor once the teardown has
+    finished. `ready` waits for the graph.
 
     A timeout raises SolverTimeoutError and drops the graph. `compiled_calls`,
     `fallback_calls` and `recoveries` count what answered and how often a lost actor was
@@ -200,15 +216,26 @@ class CompiledSolve:
         self._graph: Any = None
         self._restarts_at_compile: int | None = None
         self._ordinary_left = 0  # ordinary calls left before the next build attempt
-        self._reader = _reader_thread()
-        self._reading: concurrent.futures.Future | None = None
+        self._call_number = 0  # of the last call sent through a graph (warm-ups send 0)
+        self._caller = _graph_thread()
+        self._in_flight: concurrent.futures.Future | None = None
         self._teardown: threading.Thread | None = None
         self._builder: threading.Thread | None = None
         self._closed = False
 
+    @property
+    def transport(self) -> str:
+        """What answers calls now: `compiled`, or `ordinary` (with the reason when the graph
+        could not be built)."""
+        if self._graph is not None:
+            return "compiled"
+        return f"ordinary ({self.compile_error})" if self.compile_error else "ordinary"
+
     def start(self, n: int, k: int, lam: float) -> None:
         """Build the graph in the background for (n, k) problems (no wait)."""
-        if self._graph is None and (self._builder is None or not self._builder.is_alive()):
+        if self._closed or self._graph is not None:
+            return
+        if self._builder is None or not self._builder.is_alive():
             warm_NK = np.zeros((n, k), dtype=np.float64)
             self._builder = threading.Thread(
                 target=self._build, args=(warm_NK, float(lam)), name="compiled-solve-build",
@@ -244,11 +271,12 @@ class CompiledSolve:
                 self._drop_graph()
                 self.recoveries += 1
                 logger.warning(
-                    "solver actor %s lost with a call in flight (%s): the call goes again as "
-                    "an ordinary call, which Ray runs on the restarted actor; a new graph is "
+                    "solver actor %s lost with a call in flight (%s: %s): the call goes again "
+                    "as an ordinary call, which Ray runs on the restarted actor; a new graph is "
                     "built once the old one is torn down",
-                    _actor_label(self.actor),
+                    self.actor._actor_id.hex(),
                     type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
                 )
             else:
                 self.compiled_calls += 1
@@ -275,29 +303,39 @@ class CompiledSolve:
                 graph.teardown()
             except Exception:  # a graph whose actor died may fail to tear down
                 pass
-        self._reader.shutdown(wait=False)
+        self._caller.shutdown(wait=False)
 
     def _execute(
         self, graph: Any, unary_NK: np.ndarray, lam: float, deadline: float, timeout_s: float
     ) -> tuple[np.ndarray, float]:
-        """One call through `graph`; ActorLostError when the actor died meanwhile."""
-        if self._reading is not None and not self._reading.done():
-            # A read of a dropped graph still waits in the old thread: use a new one.
-            self._reader.shutdown(wait=False)
-            self._reader = _reader_thread()
-        ref = graph.execute(unary_NK, lam, True)
-        answer = self._reading = self._reader.submit(ray.get, ref)
+        """One call through `graph`; ActorLostError when the actor died meanwhile or the answer
+        is not this call's."""
+        if self._in_flight is not None and not self._in_flight.done():
+            # A call of a dropped graph still waits in the old thread: use a new one.
+            self._caller.shutdown(wait=False)
+            self._caller = _graph_thread()
+        self._call_number += 1
+        number = self._call_number
+        answer = self._in_flight = self._caller.submit(
+            _graph_call, graph, (unary_NK, lam, True, number), timeout_s
+        )
         while True:
             left_s = deadline - time.monotonic()
             if left_s <= 0:
                 raise _timeout_error(self.actor, unary_NK, lam, timeout_s)
             try:
-                return answer.result(timeout=min(self.health_check_s, left_s))
+                labels_N, solve_ms, answered = answer.result(
+                    timeout=min(self.health_check_s, left_s)
+                )
             except concurrent.futures.TimeoutError:
                 if not self._actor_unchanged():
                     raise ActorLostError(
                         f"solver actor {self.actor._actor_id.hex()} died"
                     ) from None
+                continue
+            if answered != number:
+                raise ActorLostError(f"the graph answered call {answered} to call {number}")
+            return labels_N, solve_ms
 
     def _actor_unchanged(self) -> bool:
         """Whether the GCS holds the actor neither restarting nor dead, with the restart count
@@ -311,29 +349,27 @@ class CompiledSolve:
 
     def _build(self, warm_NK: np.ndarray, lam: float) -> None:
         """Compile a graph and run one warm-up problem through it; publish it when it answered."""
-        from ray.dag import InputNode
+        from ray.exceptions import ActorUnavailableError
 
         graph = None
+        deadline = time.monotonic() + _BUILD_TIMEOUT_S
         try:
             if self._teardown is not None:  # the old graph's loop must be gone first
                 self._teardown.join(timeout=_BUILD_TIMEOUT_S)
-            # A graph compiled before its actor is created never answered (Ray 2.60): the
-            # actor answers an ordinary call first.
-            ray.get(self.actor.ping.remote(), timeout=_BUILD_TIMEOUT_S)
-            state = _actor_state(self.actor)
-            with InputNode() as problem:
-                node = self.actor.solve.bind(problem[0], problem[1], True, problem[2])
-            graph = node.experimental_compile()
-            ray.get(graph.execute(warm_NK, lam, False), timeout=_BUILD_TIMEOUT_S)
-        except Exception as exc:  # no compiled graphs here: ordinary calls for a while
-            if graph is not None:
+            while True:
                 try:
-                    graph.teardown()
-                except Exception:
-                    pass
+                    graph, state = self._compile(warm_NK, lam)
+                    break
+                except ActorUnavailableError:
+                    # Just after a restart, the graph's set-up tasks (not retried) can meet
+                    # the actor's old connection: build again while the time allows.
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)  # a pause between attempts, not a wait for an event
+        except Exception as exc:  # no compiled graphs here: ordinary calls for a while
             self._ordinary_left = self.recompile_after
             if self.compile_error is None:
-                self.compile_error = f"{type(exc).__name__}: {exc}"
+                self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                 logger.warning(
                     "the solver call cannot use a Ray compiled graph (%s); using ordinary "
                     "actor calls",
@@ -345,6 +381,30 @@ class CompiledSolve:
             return
         self._restarts_at_compile = None if state is None else state[1]
         self._graph = graph
+
+    def _compile(self, warm_NK: np.ndarray, lam: float) -> tuple[Any, tuple[str, int] | None]:
+        """(a compiled graph that answered one warm-up problem, the actor's state before)."""
+        from ray.dag import InputNode
+
+        # A graph compiled before its actor is created never answered (Ray 2.60): the actor
+        # answers an ordinary call first.
+        ray.get(self.actor.ping.remote(), timeout=_BUILD_TIMEOUT_S)
+        state = _actor_state(self.actor)
+        handle = _graph_handle(self.actor)
+        with InputNode() as problem:
+            node = handle.solve_numbered.bind(problem[0], problem[1], problem[2], problem[3])
+        graph = node.experimental_compile()
+        try:
+            _, _, answered = _graph_call(graph, (warm_NK, lam, False, 0), _BUILD_TIMEOUT_S)
+            if answered != 0:
+                raise ActorLostError(f"the warm-up was answered as call {answered}")
+        except Exception:
+            try:
+                graph.teardown()
+            except Exception:
+                pass
+            raise
+        return graph, state
 
     def _drop_graph(self) -> None:
         """Forget the graph; its teardown waits for the actor, so it runs in a daemon thread."""
@@ -363,9 +423,34 @@ class CompiledSolve:
             self._teardown.start()
 
 
-def _reader_thread() -> concurrent.futures.ThreadPoolExecutor:
+def _graph_call(graph: Any, args: tuple, timeout_s: float) -> tuple[np.ndarray, float, int]:
+    """(labels_N, solve_ms, call number) of one execution of a solve graph. Writing the problem
+    can wait for the actor too, so the whole call runs in the caller's helper thread."""
+    labels_N, solve_ms, answered = ray.get(graph.execute(*args), timeout=timeout_s)
+    return labels_N, solve_ms, int(answered)
+
+
+def _graph_handle(actor: Any) -> Any:
+    """A second handle of `actor` whose `__ray_call__` tasks are not retried (see
+    CompiledSolve); its other methods keep the actor's policy. Raises RuntimeError when this
+    Ray's handles do not have the per-method retry setting (then no graph is built)."""
+    handle = copy.copy(actor)  # a new handle of the same actor (ActorHandle.__reduce__)
+    shells: Any = getattr(handle, "_method_shells", None)
+    shell = shells.get("__ray_call__") if isinstance(shells, dict) else None
+    if shell is None or not hasattr(shell, "_max_task_retries"):
+        raise RuntimeError(
+            f"ray {ray.__version__}: an actor handle without a per-method retry setting for "
+            "__ray_call__, so a graph's loop would be replayed on a restarted actor"
+        )
+    shell = copy.copy(shell)
+    shell._max_task_retries = 0
+    handle._method_shells = {**shells, "__ray_call__": shell}
+    return handle
+
+
+def _graph_thread() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="compiled-solve-read"
+        max_workers=1, thread_name_prefix="compiled-solve-call"
     )
 
 

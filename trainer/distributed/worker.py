@@ -184,8 +184,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train.precision": precision.dtype_name,
             "train.memory_format": precision.memory_format_name,
         }
+        if client is not None and client.transport is not None:
+            used["solver.transport"] = client.transport()  # `ordinary (reason)` on a fallback
         log.hparams(_hparams(config) | used | provenance.hparams(), final)
         log.close()
+    if client is not None:
+        client.close()
 
 
 def _restore(state: TrainState, checkpoint, run_dir: Path) -> list[str]:
@@ -216,7 +220,7 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
     named in `solver` (None for the other variants)."""
     if variant_of(config).codes is not Codes.SOLVER:
         return None
-    solve = None
+    solve, transport, close = None, None, None
     if rank == 0 and solver:
         import ray
 
@@ -237,16 +241,20 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
         # The client checks each step's matrix once (finite, float64, 2-D) on every rank;
         # lam was checked with the config: nothing is validated again on the way.
         call: Any = functools.partial(solve_remote, actor)
+        transport = lambda: "ordinary"  # noqa: E731
         if config.solver.transport == "compiled":
-            call = CompiledSolve(actor)
+            compiled = call = CompiledSolve(actor)
             # Built and warmed up in the background while the first steps run.
-            call.start(config.train.global_batch, config.model.num_categories, lam)
+            compiled.start(config.train.global_batch, config.model.num_categories, lam)
+            transport, close = (lambda: compiled.transport), compiled.close
 
         def solve(unary_NK: np.ndarray) -> tuple[np.ndarray, float]:
             labels_N, solve_ms, _ = call(unary_NK, lam, timeout_s, checked=True)
             return labels_N, solve_ms
 
-    return GlobalCodeClient(solve, rank=rank, world_size=world_size)
+    return GlobalCodeClient(
+        solve, rank=rank, world_size=world_size, transport=transport, close=close
+    )
 
 
 def _hooks(
