@@ -169,11 +169,11 @@ class LocalCluster:
     def _start(self, name, cpus, resources, role_args, head: bool = False) -> Node:
         """`ray start` for one node. `ray start` gives the raylet 30 s to register with the
         GCS (a constant in Ray 2.60) and exits 1 after that, leaving the node's processes
-        running; on a loaded machine the raylet often registers later, so then the node is
-        accepted once the State API lists its raylet's node id ALIVE (within
-        REGISTER_TIMEOUT_S). A start that fails otherwise (a port taken between the probe and
-        the bind) is stopped and retried on new ports, twice; a third failure raises with
-        every output."""
+        running; when its raylet is still running the node is accepted once the State API
+        lists the raylet's node id ALIVE (within REGISTER_TIMEOUT_S). A start that fails
+        otherwise (a port taken between the probe and the bind, a raylet that exited) is
+        stopped and retried on new ports, twice; a third failure raises with every output
+        and the end of the raylet's log."""
         outputs = []
         for _ in range(3):
             agent, agent_grpc, manager, objects, runtime_env, metrics, low = free_ports(7)
@@ -204,9 +204,20 @@ class LocalCluster:
                 self.nodes[name] = node
                 self.wait_for_node(name)
                 return node
-            outputs.append(f"{command}\nexit {started.returncode}:\n{output[-3000:]}")
+            outputs.append(
+                f"{command}\nexit {started.returncode}:\n{output[-3000:]}\n"
+                f"raylet log:\n{self._raylet_log_tail(name)}"
+            )
             assert not stop_group(started.pid), f"a failed start of {name} left processes"
         raise RuntimeError(f"ray start for node {name} failed 3 times:\n" + "\n".join(outputs))
+
+    def _raylet_log_tail(self, name: str, chars: int = 2000) -> str:
+        """The end of the newest raylet log of node `name` (why a start failed)."""
+        logs = sorted(
+            (self.ray_temp / name).glob("session_*/logs/raylet*.out"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        return logs[-1].read_text(errors="replace")[-chars:] if logs else "(none)"
 
     def _registers_late(self, node: Node) -> bool:
         """Whether the raylet of a node whose `ray start` failed is running and registers with

@@ -219,7 +219,7 @@ def _wait_for(condition, what: str, job: subprocess.Popen | None = None) -> None
 
 
 def test_a_lost_worker_node_restarts_the_group_from_the_last_checkpoint(
-    cluster, reference, tmp_path, record_property
+    cluster, reference, tmp_path
 ):
     """Rank 0 holds before step 25 (discrete stage from step 20) once the checkpoint of step
     20 is registered; then the raylet of the worker node is SIGKILLed: the node and its worker
@@ -251,7 +251,6 @@ def test_a_lost_worker_node_restarts_the_group_from_the_last_checkpoint(
     assert {node for _, _, node in after} == {"head"}
     assert _solver_nodes(cluster, "node_lost") == ["head"]  # solver.placement: head
     restart_s = min(t for _, t, _ in after) - killed_at
-    record_property("kill_to_restart_s", round(restart_s, 1))
     starts = [a["start_step"] for a in read_attempts(run_dir) if a["time"] > killed_at]
     assert starts == [20, 20]
     print(
@@ -296,9 +295,7 @@ while not (folder / "finish").exists():
 """
 
 
-def test_a_solver_actor_on_a_lost_node_comes_back_on_its_replacement(
-    cluster, tmp_path, record_property
-):
+def test_a_solver_actor_on_a_lost_node_comes_back_on_its_replacement(cluster, tmp_path):
     """A solver actor on node w2 answers again after w2 is lost and a replacement w2 (the
     same node type: the same custom resource) joins: Ray restarts the actor there and retries
     the call that was waiting for it. The driver runs on the head (Ray connects a driver to
@@ -343,7 +340,6 @@ def test_a_solver_actor_on_a_lost_node_comes_back_on_its_replacement(
     assert after["actor_id"] == before["actor_id"]
     assert after["node_id"] != first_node and names[after["node_id"]] == "w2"
     answered_s = lines[1]["at"] - killed_at
-    record_property("solver_kill_to_answer_s", round(answered_s, 1))
     print(
         f"\nsolver actor: w2 marked dead {dead_s:.1f} s after its raylet was killed; the "
         f"call made after that answered {lines[1]['s']:.1f} s later ({answered_s:.1f} s after "
