@@ -211,13 +211,18 @@ class LocalCluster:
             assert not stop_group(started.pid), f"a failed start of {name} left processes"
         raise RuntimeError(f"ray start for node {name} failed 3 times:\n" + "\n".join(outputs))
 
-    def _raylet_log_tail(self, name: str, chars: int = 2000) -> str:
-        """The end of the newest raylet log of node `name` (why a start failed)."""
+    def _raylet_log_tail(self, name: str, chars: int = 1500) -> str:
+        """The fatal lines and the end of the newest raylet log of node `name` (why a start
+        failed)."""
         logs = sorted(
             (self.ray_temp / name).glob("session_*/logs/raylet*.out"),
             key=lambda p: p.stat().st_mtime,
         )
-        return logs[-1].read_text(errors="replace")[-chars:] if logs else "(none)"
+        if not logs:
+            return "(none)"
+        text = logs[-1].read_text(errors="replace")
+        fatal = [line for line in text.splitlines() if " F " in line or "Check failed" in line]
+        return "\n".join(fatal[-5:]) + "\n...\n" + text[-chars:]
 
     def _registers_late(self, node: Node) -> bool:
         """Whether the raylet of a node whose `ray start` failed is running and registers with
