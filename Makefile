@@ -34,13 +34,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m launch.train --config $(CONFIG)
 
+# Both run in parallel workers (pytest-xdist), one whole test module per worker at a time (a
+# module's fixtures are built once), the modules with the most slow tests first
+# (tests/conftest.py): most of the whole suite's wall time is Ray starting, polling and
+# waiting, not CPU. A plain `pytest` runs in one process.
+TEST_WORKERS ?= 3
+FAST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Every test that starts no Ray (the inner loop): a Ray node started in the pytest process
 # fails the test (tests/conftest.py), so a Ray test without the slow mark cannot hide here.
 test-fast: $(STAMP)
-	CASCADEVAE_TEST_NO_RAY=1 $(PY) -m pytest -m "not slow"
+	CASCADEVAE_TEST_NO_RAY=1 $(PY) -m pytest -m "not slow" -n $(FAST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

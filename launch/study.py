@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -301,49 +300,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
 
+    from launch.run_lock import run_locked
     from launch.tune import prepare_experiment
-    from trainer.run_folder import RunFolderBusyError
 
     folder = experiment_dir(study)
-    try:
-        lock, lines = prepare_experiment(
-            study, folder, args.config, ["python -m launch.study", *(argv or sys.argv[1:])]
-        )
-    except (ConfigError, RunFolderBusyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for line in lines:
-        print(f"[cascadevae] {line}", file=sys.stderr, flush=True)
-    try:
-        return _run_study(study, folder)
-    finally:
-        lock.release()
-
-
-def _run_study(study: StudyConfig, folder: Path) -> int:
-    import os
-
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    from ray import tune
-
-    from launch.cluster import connect
-    from launch.tune import TRIAL_DRIVER, build_tuner, interruption_watch
-
-    started = time.time()
-    where = connect(resources={TRIAL_DRIVER: 1000})
-    restore = tune.Tuner.can_restore(str(folder))
-    print(
-        f"[cascadevae] Ray: {where}; study '{study.name}': {study.num_trials()} run(s) "
-        f"({', '.join(study.runs)}), {study.max_concurrent_trials} at a time; "
-        f"{'resuming' if restore else 'new'} experiment {folder}",
-        flush=True,
+    command = ["python -m launch.study", *(argv or sys.argv[1:])]
+    return run_locked(
+        lambda: prepare_experiment(study, folder, args.config, command),
+        lambda: _run_study(study, args.config, folder),
     )
-    tuner = build_tuner(study, folder, restore)
-    with interruption_watch() as interrupted:
-        grid = tuner.fit()
-        was_interrupted = interrupted()
-    minutes = (time.time() - started) / 60
-    if was_interrupted:
+
+
+def _run_study(study: StudyConfig, source: str, folder: Path) -> int:
+    from launch.tune import fit_experiment
+
+    what = (
+        f"study '{study.name}': {study.num_trials()} run(s) ({', '.join(study.runs)}), "
+        f"{study.max_concurrent_trials} at a time"
+    )
+    fitted = fit_experiment(study, f"study {source}", folder, what)
+    if isinstance(fitted, int):
+        return fitted
+    grid, minutes = fitted
+    if grid is None:
         print(
             f"\n=== study '{study.name}' interrupted after {minutes:.1f} min; run the same "
             "command to continue it. ===",

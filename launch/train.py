@@ -143,22 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from trainer.run_folder import RunFolderBusyError
+    from launch.run_lock import run_locked
 
-    train = config.train
-    storage = Path(train.storage_path).expanduser().resolve()
+    storage = Path(config.train.storage_path).expanduser().resolve()
     run_dir = storage / config.run_name
-    try:
-        lock, lines = check_run_folder(config, storage, argv)
-    except (ConfigError, RunFolderBusyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for line in lines:
-        print(f"[cascadevae] {line}", file=sys.stderr, flush=True)
-    try:
-        return _train(config, args.config, storage, run_dir, argv)
-    finally:
-        lock.release()
+    return run_locked(
+        lambda: check_run_folder(config, storage, argv),
+        lambda: _train(config, args.config, storage, run_dir, argv),
+    )
 
 
 def _train(config: Config, config_path: str, storage: Path, run_dir: Path, argv: list[str]) -> int:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from launch.run_lock import run_locked
 from launch.sweep import SweepConfig, load_sweep
 from trainer.config import ConfigError
 
@@ -368,28 +369,25 @@ def main(argv: list[str] | None = None) -> int:
         "--config", required=True, help="sweep file, e.g. configs/sweeps/debug.yaml"
     )
     args = parser.parse_args(argv)
-    from trainer.run_folder import RunFolderBusyError
-
     try:
         sweep = load_sweep(args.config)
         sweep.base.check_files(f"{args.config} (base config)")
-        experiment_dir = Path(sweep.storage_path).expanduser().resolve() / sweep.name
-        lock, lines = prepare_experiment(
-            sweep, experiment_dir, args.config, ["python -m launch.tune", *(argv or sys.argv[1:])]
-        )
-    except (ConfigError, RunFolderBusyError) as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for line in lines:
-        print(f"[cascadevae] {line}", file=sys.stderr, flush=True)
-    try:
-        return _run_sweep(sweep, args.config, experiment_dir)
-    finally:
-        lock.release()
+    experiment_dir = Path(sweep.storage_path).expanduser().resolve() / sweep.name
+    command = ["python -m launch.tune", *(argv or sys.argv[1:])]
+    return run_locked(
+        lambda: prepare_experiment(sweep, experiment_dir, args.config, command),
+        lambda: _run_sweep(sweep, args.config, experiment_dir),
+    )
 
 
-def _run_sweep(sweep: SweepConfig, source: str, experiment_dir: Path) -> int:
-
+def fit_experiment(sweep: SweepConfig, source: str, experiment_dir: Path, what: str):
+    """Connect to Ray (or start a local one), check its resources and that every node sees
+    the storage, then run or resume the Tune experiment in `experiment_dir`. `what` describes
+    it in the first line printed. Returns (result grid, None if Ctrl-C interrupted it;
+    minutes) or an int exit status when a check failed."""
     # A run reports some metrics only from a later step (the code agreement from the discrete
     # stage, eval/* from the first evaluation); ASHA and the result grid skip reports without
     # the ranking metric, so Tune must not refuse them.
@@ -397,6 +395,7 @@ def _run_sweep(sweep: SweepConfig, source: str, experiment_dir: Path) -> int:
     from ray import tune
 
     from launch.cluster import check_resources, connect
+    from trainer.distributed.nodes import probe_storage, storage_message
 
     started = time.time()
     where = connect(resources={TRIAL_DRIVER: 1000})
@@ -404,10 +403,8 @@ def _run_sweep(sweep: SweepConfig, source: str, experiment_dir: Path) -> int:
     check_resources(
         train.num_workers * train.cpus_per_worker,
         train.num_workers * train.gpus_per_worker if train.use_gpu else 0,
-        f"sweep {source}",
+        source,
     )
-    from trainer.distributed.nodes import probe_storage, storage_message
-
     reports = probe_storage(experiment_dir.parent)
     problem = storage_message(experiment_dir.parent, reports, f"{source}: storage_path")
     if problem:
@@ -415,20 +412,30 @@ def _run_sweep(sweep: SweepConfig, source: str, experiment_dir: Path) -> int:
         return 2
     restore = tune.Tuner.can_restore(str(experiment_dir))
     print(
-        f"[cascadevae] Ray: {where}; sweep '{sweep.name}': {sweep.algorithm} search, "
-        f"{sweep.num_trials()} trial(s), metric {sweep.metric} ({sweep.mode}), scheduler "
-        f"{sweep.scheduler}; {'resuming' if restore else 'new'} experiment {experiment_dir}",
+        f"[cascadevae] Ray: {where}; {what}; {'resuming' if restore else 'new'} experiment "
+        f"{experiment_dir}",
         flush=True,
     )
     tuner = build_tuner(sweep, experiment_dir, restore)
     with interruption_watch() as interrupted:
         grid = tuner.fit()
         was_interrupted = interrupted()
-    if was_interrupted:  # Ctrl-C: Tune saved the experiment state and returned early
+    return (None if was_interrupted else grid), (time.time() - started) / 60
+
+
+def _run_sweep(sweep: SweepConfig, source: str, experiment_dir: Path) -> int:
+    what = (
+        f"sweep '{sweep.name}': {sweep.algorithm} search, {sweep.num_trials()} trial(s), metric "
+        f"{sweep.metric} ({sweep.mode}), scheduler {sweep.scheduler}"
+    )
+    fitted = fit_experiment(sweep, f"sweep {source}", experiment_dir, what)
+    if isinstance(fitted, int):
+        return fitted
+    grid, minutes = fitted
+    if grid is None:  # Ctrl-C: Tune saved the experiment state and returned early
         print(
-            f"\n=== sweep '{sweep.name}' interrupted after {(time.time() - started) / 60:.1f} "
-            f"min; its state is saved in {experiment_dir}. Run the same command to continue "
-            "it. ===",
+            f"\n=== sweep '{sweep.name}' interrupted after {minutes:.1f} min; its state is saved "
+            f"in {experiment_dir}. Run the same command to continue it. ===",
             flush=True,
         )
         return 130
@@ -436,7 +443,7 @@ def _run_sweep(sweep: SweepConfig, source: str, experiment_dir: Path) -> int:
     table = write_results(sweep, rows, experiment_dir)
     failed = [r for r in rows if r["status"] == "ERROR"]
     print(
-        f"\n=== sweep '{sweep.name}' finished in {(time.time() - started) / 60:.1f} min: "
+        f"\n=== sweep '{sweep.name}' finished in {minutes:.1f} min: "
         f"{len(rows)} trial(s), {len(failed)} failed ==="
     )
     print(summary_text(sweep, rows))

@@ -74,6 +74,7 @@ def test_the_hint_without_an_intact_checkpoint_says_the_run_starts_again(tmp_pat
 
 def test_ctrl_c_during_the_fit_exits_130_with_the_hint(tmp_path, monkeypatch, capsys):
     import launch.cluster
+    import launch.train
     import trainer.distributed.worker
 
     def interrupted_fit(config, storage_path):
@@ -82,6 +83,7 @@ def test_ctrl_c_during_the_fit_exits_130_with_the_hint(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(launch.cluster, "connect", lambda **_: "local (test)")
     monkeypatch.setattr(launch.cluster, "check_resources", lambda *a: None)
+    monkeypatch.setattr(launch.train, "cluster_problem", lambda *a: None)  # no Ray here
     monkeypatch.setattr(trainer.distributed.worker, "fit", interrupted_fit)
     argv = ["--config", "configs/debug.yaml", "--set", f"train.storage_path={tmp_path}"]
     assert main(argv) == 130
