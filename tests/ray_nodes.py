@@ -25,6 +25,8 @@ from pathlib import Path
 
 RAY = Path(sys.executable).parent / "ray"
 START_TIMEOUT_S = 180.0
+REGISTER_TIMEOUT_S = 180.0
+STATE_TIMEOUT_S = 120.0
 
 
 def free_ports(count: int) -> list[int]:
@@ -85,6 +87,19 @@ class Node:
         pids = [p for p in group_members(self.pgid) if _process_name(p) == "raylet"]
         assert len(pids) == 1, f"node {self.name}: raylet processes {pids}"
         return pids[0]
+
+    def raylet_node_id(self) -> str | None:
+        """The node id the raylet of this node was started with (None: no raylet runs)."""
+        pids = [p for p in group_members(self.pgid) if _process_name(p) == "raylet"]
+        for pid in pids:
+            try:
+                args = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for arg in args:
+                if arg.startswith(b"--node_id="):
+                    return arg.split(b"=", 1)[1].decode()
+        return None
 
 
 @dataclass
@@ -152,9 +167,13 @@ class LocalCluster:
         return self._start(name, cpus, None, lambda: [f"--address={self.gcs_address}"])
 
     def _start(self, name, cpus, resources, role_args, head: bool = False) -> Node:
-        """`ray start` for one node; a failed start (a port taken between the probe and the
-        bind, or a raylet that did not register within Ray's 30 s on a loaded machine) is
-        retried on new ports, twice; a third failure raises with every output."""
+        """`ray start` for one node. `ray start` gives the raylet 30 s to register with the
+        GCS (a constant in Ray 2.60) and exits 1 after that, leaving the node's processes
+        running; when its raylet is still running the node is accepted once the State API
+        lists the raylet's node id ALIVE (within REGISTER_TIMEOUT_S). A start that fails
+        otherwise (a port taken between the probe and the bind, a raylet that exited) is
+        stopped and retried on new ports, twice; a third failure raises with every output
+        and the end of the raylet's log."""
         outputs = []
         for _ in range(3):
             agent, agent_grpc, manager, objects, runtime_env, metrics, low = free_ports(7)
@@ -178,33 +197,73 @@ class LocalCluster:
                 text=True,
             )
             output, _ = started.communicate(timeout=START_TIMEOUT_S)
-            if started.returncode == 0:
-                node = Node(name, started.pid, head)
+            node = Node(name, started.pid, head)
+            if started.returncode == 0 or self._registers_late(node):
                 if name in self.nodes:  # a replacement: the lost node's group is stopped last
                     self.replaced.append(self.nodes[name])
                 self.nodes[name] = node
                 self.wait_for_node(name)
                 return node
-            outputs.append(f"{command}\nexit {started.returncode}:\n{output[-3000:]}")
+            outputs.append(
+                f"{command}\nexit {started.returncode}:\n{output[-3000:]}\n"
+                f"raylet log:\n{self._raylet_log_tail(name)}"
+            )
             assert not stop_group(started.pid), f"a failed start of {name} left processes"
         raise RuntimeError(f"ray start for node {name} failed 3 times:\n" + "\n".join(outputs))
 
+    def _raylet_log_tail(self, name: str, chars: int = 1500) -> str:
+        """The fatal lines and the end of the newest raylet log of node `name` (why a start
+        failed)."""
+        logs = sorted(
+            (self.ray_temp / name).glob("session_*/logs/raylet*.out"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if not logs:
+            return "(none)"
+        text = logs[-1].read_text(errors="replace")
+        fatal = [line for line in text.splitlines() if " F " in line or "Check failed" in line]
+        return "\n".join(fatal[-5:]) + "\n...\n" + text[-chars:]
+
+    def _registers_late(self, node: Node) -> bool:
+        """Whether the raylet of a node whose `ray start` failed is running and registers with
+        the GCS within REGISTER_TIMEOUT_S (the State API lists its node id ALIVE)."""
+        node_id = node.raylet_node_id()
+        if node_id is None or not self.dashboard_port:
+            return False
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                listed = self.state("nodes", f"node_id={node_id}")
+            except AssertionError:  # the head's dashboard never answered
+                return False
+            if any(n["state"] == "ALIVE" for n in listed):
+                return True
+            if node.raylet_node_id() is None:  # the raylet exited
+                return False
+            time.sleep(1.0)
+        return False
+
     def state(self, kind: str, *filters: str) -> list[dict]:
-        """`ray list <kind> --detail` of this cluster through the State API, as records."""
+        """`ray list <kind> --detail` of this cluster through the State API, as records. A
+        query that fails (the dashboard still starting, a GCS too loaded to answer in time)
+        is repeated for up to STATE_TIMEOUT_S; then the last output is the error."""
         command = [
             str(RAY), "list", kind, "--detail", "--format=json", "--limit=10000",
             f"--address={self.dashboard_url}", *(f"--filter={f}" for f in filters),
         ]  # fmt: skip
-        deadline = time.monotonic() + 120.0
-        while True:  # the dashboard may still be starting (no API server yet)
-            done = subprocess.run(
-                command, env=self.env, capture_output=True, text=True, timeout=120
-            )
-            output = done.stdout[-2000:] + done.stderr[-2000:]
-            if done.returncode == 0:
-                return json.loads(done.stdout)
-            assert "Failed to connect to API server" in output, output
-            assert time.monotonic() < deadline, output
+        deadline = time.monotonic() + STATE_TIMEOUT_S
+        while True:
+            try:
+                done = subprocess.run(
+                    command, env=self.env, capture_output=True, text=True, timeout=120
+                )
+            except subprocess.TimeoutExpired as err:
+                output = f"no answer in {err.timeout} s"
+            else:
+                output = done.stdout[-2000:] + done.stderr[-2000:]
+                if done.returncode == 0:
+                    return json.loads(done.stdout)
+            assert time.monotonic() < deadline, f"ray list {kind} {filters}: {output}"
             time.sleep(1.0)
 
     def node_names(self) -> dict[str, str]:
