@@ -72,7 +72,12 @@ SYSTEM_PARTS = ("gather", "actor call", "broadcast", "reporting")
 
 def make_config(args, workers: int, storage: str, transport: str):
     """benchmarks/overhead.py's config with the solver actor called through `transport`."""
-    return overhead_config(args, workers, storage, (f"solver.transport={transport}",))
+    overrides = (f"solver.transport={transport}",)
+    config = overhead_config(args, workers, storage, overrides)
+    # Each transport trains in its own run folder: one folder is one run's config.
+    return overhead_config(
+        args, workers, storage, (*overrides, f"train.run_name={config.run_name}_{transport}")
+    )
 
 
 def fixed_cost(system: dict[str, float], base: dict[str, float]) -> float:
