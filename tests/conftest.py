@@ -7,10 +7,12 @@ that fails or times out leaves nothing running to starve the tests after it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -255,11 +257,15 @@ def _start_head(temp_dir: str, env: dict) -> tuple[int, int]:
 
 
 @pytest.fixture
-def ray_head(tmp_path_factory):
+def ray_head():
     """Another local Ray instance (`ray start --head` on ports, a temp folder and a process
     group of its own); yields (its dashboard URL, the environment to reach it); stopped by the
-    finalizer by signalling its group (`ray stop` would also stop the session's cluster)."""
-    temp_dir = str(tmp_path_factory.mktemp("rayhead"))
+    finalizer by signalling its group (`ray stop` would also stop the session's cluster).
+
+    Its temp folder is a short one under /tmp, removed afterwards: Ray's socket paths inside it
+    must stay under the 107 bytes of AF_UNIX, which pytest's own temp folders can exceed (a
+    pytest-xdist worker's folder adds `popen-gwN/`)."""
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     for key in ("RAY_ADDRESS", API_SERVER_VAR):
         env.pop(key, None)
@@ -268,6 +274,7 @@ def ray_head(tmp_path_factory):
         yield f"http://{LOCAL_HOST}:{dashboard}", env
     finally:
         left = stop_group(pgid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"head processes left running: {left}"
 
 
