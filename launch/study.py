@@ -210,9 +210,10 @@ def experiment_dir(study: StudyConfig) -> Path:
     return Path(study.storage_path).expanduser().resolve() / study.name
 
 
-def collect_runs(study: StudyConfig) -> tuple[list[RunRecord], list[str]]:
+def collect_runs(study: StudyConfig, *, partial: bool = False) -> tuple[list[RunRecord], list[str]]:
     """The runs found in the experiment folder (Tune's params.json names each trial's run),
-    and one line per run: name, last step, wall time."""
+    and one line per run: name, last step, wall time. An unfinished run is left out, or with
+    `partial` kept with the readings it has so far (its line says so)."""
     records, lines = [], []
     folder = experiment_dir(study)
     for params_path in sorted(folder.glob("*/params.json")):
@@ -227,8 +228,13 @@ def collect_runs(study: StudyConfig) -> tuple[list[RunRecord], list[str]]:
         if record is None:
             continue
         num_steps = config.train.num_steps
-        if record.last_step < num_steps:  # still running or interrupted: not in the table
-            lines.append(f"`{name}`: unfinished at step {record.last_step} of {num_steps}")
+        if record.last_step < num_steps:  # still running or interrupted
+            included = " (in this partial report: its readings up to that step)" if partial else ""
+            lines.append(
+                f"`{name}`: unfinished at step {record.last_step} of {num_steps}{included}"
+            )
+            if partial:
+                records.append(record)
             continue
         records.append(record)
         minutes = _wall_minutes(params_path.parent)
@@ -252,15 +258,24 @@ def _wall_minutes(trial_dir: Path) -> float | None:
     return float(json.loads(lines[-1]).get("time_total_s", 0.0)) / 60.0
 
 
-def report(study: StudyConfig) -> list[Path]:
-    runs, lines = collect_runs(study)
+PARTIAL_NOTE = (
+    "**A partial report**: unfinished runs are included with the readings they have so far "
+    "(see Runs for each run's last step); a best or last reading of an unfinished run is not "
+    "the run's result."
+)
+
+
+def report(study: StudyConfig, *, partial: bool = False) -> list[Path]:
+    runs, lines = collect_runs(study, partial=partial)
     if not runs:
         raise SystemExit(f"study '{study.name}': no run results under {experiment_dir(study)}")
+    partial_runs = partial and any("unfinished" in line for line in lines)
     return write_report(
         Path(study.results_dir),
         runs,
-        title=f"Study `{study.name}`",
-        preamble=study.description
+        title=f"Study `{study.name}`" + (" (partial)" if partial_runs else ""),
+        preamble=(PARTIAL_NOTE + "\n\n" if partial_runs else "")
+        + study.description
         + f"\n\nRerun: `python -m launch.study --config {study.source}"
         + (f" --storage-path {study.storage_flag}`." if study.storage_flag else "`."),
         models=study.models,
@@ -280,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         "--report", action="store_true", help="only (re)write the report from finished runs"
     )
     parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --report: include unfinished runs with their readings so far (the report "
+        "says it is partial)",
+    )
+    parser.add_argument(
         "--storage-path",
         help="folder of the study's experiment instead of the file's storage_path (e.g. one "
         "outside the work tree, so a long study outlives a checkout); give the same one to resume",
@@ -294,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.partial and not args.report:
+        print("error: --partial goes with --report", file=sys.stderr)
+        return 2
     if args.report:
-        for path in report(study):
+        for path in report(study, partial=args.partial):
             print(f"wrote {path}")
         return 0
 

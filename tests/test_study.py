@@ -155,6 +155,13 @@ def test_report_from_run_folders(tmp_path):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # No run evaluated factor_dim_mi: no tables.
     assert not (results / "factor_dim.md").exists() and "factor_dim.md" not in text
+    # --partial keeps the unfinished run, and the report says it is partial.
+    assert main(["--config", str(_study(tmp_path)), "--partial"]) == 2
+    assert main(["--config", str(_study(tmp_path)), "--report", "--partial"]) == 0
+    text = (results / "results.md").read_text()
+    assert text.startswith("# Study `tiny` (partial)\n\n**A partial report**")
+    assert "`beta_vae-s0`: unfinished at step 20 of 40 (in this partial report" in text
+    assert "| beta_vae | last | 0.990 (n=1) |" in text
 
 
 def test_storage_path_flag_reads_the_study_from_another_folder(tmp_path):
