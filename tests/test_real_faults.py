@@ -179,12 +179,15 @@ def test_a_stopped_worker_is_detected_after_the_stall_timeout(reference, tmp_pat
     _assert_same_parameters(_final_model(result), reference)
 
 
-def test_a_sigkilled_solver_actor_is_restarted_without_restarting_the_run(reference, tmp_path):
+@pytest.mark.parametrize("transport", ["ordinary", "compiled"])
+def test_a_sigkilled_solver_actor_is_restarted_without_restarting_the_run(
+    reference, tmp_path, transport
+):
     import ray
 
     from trainer.distributed.worker import SOLVER_NAMESPACE
 
-    config = _config("solver_killed", HELD)
+    config = _config(f"solver_killed_{transport}", [*HELD, f"solver.transport={transport}"])
     run = Background(config, tmp_path)
     _wait_until_held(run.run_dir)
     name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"
