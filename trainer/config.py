@@ -180,15 +180,15 @@ class SolverConfig(Schema):
     ends and comes back with the worker group)."""
     transport: Literal["compiled", "ordinary"] = "ordinary"
     """How rank 0 calls the solver actor: `ordinary` actor calls, or `compiled`, a Ray Compiled
-    Graph (shared-memory channels; built in the background at the start of a run; ordinary
-    calls answer until it is ready, and instead of it when it cannot be built, which the
-    worker's log says once and the run's hparams record as `ordinary (reason)`). Either way a
-    killed actor is restarted by Ray and the call in flight answered; with `compiled` the loss is noticed within ~50 ms, the
-    graph torn down, the call sent again as an ordinary call, and a new graph built on the
-    restarted actor (trainer.distributed.solver_actor.CompiledSolve). `compiled` is not the
-    default: when the worker group restarts while the actor lives on (a lost or stalled
-    worker, `placement: head`), the dead rank 0's graph loop keeps the actor's graph thread,
-    the new rank 0 cannot build its graph, and its run hangs at the end waiting for it."""
+    Graph (shared-memory channels; built in the background at the start of a run; ordinary calls
+    answer until it is ready, and instead of it when it cannot be built, which the worker's log says
+    once and the run's hparams record as `ordinary (reason)`). Either way a killed actor is
+    restarted by Ray and the call in flight answered; with `compiled` the loss is noticed within ~50
+    ms, the graph torn down, the call sent again as an ordinary call, and a new graph built on the
+    restarted actor (trainer.distributed.solver_actor.CompiledSolve). `compiled` is not the default:
+    when the worker group restarts while the actor lives on (a lost or stalled worker, `placement:
+    head`), the dead rank 0's graph loop keeps the actor's graph thread, the new rank 0 cannot build
+    its graph, and its run hangs at the end waiting for it."""
 
 
 class TrainConfig(Schema):
