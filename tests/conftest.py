@@ -36,8 +36,16 @@ RAY_FIXTURES = ("ray_session", "fit_debug", "two_workers_run")
 
 
 def pytest_configure(config):
-    """With NO_RAY_VAR=1, a test that starts or joins a Ray cluster in this process fails with
+    """In a pytest-xdist worker, torch gets this worker's share of the CPUs as threads: two
+    workers with a thread per core each would put twice as many busy threads as cores.
+
+    With NO_RAY_VAR=1, a test that starts or joins a Ray cluster in this process fails with
     an error naming the variable (a test that starts Ray must be marked slow)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     if os.environ.get(NO_RAY_VAR) != "1":
         return
     import ray._private.node
