@@ -22,6 +22,7 @@ from trainer.distributed.solver_actor import (
     SolverTimeoutError,
     get_or_create_solver_actor,
     remote_solver_actor_class,
+    restart_if_another_graph_ran,
     solve_remote,
 )
 
@@ -218,6 +219,35 @@ def test_compiled_solve_answers_as_assign_and_falls_back_across_a_restart(ray_se
     _wait_for_graph_loop(actor, first_ids)
     assert [row.attempt_number for row in _graph_tasks(actor) if row.attempt_number > 0] == []
     client.close()
+    ray.kill(actor, no_restart=True)
+
+
+def test_an_actor_that_ran_another_callers_graph_is_restarted_before_a_new_one(ray_session):
+    """A fresh actor (ordinary calls only) is kept; one on which a graph has run is restarted
+    (a new process) and then answers calls and a new graph."""
+    ray = ray_session
+    actor = get_or_create_solver_actor(unique_name("solver-stale"), namespace=NAMESPACE)
+    solve_remote(actor, problem(30), 0.001, 60)
+    pid = ray.get(actor.stats.remote())["pid"]
+    assert not restart_if_another_graph_ran(actor)
+    assert ray.get(actor.stats.remote())["pid"] == pid
+    earlier = CompiledSolve(actor)
+    earlier.start(96, 3, 0.001)
+    assert earlier.ready(120)
+    earlier(problem(31), 0.001, timeout_s=60)
+    assert ray.get(actor.stats.remote())["graph_calls"] == 2  # the warm-up and one call
+    earlier.close()
+    assert restart_if_another_graph_ran(actor)
+    stats = ray.get(actor.stats.remote())
+    assert stats["pid"] != pid and stats["graph_calls"] == 0
+    later = CompiledSolve(actor)
+    later.start(96, 3, 0.001)
+    assert later.ready(120)
+    unary_NK = problem(32)
+    labels_N, _, _ = later(unary_NK, 0.001, timeout_s=60)
+    np.testing.assert_array_equal(labels_N, assign(unary_NK, 0.001))
+    assert later.compiled_calls == 1
+    later.close()
     ray.kill(actor, no_restart=True)
 
 

@@ -185,10 +185,9 @@ class SolverConfig(Schema):
     once and the run's hparams record as `ordinary (reason)`). Either way a killed actor is
     restarted by Ray and the call in flight answered; with `compiled` the loss is noticed within ~50
     ms, the graph torn down, the call sent again as an ordinary call, and a new graph built on the
-    restarted actor (trainer.distributed.solver_actor.CompiledSolve). `compiled` is not the default:
-    when the worker group restarts while the actor lives on (a lost or stalled worker, `placement:
-    head`), the dead rank 0's graph loop keeps the actor's graph thread, the new rank 0 cannot build
-    its graph, and its run hangs at the end waiting for it."""
+    restarted actor (trainer.distributed.solver_actor.CompiledSolve). A restarted worker group
+    restarts an actor on which an earlier group's graph ran (its loop would hold the actor).
+    `compiled` is opt-in: it has not been through the whole test suite as the default."""
 
 
 class TrainConfig(Schema):

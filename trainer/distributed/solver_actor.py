@@ -48,6 +48,7 @@ class SolverActor:
         self._build_ms: dict[tuple[int, int], float] = {}
         self._solve_ms: deque[float] = deque(maxlen=_MAX_TIMINGS)
         self._calls = 0
+        self._graph_calls = 0  # through a compiled graph, warm-ups included
         self._total_ms = 0.0
         # A compiled graph's calls run in the actor's `_ray_system` thread, ordinary calls in
         # its default one: one solve at a time, since a solver is stateful.
@@ -78,13 +79,16 @@ class SolverActor:
     ) -> tuple[np.ndarray, float, int]:
         """`solve(unary_NK, lam, checked=True, counted)` and the caller's `call` number back, so
         that a compiled graph's caller can check that an answer belongs to its call."""
+        self._graph_calls += 1
         labels_N, solve_ms = self.solve(unary_NK, lam, True, counted)
         return labels_N, solve_ms, call
 
     def stats(self) -> dict[str, Any]:
-        """Calls, total / median solve ms, shapes seen (with their model build ms), process id."""
+        """Calls, total / median solve ms, shapes seen (with their model build ms), process id,
+        and the calls that came through a compiled graph (warm-ups included)."""
         return {
             "calls": self._calls,
+            "graph_calls": self._graph_calls,
             "total_solve_ms": self._total_ms,
             "median_solve_ms": statistics.median(self._solve_ms) if self._solve_ms else None,
             "shapes": sorted(self._build_ms),
@@ -166,6 +170,32 @@ def solve_remote(
         raise _timeout_error(actor, unary_NK, lam, timeout_s) from exc
     round_trip_ms = 1e3 * (time.perf_counter() - started)
     return np.asarray(labels_N, dtype=np.int64), float(solve_ms), round_trip_ms
+
+
+def restart_if_another_graph_ran(actor: Any, timeout_s: float = 60.0) -> bool:
+    """Restart `actor` (Ray's restart policy, a new process) when a compiled graph has already
+    run on it; True when it was restarted. For a caller about to build its own graph.
+
+    A graph's loop runs on the actor's graph thread until its caller tears it down. A caller
+    that died without that (a worker group restarted beside a living actor) leaves the loop
+    waiting on a channel nobody writes to: a new graph could never be built on that actor, and
+    waiting for the build hangs the new caller."""
+    import ray
+
+    stats = ray.get(actor.stats.remote(), timeout=timeout_s)
+    if not stats.get("graph_calls"):
+        return False
+    ray.kill(actor, no_restart=False)
+    deadline = time.monotonic() + timeout_s
+    while True:  # calls to the killed process are retried on the restarted one
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SolverTimeoutError(
+                f"solver actor {_actor_label(actor)}: no restart in {timeout_s} s"
+            )
+        if ray.get(actor.stats.remote(), timeout=left)["pid"] != stats["pid"]:
+            return True
+        time.sleep(0.05)
 
 
 class ActorLostError(RuntimeError):

@@ -227,6 +227,7 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
         from trainer.distributed.solver_actor import (
             CompiledSolve,
             get_or_create_solver_actor,
+            restart_if_another_graph_ran,
             solve_remote,
         )
 
@@ -243,6 +244,13 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
         call: Any = functools.partial(solve_remote, actor)
         transport = lambda: "ordinary"  # noqa: E731
         if config.solver.transport == "compiled":
+            if not solver.get("beside_rank0") and restart_if_another_graph_ran(actor, timeout_s):
+                # The actor outlived an earlier worker group, whose graph loop held it.
+                print(
+                    "[cascadevae] the solver actor was restarted: an earlier worker group's "
+                    "compiled graph had run on it",
+                    flush=True,
+                )
             compiled = call = CompiledSolve(actor)
             # Built and warmed up in the background while the first steps run.
             compiled.start(config.train.global_batch, config.model.num_categories, lam)
