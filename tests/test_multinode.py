@@ -295,10 +295,6 @@ while not (folder / "finish").exists():
 """
 
 
-@pytest.mark.skip(
-    reason="issue 19 is open: this test has not yet passed end to end (a replacement node's "
-    "raylet can die at start under load waiting for its dashboard agent; README, A lost node)"
-)
 def test_a_solver_actor_on_a_lost_node_comes_back_on_its_replacement(cluster, tmp_path):
     """A solver actor on node w2 answers again after w2 is lost and a replacement w2 (the
     same node type: the same custom resource) joins: Ray restarts the actor there and retries
