@@ -117,6 +117,13 @@ def test_an_accepted_change_is_recorded_with_the_step_it_took_effect(tmp_path):
     assert "num_steps: 60" in (run / CONFIG_FILE).read_text()
 
 
+def test_the_solver_transport_and_placement_may_change_on_resume(tmp_path):
+    run = tmp_path / "r1"
+    prepare_run_folder(run, _config("solver.transport=ordinary", "solver.placement=head"))
+    changed = check_resume(run, _config("solver.transport=compiled", "solver.placement=rank0"))
+    assert sorted(c.field for c in changed) == ["solver.placement", "solver.transport"]
+
+
 def test_jointvae_num_steps_is_state_when_it_sets_the_capacity_ramp(tmp_path):
     run = tmp_path / "r1"
     joint = ["model.variant=jointvae", "eval.protocols=[authors_factorvae]"]

@@ -93,11 +93,21 @@ def test_reported_metrics_follow_the_eval_protocols():
 
 
 @pytest.mark.slow
-def test_debug_sweep_runs_with_asha_and_writes_one_row_per_trial(ray_session, tmp_path, capsys):
+def test_debug_sweep_runs_with_asha_beside_another_ray_and_writes_one_row_per_trial(
+    ray_session, ray_head, tmp_path, capsys
+):
+    """The shipped debug sweep on the session's cluster while another local Ray instance is
+    up (`ray_head`): every trial must finish (ASHA may stop some early), each with a row, its
+    TensorBoard events and, when completed, its checkpoint; every placement group the sweep
+    made must be removed, which Ray's placement-group cleaner does through the State API; and
+    no Ray log may complain about the other instance."""
+    import ray
+    from ray.util import placement_group_table
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from launch.tune import main
 
+    before = set(placement_group_table())
     assert main(["--config", str(_sweep_file(tmp_path))]) == 0
     out = capsys.readouterr().out
     experiment = tmp_path / "sweeps" / "debug_sweep"
@@ -117,6 +127,18 @@ def test_debug_sweep_runs_with_asha_and_writes_one_row_per_trial(ray_session, tm
             assert Path(r["checkpoint_path"], "state.pt").is_file()
     best_config = load_config(experiment / "best_config.yaml")
     assert best_config.cascade.beta_high == rows[0]["param/beta_h"]
+    deadline = time.time() + 120
+    while True:
+        made = {k: v for k, v in placement_group_table().items() if k not in before}
+        if all(group["state"] == "REMOVED" for group in made.values()) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert made and all(g["state"] == "REMOVED" for g in made.values()), made
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    for log in logs.glob("*"):
+        if log.is_file():
+            text = log.read_text(errors="replace")
+            assert "Found multiple active Ray instances" not in text, log
 
 
 def _registered_steps(run_dir: Path) -> list[int]:
@@ -250,40 +272,3 @@ def test_failed_trials_are_reported_and_do_not_stop_the_others(ray_session, tmp_
     assert all("injected worker failure" in r["error"] for r in rows)
     assert out.count("failed: t") == 2 and "2 failed" in out
     assert not (tmp_path / "sweeps" / "failing_sweep" / "best_config.yaml").exists()
-
-
-@pytest.mark.slow
-def test_a_sweep_beside_another_ray_instance_finishes_and_frees_every_placement_group(
-    ray_session, ray_head, tmp_path
-):
-    """Another local Ray instance is up (`ray_head`) while the sweep runs on the session's
-    cluster: every trial must finish (ASHA stops some early) and every placement group the sweep
-    made must be removed, which Ray's placement-group cleaner does through the State API."""
-    import ray
-    from ray.util import placement_group_table
-
-    from launch.tune import main
-
-    before = set(placement_group_table())
-    sweep = _sweep_file(
-        tmp_path,
-        name="beside_sweep",
-        scheduler={"type": "asha", "grace_period": 10, "reduction_factor": 2},
-        set={"train.num_workers": 1, "train.num_steps": 20, "cascade.discrete_start_stage": 2},
-    )
-    assert main(["--config", str(sweep)]) == 0
-    rows = pq.read_table(tmp_path / "sweeps" / "beside_sweep" / "results.parquet").to_pylist()
-    assert len(rows) == 3
-    assert {r["status"] for r in rows} <= {"COMPLETED", "STOPPED_EARLY"}, rows
-    deadline = time.time() + 120
-    while True:
-        made = {k: v for k, v in placement_group_table().items() if k not in before}
-        if all(group["state"] == "REMOVED" for group in made.values()) or time.time() > deadline:
-            break
-        time.sleep(1)
-    assert made and all(g["state"] == "REMOVED" for g in made.values()), made
-    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    for log in logs.glob("*"):
-        if log.is_file():
-            text = log.read_text(errors="replace")
-            assert "Found multiple active Ray instances" not in text, log

@@ -178,7 +178,7 @@ class SolverConfig(Schema):
     """Where the solver actor runs: `head`, the head node (created by the driver; a lost worker
     node never takes it); `rank0`, the node of rank 0 (created by rank 0, which owns it: it
     ends and comes back with the worker group)."""
-    transport: Literal["compiled", "ordinary"] = "ordinary"
+    transport: Literal["compiled", "ordinary"] = "compiled"
     """How rank 0 calls the solver actor: `ordinary` actor calls, or `compiled`, a Ray Compiled
     Graph (shared-memory channels; built in the background at the start of a run; ordinary calls
     answer until it is ready, and instead of it when it cannot be built, which the worker's log says
@@ -187,7 +187,7 @@ class SolverConfig(Schema):
     ms, the graph torn down, the call sent again as an ordinary call, and a new graph built on the
     restarted actor (trainer.distributed.solver_actor.CompiledSolve). A restarted worker group
     restarts an actor on which an earlier group's graph ran (its loop would hold the actor).
-    `compiled` is opt-in: it has not been through the whole test suite as the default."""
+    Either can be changed when a run resumes."""
 
 
 class TrainConfig(Schema):

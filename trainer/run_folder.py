@@ -46,8 +46,17 @@ RUN_SECTIONS = ("train", "eval")
 """Sections that say how a run is driven and evaluated; every OTHER section (data, model,
 cascade, solver, optim and each variant's own: jointvae, factorvae, ...) defines the trained
 state, with the exceptions in NOT_STATE."""
-NOT_STATE = frozenset({"data.cache_dir", "solver.timeout_s", "solver.actor_name"})
-"""Fields of the state sections that only say where or how long: the same data, the same solve."""
+NOT_STATE = frozenset(
+    {
+        "data.cache_dir",
+        "solver.timeout_s",
+        "solver.actor_name",
+        "solver.placement",
+        "solver.transport",
+    }
+)
+"""Fields of the state sections that only say where, how or how long: the same data, the same
+solve (the transport and the actor's node move the same codes, not what they are)."""
 TRAIN_STATE_FIELDS = frozenset(
     {
         "seed",
