@@ -370,3 +370,24 @@ def test_the_bf16_feature_is_the_one_named_in_proc_cpuinfo():
     )  # fmt: skip
     expected = next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
     assert cpu_bf16_feature() == expected
+
+
+@pytest.mark.parametrize(
+    "transport, use_gpu, used",
+    [
+        ("auto", False, "ordinary"),
+        ("auto", True, "compiled"),
+        ("compiled", False, "compiled"),
+        ("ordinary", True, "ordinary"),
+    ],
+)
+def test_the_auto_transport_is_compiled_on_gpus_and_ordinary_on_cpus(transport, use_gpu, used):
+    config = load_config(DEBUG, [f"solver.transport={transport}"])
+    assert config.solver.transport == transport
+    assert config.solver.transport_for(use_gpu) == used
+
+
+def test_an_unknown_transport_is_refused_naming_the_field():
+    with pytest.raises(ConfigError) as info:
+        load_config(DEBUG, ["solver.transport=fast"])
+    assert any("solver.transport" in problem for problem in info.value.problems)

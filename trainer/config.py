@@ -178,7 +178,7 @@ class SolverConfig(Schema):
     """Where the solver actor runs: `head`, the head node (created by the driver; a lost worker
     node never takes it); `rank0`, the node of rank 0 (created by rank 0, which owns it: it
     ends and comes back with the worker group)."""
-    transport: Literal["compiled", "ordinary"] = "compiled"
+    transport: Literal["auto", "compiled", "ordinary"] = "auto"
     """How rank 0 calls the solver actor: `ordinary` actor calls, or `compiled`, a Ray Compiled
     Graph (shared-memory channels; built in the background at the start of a run; ordinary calls
     answer until it is ready, and instead of it when it cannot be built, which the worker's log says
@@ -187,7 +187,17 @@ class SolverConfig(Schema):
     ms, the graph torn down, the call sent again as an ordinary call, and a new graph built on the
     restarted actor (trainer.distributed.solver_actor.CompiledSolve). A restarted worker group
     restarts an actor on which an earlier group's graph ran (its loop would hold the actor).
-    Either can be changed when a run resumes."""
+    The graph's reader on the actor spins while it waits (Ray 2.60): the actor keeps one CPU
+    core busy for the whole run. `auto` (the default) is `compiled` with `train.use_gpu`, where
+    a step takes milliseconds and the call's cost matters, and `ordinary` on CPU, where a step
+    takes tens of milliseconds and a busy core would slow it. Any of them can be changed when a
+    run resumes."""
+
+    def transport_for(self, use_gpu: bool) -> Literal["compiled", "ordinary"]:
+        """The transport a run uses: `auto` resolved for a run on GPUs or on CPUs."""
+        if self.transport == "auto":
+            return "compiled" if use_gpu else "ordinary"
+        return self.transport
 
 
 class TrainConfig(Schema):

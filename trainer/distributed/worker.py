@@ -243,7 +243,7 @@ def _code_client(config: Config, solver: dict | None, rank: int, world_size: int
         # lam was checked with the config: nothing is validated again on the way.
         call: Any = functools.partial(solve_remote, actor)
         transport = lambda: "ordinary"  # noqa: E731
-        if config.solver.transport == "compiled":
+        if config.solver.transport_for(config.train.use_gpu) == "compiled":
             if not solver.get("beside_rank0") and restart_if_another_graph_ran(actor, timeout_s):
                 # The actor outlived an earlier worker group, whose graph loop held it.
                 print(
