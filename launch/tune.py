@@ -94,7 +94,8 @@ def experiment_record(sweep: SweepConfig) -> dict[str, Any]:
 
 def experiment_problems(sweep: SweepConfig, experiment_dir: Path) -> list[str]:
     """One line per difference between the sweep (or study) file and the experiment it would
-    resume; [] for a new experiment, the same file, or an experiment without a record."""
+    resume; [] for a new experiment, the same file, or an experiment without a record. Fields
+    that are not trained state (`_not_state`) may differ."""
     path = experiment_dir / EXPERIMENT_RECORD
     if not (experiment_dir / TUNE_STATE).is_file() or not path.is_file():
         return []
@@ -110,12 +111,23 @@ def experiment_problems(sweep: SweepConfig, experiment_dir: Path) -> list[str]:
     problems += [f"runs.{n}: a run of the experiment, missing from the file" for n in gone]
     skip = {f"runs.{n}." for n in added + gone}
     for key in sorted(old.keys() | new.keys()):
-        if any(key.startswith(prefix) for prefix in skip):
+        if any(key.startswith(prefix) for prefix in skip) or _not_state(key):
             continue
         if old.get(key) != new.get(key):
             before, after = old.get(key), new.get(key)
             problems.append(f"{key}: the experiment has {before!r}, this file {after!r}")
     return problems
+
+
+def _not_state(key: str) -> bool:
+    """Whether a record key (`base.<field>` or `runs.<run>.<field>`) names a field that only
+    says where, how or how long (trainer.run_folder.NOT_STATE, such as `solver.transport`):
+    a resume may change it, and each run's folder records the change."""
+    from trainer.run_folder import NOT_STATE
+
+    parts = key.split(".")
+    field = ".".join(parts[1:] if parts[0] == "base" else parts[2:] if parts[0] == "runs" else [])
+    return field in NOT_STATE
 
 
 def write_experiment_record(sweep: SweepConfig, experiment_dir: Path) -> None:

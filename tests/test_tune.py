@@ -272,3 +272,23 @@ def test_failed_trials_are_reported_and_do_not_stop_the_others(ray_session, tmp_
     assert all("injected worker failure" in r["error"] for r in rows)
     assert out.count("failed: t") == 2 and "2 failed" in out
     assert not (tmp_path / "sweeps" / "failing_sweep" / "best_config.yaml").exists()
+
+
+def test_a_resume_may_change_the_solver_transport_but_not_the_trained_state(tmp_path):
+    """The experiment's record is compared field by field; the fields that only say how or
+    where the same solve runs (trainer.run_folder.NOT_STATE) may change."""
+    from launch.tune import TUNE_STATE, experiment_problems, write_experiment_record
+
+    first = load_sweep(_sweep_file(tmp_path))
+    experiment = tmp_path / "experiment"
+    write_experiment_record(first, experiment)
+    (experiment / TUNE_STATE).write_bytes(b"")  # a started Tune experiment
+    base_set = yaml.safe_load(DEBUG_SWEEP.read_text())["set"]
+    transport = _sweep_file(
+        tmp_path, set={**base_set, "solver.transport": "ordinary", "solver.placement": "rank0"}
+    )
+    assert experiment_problems(load_sweep(transport), experiment) == []
+    lam = _sweep_file(tmp_path, set={**base_set, "solver.lam": 0.5})
+    assert experiment_problems(load_sweep(lam), experiment) == [
+        "base.solver.lam: the experiment has 0.001, this file 0.5"
+    ]
