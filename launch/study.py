@@ -51,6 +51,7 @@ from launch.sweep import RUN_DIMENSION, Dimension, SweepConfig, resolve_base, tr
 from trainer.config import Config, ConfigError, read_yaml
 from trainer.eval.registry import output_keys
 from trainer.observe.cadence import extra_evaluation_steps
+from trainer.observe.run_log import read_attempts
 from trainer.reported import reported_keys
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
 from trainer.variants.registry import VARIANTS
@@ -237,14 +238,29 @@ def collect_runs(study: StudyConfig, *, partial: bool = False) -> tuple[list[Run
                 records.append(record)
             continue
         records.append(record)
-        minutes = _wall_minutes(params_path.parent)
-        lines.append(
-            f"`{name}`: {record.last_step} steps"
-            + (f", {minutes:.1f} min wall time" if minutes is not None else "")
-        )
+        lines.append(f"`{name}`: {record.last_step} steps{_wall_time(params_path.parent)}")
     missing = sorted(set(study.runs) - {line.split("`")[1] for line in lines})
     lines += [f"`{name}`: no results yet" for name in missing]
     return records, lines
+
+
+def _wall_time(trial_dir: Path) -> str:
+    """ ", <m> min wall time" of a run started once; for a run that resumed, the time of its
+    last start only, said so, with the step it resumed from (Tune's time covers that start)."""
+    minutes = _wall_minutes(trial_dir)
+    if minutes is None:
+        return ""
+    starts = [
+        a["start_step"]
+        for a in read_attempts(trial_dir / "train")
+        if a.get("rank") == 0 and "start_step" in a
+    ]
+    if len(starts) <= 1:
+        return f", {minutes:.1f} min wall time"
+    return (
+        f", {minutes:.1f} min wall time since its last start (from step {starts[-1]}; "
+        f"started {len(starts)} times)"
+    )
 
 
 def _wall_minutes(trial_dir: Path) -> float | None:

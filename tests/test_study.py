@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -278,3 +279,20 @@ def test_tiny_study_end_to_end(ray_session, tmp_path, capsys):
     rows = read_metrics(oracle_table.parent).to_pylist()
     agreement = [r["codes/shape_agreement"] for r in rows if r.get("codes/shape_agreement")]
     assert agreement and all(a == 1.0 for a in agreement)
+
+
+def test_the_wall_time_of_a_resumed_run_is_labelled_as_its_last_start(tmp_path):
+    from launch.study import _wall_time
+
+    trial = tmp_path / "t00000"
+    (trial / "train").mkdir(parents=True)
+    (trial / "result.json").write_text(json.dumps({"time_total_s": 600.0}) + "\n")
+    attempt = {"rank": 0, "start_step": 0, "time": 1.0}
+    lines = [attempt, {**attempt, "rank": 1}]
+    (trial / "train" / "attempts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in lines))
+    assert _wall_time(trial) == ", 10.0 min wall time"
+    lines += [{"event": "config_change", "rank": None, "step": 20}, {**attempt, "start_step": 20}]
+    (trial / "train" / "attempts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in lines))
+    assert _wall_time(trial) == (
+        ", 10.0 min wall time since its last start (from step 20; started 2 times)"
+    )
