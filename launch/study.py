@@ -245,8 +245,9 @@ def collect_runs(study: StudyConfig, *, partial: bool = False) -> tuple[list[Run
 
 
 def _wall_time(trial_dir: Path) -> str:
-    """ ", <m> min wall time" of a run started once; for a run that resumed, the time of its
-    last start only, said so, with the step it resumed from (Tune's time covers that start)."""
+    """The wall-time part of a run's line (", <m> min wall time"), from Tune's time, which
+    covers the run's last start only: for a run that resumed, it says so and names the step
+    that start resumed from."""
     minutes = _wall_minutes(trial_dir)
     if minutes is None:
         return ""
