@@ -34,19 +34,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m launch.train --config $(CONFIG)
 
-# `make test` is the whole suite in two passes: the tests that start no Ray (`make test-fast`)
-# in parallel workers (pytest-xdist, one whole module per worker at a time), then the Ray tests
-# (marked slow) in one process, one after the other. Ray tests in parallel workers on 2 cores
-# time out: each worker's cluster, Train runs and Tune trials compete for the same CPUs. Both
-# passes always run; the target fails if either failed. A plain `pytest` runs all in one process.
+# `make test` is the whole suite in one pytest run with TEST_WORKERS pytest-xdist workers: one
+# runs every Ray test (marked slow), one after the other on one Ray cluster, while the others
+# run the tests that start no Ray, one whole module at a time (tests/conftest.py puts them in
+# these groups). The Ray tests are CPU-bound: two of them at once on 2 cores each take about
+# twice as long. They leave about a quarter of the CPU idle (process starts, polls), which the
+# other tests use. A plain `pytest` runs all in one process.
+TEST_WORKERS ?= 3
 FAST_WORKERS ?= 2
 
 test: $(STAMP)
-	@fast=0; CASCADEVAE_TEST_NO_RAY=1 $(PY) -m pytest -m "not slow" -n $(FAST_WORKERS) \
-		--dist loadfile || fast=$$?; \
-	slow=0; $(PY) -m pytest -m slow || slow=$$?; \
-	echo "make test: tests without Ray exit $$fast, Ray tests exit $$slow"; \
-	test $$fast -eq 0 && test $$slow -eq 0
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 # Every test that starts no Ray (the inner loop): a Ray node started in the pytest process
 # fails the test (tests/conftest.py), so a Ray test without the slow mark cannot hide here.

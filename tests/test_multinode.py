@@ -132,32 +132,11 @@ def reference(two_workers_run):
     return payload["model"]
 
 
-def test_two_workers_on_two_nodes_train_as_on_one(cluster, reference, tmp_path):
-    storage = tmp_path / "runs"
-    overrides = [
-        "train.num_workers=2", "train.placement_strategy=STRICT_SPREAD", "solver.placement=rank0"
-    ]  # fmt: skip
-    output = _finish(_submit(cluster, "launch.train", _train_args(storage, "two_nodes", overrides)))
-    assert "=== CascadeVAE run 'two_nodes' finished" in output, output[-3000:]
-    run_dir = storage / "two_nodes"
-
-    placed = {rank: node for rank, _, node in _worker_nodes(cluster, run_dir)}
-    assert sorted(placed) == [0, 1]
-    assert sorted(placed.values()) == ["head", "w1"], placed  # one worker on each node
-    assert _solver_nodes(cluster, "two_nodes") == [placed[0]]  # solver.placement: rank0
-    print(f"\ntwo_nodes: ranks on {placed}, the solver actor beside rank 0")
-    # Every node built the data cache in its own folder (CASCADEVAE_CACHE of the node).
-    for name in ("head", "w1"):
-        assert len(list(cluster.cache_dir(name).glob("dsprites-*.arrow"))) == 1, name
-    # The unary shards were gathered and the codes broadcast across the two nodes: the run
-    # is the single-node run, parameter for parameter.
-    _assert_same_parameters(_final_model(run_dir), reference)
-    assert [r["step"] for r in read_metrics(run_dir).to_pylist()] == [10, 20, 30, 40]
-
-
 def test_a_sweep_places_trials_on_both_nodes(cluster, tmp_path):
     """Two trials at once, each one worker of 2 CPUs: a node holds one such worker, so the
-    trials run on different nodes; their drivers hold the head's `trial_driver` resource."""
+    trials run on different nodes; their drivers hold the head's `trial_driver` resource.
+    With `solver.placement: rank0` each trial's solver actor runs beside its worker, so the
+    two actors are on different nodes too (with the default, both would be on the head)."""
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
         textwrap.dedent(
@@ -168,6 +147,7 @@ def test_a_sweep_places_trials_on_both_nodes(cluster, tmp_path):
               train.num_workers: 1
               train.cpus_per_worker: 2
               train.num_steps: 30
+              solver.placement: rank0
             search:
               algorithm: grid
               num_samples: 1
@@ -198,6 +178,7 @@ def test_a_sweep_places_trials_on_both_nodes(cluster, tmp_path):
         assert list((Path(row["tensorboard_dir"])).glob("events.out.tfevents.*")), row
     print(f"\nnodes_sweep: trials on {nodes}")
     assert sorted(nodes.values()) == ["head", "w1"]
+    assert sorted(_solver_nodes(cluster, "train")) == ["head", "w1"]  # trials' run name
 
 
 def _registered_steps(run_dir: Path) -> list[int]:
@@ -221,9 +202,12 @@ def _wait_for(condition, what: str, job: subprocess.Popen | None = None) -> None
 def test_a_lost_worker_node_restarts_the_group_from_the_last_checkpoint(
     cluster, reference, tmp_path
 ):
-    """Rank 0 holds before step 25 (discrete stage from step 20) once the checkpoint of step
-    20 is registered; then the raylet of the worker node is SIGKILLed: the node and its worker
-    are lost. The group restarts from step 20 on what is left (the head's 2 CPUs)."""
+    """Two workers, one on each node, train as on one node: the unary shards are gathered
+    and the codes sent across the nodes, and every node builds the data cache in its own
+    folder. Rank 0 holds before step 25 (discrete stage from step 20) once the checkpoint of
+    step 20 is registered; then the raylet of the worker node is SIGKILLed: the node and its
+    worker are lost. The group restarts from step 20 on what is left (the head's 2 CPUs), and
+    the run ends with the parameters of the single-node run."""
     storage = tmp_path / "runs"
     overrides = [
         "train.num_workers=2", "train.placement_strategy=SPREAD", "train.checkpoint_every=10",
@@ -236,6 +220,8 @@ def test_a_lost_worker_node_restarts_the_group_from_the_last_checkpoint(
         _wait_for(lambda: 20 in _registered_steps(run_dir), "the checkpoint of step 20", job)
         before = _worker_nodes(cluster, run_dir)
         assert sorted(node for _, _, node in before) == ["head", "w1"], before
+        for name in ("head", "w1"):  # CASCADEVAE_CACHE of each node
+            assert len(list(cluster.cache_dir(name).glob("dsprites-*.arrow"))) == 1, name
         killed_at = cluster.kill_node("w1")
         cluster.wait_for_node("w1", alive=False)
         dead_after = cluster.death_time("w1") - killed_at

@@ -27,7 +27,6 @@ from trainer.checkpoint import read_checkpoint
 from trainer.config import load_config
 from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE
 from trainer.observe.run_log import read_attempts, read_metrics
-from trainer.run_folder import read_history
 
 pytestmark = pytest.mark.slow
 
@@ -156,13 +155,14 @@ def test_a_sigkilled_worker_process_redoes_at_most_one_interval(reference, tmp_p
     assert [r["step"] for r in read_metrics(run.run_dir).to_pylist()] == [10, 20, 30, 40]
 
 
-@pytest.mark.parametrize("transport", ["ordinary", "compiled"])
-def test_a_stopped_worker_is_detected_after_the_stall_timeout(reference, tmp_path, transport):
+def test_a_stopped_worker_is_detected_after_the_stall_timeout(reference, tmp_path):
     """With the default `train.stall_timeout_s`: SIGSTOP freezes the process, which then
     answers neither the collectives nor Ray Train's health checks. The solver actor outlives
-    the worker group; with the compiled transport the new rank 0 finds the dead rank 0's graph
-    on it and restarts it (`restart_if_another_graph_ran`)."""
-    config = _config(f"worker_stopped_{transport}", [*HELD, f"solver.transport={transport}"])
+    the worker group, and with the compiled transport the new rank 0 finds the dead rank 0's
+    graph on it and restarts it (`restart_if_another_graph_ran`). The detection does not
+    depend on the transport, and the ordinary transport's group restart is the SIGKILL test's
+    (the ordinary transport is the CPU default)."""
+    config = _config("worker_stopped", [*HELD, "solver.transport=compiled"])
     run = Background(config, tmp_path)
     _wait_until_held(run.run_dir)
     pid = _pid_of_rank(run.run_dir, 1)
@@ -206,11 +206,10 @@ def test_a_sigkilled_solver_actor_is_restarted_without_restarting_the_run(
     _assert_same_parameters(_final_model(result), reference)
 
 
-def test_ctrl_c_exits_130_the_same_command_resumes_and_more_steps_are_recorded(
-    reference, tmp_path, spawn
-):
+def test_ctrl_c_exits_130_and_the_same_command_resumes(reference, tmp_path, spawn):
     """The driver is `python -m launch.train` with a local Ray of its own, started while the
-    test session's cluster is up: it must also stay quiet about the other Ray instance."""
+    test session's cluster is up: it must also stay quiet about the other Ray instance. (A
+    resume with more steps is test_train_e2e.py's corrupt-checkpoint test.)"""
     storage = tmp_path / "runs"
     command = [
         sys.executable, "-m", "launch.train", "--config", str(DEBUG),
@@ -242,21 +241,3 @@ def test_ctrl_c_exits_130_the_same_command_resumes_and_more_steps_are_recorded(
     payload, _ = read_checkpoint(folders[-1])
     assert payload["next_step"] == 40
     _assert_same_parameters(payload["model"], reference)
-
-    # The finished run, resumed with more steps: it runs them and records the change.
-    more = spawn(
-        [*command, "--set", "train.num_steps=60"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    third, _ = more.communicate(timeout=WAIT_S)
-    assert more.returncode == 0, third[-3000:]
-    assert "final step    : 60" in third
-    (history,) = read_history(run_dir)
-    assert history["step"] == 40
-    assert history["changes"] == {"train.num_steps": {"old": 40, "new": 60}}
-    changes = [a for a in read_attempts(run_dir) if a.get("event") == "config_change"]
-    assert [a["step"] for a in changes] == [40]
-    table = read_metrics(run_dir)
-    assert table["step"].to_pylist()[-1] == 60
-    # The run's own learning rate throughout (a mean over the interval's steps).
-    assert table["lr"].to_pylist() == pytest.approx([1e-3] * table.num_rows, rel=1e-9)

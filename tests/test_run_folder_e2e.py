@@ -1,7 +1,8 @@
-"""The run folder's record through real `python -m launch.train` runs (each with a local Ray of
-its own): a diverging run ends with the project's message, a full disk ends with one line and
-leaves no partial checkpoint. A resume with more steps is checked after the Ctrl-C test of
-test_real_faults.py, on its run."""
+"""The run folder's record through real `python -m launch.train` runs, on the test session's
+Ray cluster (RAY_ADDRESS, as inside a job): a diverging run ends with the project's message, a
+full disk ends with one line and leaves no partial checkpoint. A command that starts a local
+Ray of its own is test_real_faults.py's Ctrl-C test; a resume with more steps is
+test_train_e2e.py's corrupt-checkpoint test."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from launch.cluster import API_SERVER_VAR
 from trainer.run_folder import checkpoint_folders, is_partial
 
 pytestmark = pytest.mark.slow
@@ -23,11 +23,11 @@ DEBUG = ROOT / "configs" / "debug.yaml"
 WAIT_S = 900  # a ceiling for a loaded machine
 
 
-def _train(spawn, storage: Path, name: str, *overrides: str) -> tuple[int, str, str]:
+def _train(ray_session, spawn, storage: Path, name: str, *overrides: str) -> tuple[int, str, str]:
     command = [sys.executable, "-m", "launch.train", "--config", str(DEBUG)]
     for item in [f"train.storage_path={storage}", f"train.run_name={name}", *overrides]:
         command += ["--set", item]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_SERVER_VAR)}
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     process = spawn(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -35,8 +35,10 @@ def _train(spawn, storage: Path, name: str, *overrides: str) -> tuple[int, str, 
     return process.returncode, out, err
 
 
-def test_a_diverging_run_ends_with_the_projects_message_naming_the_step(tmp_path, spawn):
-    code, out, err = _train(spawn, tmp_path, "nan", "optim.lr=1e9")
+def test_a_diverging_run_ends_with_the_projects_message_naming_the_step(
+    ray_session, tmp_path, spawn
+):
+    code, out, err = _train(ray_session, spawn, tmp_path, "nan", "optim.lr=1e9")
     assert code == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
     print(f"\nlr 1e9: exit {code}: {last}")  # shown with pytest -s
@@ -63,8 +65,10 @@ def tmpfs_14mb(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_a_full_disk_ends_the_run_with_one_line_and_no_partial_checkpoint(tmpfs_14mb, spawn):
-    code, _, err = _train(spawn, tmpfs_14mb, "full")
+def test_a_full_disk_ends_the_run_with_one_line_and_no_partial_checkpoint(
+    ray_session, tmpfs_14mb, spawn
+):
+    code, _, err = _train(ray_session, spawn, tmpfs_14mb, "full")
     assert code == 1, err[-3000:]
     assert "warning: " in err and "the kept checkpoints need about" in err
     last = err.strip().splitlines()[-1]

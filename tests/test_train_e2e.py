@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from trainer.checkpoint import read_checkpoint, read_meta
-from trainer.observe.run_log import read_metrics
+from trainer.observe.run_log import read_attempts, read_metrics
 from trainer.provenance import PROJECT_ROOT, UNKNOWN, Provenance, read_provenance
+from trainer.run_folder import read_history
 
 pytestmark = pytest.mark.slow
 
@@ -219,8 +220,16 @@ def test_a_corrupt_newest_checkpoint_is_skipped_for_the_newest_intact_one(fit_de
     state = newest / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
 
+    # The finished run resumed with more steps: it runs them and records the change.
     _, second, _ = fit_debug(tmp_path, "corrupt", ["train.num_steps=30", *every])
     assert second.metrics["step"] == 30
     # Resumed at step 10: the table was rewound there and steps 11-30 trained again.
     assert [r["step"] for r in _table(run_dir)] == [10, 20, 30]
     assert read_checkpoint(second.checkpoint.path)[0]["next_step"] == 30
+    (history,) = read_history(run_dir)
+    assert history["step"] == 10
+    assert history["changes"] == {"train.num_steps": {"old": 20, "new": 30}}
+    changes = [a for a in read_attempts(run_dir) if a.get("event") == "config_change"]
+    assert [a["step"] for a in changes] == [10]
+    # The run's own learning rate throughout (a mean over the interval's steps).
+    assert [r["lr"] for r in _table(run_dir)] == pytest.approx([1e-3] * 3, rel=1e-9)

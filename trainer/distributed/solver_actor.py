@@ -20,14 +20,16 @@ import statistics
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError
 
 from solver.network import validate_problem
-from solver.solve import AssignmentSolver
+
+if TYPE_CHECKING:
+    from solver.solve import AssignmentSolver
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class SolverActor:
         return True
 
     def _build_solver(self, shape: tuple[int, int]) -> AssignmentSolver:
+        from solver.solve import AssignmentSolver  # Pyomo and HiGHS: on the actor only
+
         started = time.perf_counter()
         solver = AssignmentSolver(*shape)
         self._build_ms[shape] = 1e3 * (time.perf_counter() - started)
