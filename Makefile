@@ -36,15 +36,15 @@ run: $(STAMP)
 
 # `make test` is the whole suite in one pytest run with TEST_WORKERS pytest-xdist workers: one
 # runs every Ray test (marked slow), one after the other on one Ray cluster, while the others
-# run the tests that start no Ray, one whole module at a time (tests/conftest.py puts them in
-# these groups). The Ray tests are CPU-bound: two of them at once on 2 cores each take about
+# run the tests that start no Ray, one whole module at a time (tests/conftest.py makes these
+# scopes). The Ray tests are CPU-bound: two of them at once on 2 cores each take about
 # twice as long. They leave about a quarter of the CPU idle (process starts, polls), which the
 # other tests use. A plain `pytest` runs all in one process.
 TEST_WORKERS ?= 3
 FAST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15
 
 # Every test that starts no Ray (the inner loop): a Ray node started in the pytest process
 # fails the test (tests/conftest.py), so a Ray test without the slow mark cannot hide here.

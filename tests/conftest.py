@@ -63,29 +63,66 @@ def pytest_configure(config):
     ray._private.node.Node.__init__ = refuse
 
 
-RAY_GROUP = "ray"
-"""The pytest-xdist group of every slow test under `--dist loadgroup` (`make test`)."""
+RAY_MODULES = frozenset(
+    {
+        "test_factorvae_e2e.py",
+        "test_gpu.py",
+        "test_job_submit.py",
+        "test_multinode.py",
+        "test_real_faults.py",
+        "test_run_folder_e2e.py",
+        "test_solver_actor.py",
+        "test_study.py",
+        "test_train_e2e.py",
+        "test_tune.py",
+    }
+)
+"""The modules with slow (Ray) tests: under `--dist loadscope` (`make test`) they are one scope,
+run in order by one worker on one Ray cluster, while the other workers run the other modules.
+A module with a slow test that is not listed is a collection error."""
+RAY_SCOPE = "ray"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` (`make test`): the scopes are RAY_MODULES together, then every other
+    module on its own. Ray tests at once on 2 cores compete for the CPU they are bound by (two
+    at once each take about twice as long), while the tests without Ray use the CPU the Ray
+    tests leave idle. (pytest-xdist's own `xdist_group` marks are not honoured with pytest 9.2:
+    pytest-dev/pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return RAY_SCOPE if Path(module).name in RAY_MODULES else module
+
+    return RayModulesTogether(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     """A test that uses a Ray fixture must be marked slow, so that `make test-fast` (-m "not
     slow") starts no Ray: one that is not is a collection error naming it.
 
     The modules with the most slow tests run first (a stable sort, so each module's tests stay
-    together and in order). Under `--dist loadgroup` (`make test`) every slow test is in one
-    group, run in order by one worker on one Ray cluster (Ray tests at once on 2 cores compete
-    for the CPU they are bound by), and every other module is a group of its own, run by the
-    other workers meanwhile; the slow group, first in the queue, starts first."""
+    together and in order): under `--dist loadscope --no-loadscope-reorder` (`make test`) the
+    scope of the Ray modules is then first in the queue and starts at once."""
     slow_per_module: dict[Path, int] = {}
     for item in items:
         count = int(item.get_closest_marker("slow") is not None)
         slow_per_module[item.path] = slow_per_module.get(item.path, 0) + count
     items.sort(key=lambda item: -slow_per_module[item.path])
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-    for item in items:
-        slow = item.get_closest_marker("slow") is not None
-        item.add_marker(pytest.mark.xdist_group(RAY_GROUP if slow else item.path.stem))
+    unlisted = {
+        item.path.name
+        for item in items
+        if item.get_closest_marker("slow") is not None and item.path.name not in RAY_MODULES
+    }
+    if unlisted:
+        raise pytest.UsageError(
+            "modules with slow tests must be listed in tests/conftest.py RAY_MODULES: "
+            + ", ".join(sorted(unlisted))
+        )
     unmarked = [
         item.nodeid
         for item in items
@@ -278,11 +315,13 @@ def _start_head(temp_dir: str, env: dict) -> tuple[int, int]:
     pytest.fail("ray start --head failed twice:\n" + "\n".join(o[-3000:] for o in outputs))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ray_head():
     """Another local Ray instance (`ray start --head` on ports, a temp folder and a process
-    group of its own); yields (its dashboard URL, the environment to reach it); stopped by the
-    finalizer by signalling its group (`ray stop` would also stop the session's cluster).
+    group of its own); yields (its dashboard URL, the environment to reach it); stopped at the
+    end of the session by signalling its group (`ray stop` would also stop the session's
+    cluster). Shared by the tests that need a second Ray on the machine (a start and a stop
+    cost about 15 s here).
 
     Its temp folder is a short one under /tmp, removed afterwards: Ray's socket paths inside it
     must stay under the 107 bytes of AF_UNIX, which pytest's own temp folders can exceed (a
