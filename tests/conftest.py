@@ -315,13 +315,11 @@ def _start_head(temp_dir: str, env: dict) -> tuple[int, int]:
     pytest.fail("ray start --head failed twice:\n" + "\n".join(o[-3000:] for o in outputs))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_head():
     """Another local Ray instance (`ray start --head` on ports, a temp folder and a process
-    group of its own); yields (its dashboard URL, the environment to reach it); stopped at the
-    end of the session by signalling its group (`ray stop` would also stop the session's
-    cluster). Shared by the tests that need a second Ray on the machine (a start and a stop
-    cost about 15 s here).
+    group of its own); yields (its dashboard URL, the environment to reach it); stopped by the
+    finalizer by signalling its group (`ray stop` would also stop the session's cluster).
 
     Its temp folder is a short one under /tmp, removed afterwards: Ray's socket paths inside it
     must stay under the 107 bytes of AF_UNIX, which pytest's own temp folders can exceed (a

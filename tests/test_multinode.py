@@ -15,14 +15,16 @@ Times to recover are printed (`pytest -s`), never asserted.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from ray_nodes import LocalCluster
 
 from trainer.checkpoint import read_checkpoint
@@ -132,53 +134,80 @@ def reference(two_workers_run):
     return payload["model"]
 
 
-def test_a_sweep_places_trials_on_both_nodes(cluster, tmp_path):
-    """Two trials at once, each one worker of 2 CPUs: a node holds one such worker, so the
-    trials run on different nodes; their drivers hold the head's `trial_driver` resource.
-    With `solver.placement: rank0` each trial's solver actor runs beside its worker, so the
-    two actors are on different nodes too (with the default, both would be on the head)."""
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(
-        textwrap.dedent(
-            f"""\
-            name: nodes_sweep
-            base: {DEBUG}
-            set:
-              train.num_workers: 1
-              train.cpus_per_worker: 2
-              train.num_steps: 30
-              solver.placement: rank0
-            search:
-              algorithm: grid
-              num_samples: 1
-              max_concurrent_trials: 2
-              space:
-                beta_h: {{grid: [4, 10]}}
-            metric: loss/recon
-            mode: min
-            scheduler: {{type: none}}
-            storage_path: {tmp_path / "sweeps"}
-            """
-        )
+def test_the_debug_asha_sweep_runs_on_both_nodes_beside_another_ray(cluster, tmp_path):
+    """The shipped debug sweep (3 trials, ASHA), submitted to the two-node cluster while the
+    test session's own cluster is up on the machine. Two trials at once, each one worker of
+    2 CPUs: a node holds one such worker, so the first two run on different nodes; their
+    drivers hold the head's `trial_driver` resource. With `solver.placement: rank0` each
+    trial's solver actor runs beside its worker (with the default, all would be on the head).
+    Every trial finishes (ASHA may stop some early) with a row, its TensorBoard events and,
+    when completed, its checkpoint; every placement group the sweep made is removed (Ray's
+    placement-group cleaner, through the State API); no Ray log complains about the other
+    instance."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainer.config import load_config
+
+    raw = yaml.safe_load((ROOT / "configs" / "sweeps" / "debug.yaml").read_text())
+    raw["base"] = str(DEBUG)
+    raw["storage_path"] = str(tmp_path / "sweeps")
+    raw["set"].update(
+        {"train.num_workers": 1, "train.cpus_per_worker": 2, "solver.placement": "rank0"}
     )
+    raw["search"]["max_concurrent_trials"] = 2
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(raw))
     output = _finish(_submit(cluster, "launch.tune", ["--config", str(sweep)]))
-    experiment = tmp_path / "sweeps" / "nodes_sweep"
-    assert "2 trial(s), 0 failed" in output, output[-3000:]
-    import pyarrow.parquet as pq
+    experiment = tmp_path / "sweeps" / "debug_sweep"
+    assert "3 trial(s), 0 failed" in output, output[-3000:]
+    assert "=== sweep 'debug_sweep' finished" in output and "best loss/recon" in output
 
     rows = pq.read_table(experiment / "results.parquet").to_pylist()
-    assert sorted(r["status"] for r in rows) == ["COMPLETED", "COMPLETED"]
+    assert sorted(r["param/beta_h"] for r in rows) == [4, 10, 20]
+    assert {r["status"] for r in rows} <= {"COMPLETED", "STOPPED_EARLY"}
+    best = [r["best/loss/recon"] for r in rows]
+    assert best == sorted(best)  # sorted by the metric (mode min)
     nodes = {}
     for row in rows:
+        assert "beta_h=" in row["trial"]  # trial names show their hyperparameters
         run_dir = Path(row["trial_dir"]) / "train"
         assert run_dir.is_relative_to(experiment)
         placed = _worker_nodes(cluster, run_dir)
         assert len(placed) == 1
         nodes[row["trial"]] = placed[0][2]
-        assert list((Path(row["tensorboard_dir"])).glob("events.out.tfevents.*")), row
-    print(f"\nnodes_sweep: trials on {nodes}")
-    assert sorted(nodes.values()) == ["head", "w1"]
-    assert sorted(_solver_nodes(cluster, "train")) == ["head", "w1"]  # trials' run name
+        events = EventAccumulator(row["tensorboard_dir"])
+        events.Reload()
+        assert {"loss/recon", "kl/z0", "beta/z5"} <= set(events.Tags()["scalars"])
+        if row["status"] == "COMPLETED":
+            assert Path(row["checkpoint_path"], "state.pt").is_file()
+    print(f"\ndebug_sweep: trials on {nodes}")
+    assert set(nodes.values()) == {"head", "w1"}
+    assert set(_solver_nodes(cluster, "train")) == {"head", "w1"}  # the trials' run name
+    best_config = load_config(experiment / "best_config.yaml")
+    assert best_config.cascade.beta_high == rows[0]["param/beta_h"]
+
+    deadline = time.monotonic() + 120
+    while True:
+        groups = cluster.state("placement-groups")
+        if all(g["state"] == "REMOVED" for g in groups) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert groups and all(g["state"] == "REMOVED" for g in groups), groups
+    # Ray's job supervisor finds the address it gives the job's driver by looking for GCS
+    # processes on its machine when several Ray instances are up, and takes the latest started
+    # (saying "Found multiple active Ray instances"): this cluster's head, started after the
+    # session's cluster. Every other process of the job must not have had to look.
+    supervisor = ""
+    for log in cluster.ray_temp.glob("*/session_*/logs/*"):
+        if not log.is_file():
+            continue
+        text = log.read_text(errors="replace")
+        if ":actor_name:JobSupervisor" in text:
+            supervisor += text
+        else:
+            assert "Found multiple active Ray instances" not in text, log
+    submitted = rf"Submitting job with RAY_ADDRESS = [\d.]+:{cluster.gcs_port}\b"
+    assert re.search(submitted, supervisor), supervisor[-3000:]
 
 
 def _registered_steps(run_dir: Path) -> list[int]:

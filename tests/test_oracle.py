@@ -27,9 +27,9 @@ from trainer.eval import SHAPE_FACTOR
 from trainer.loop import load_batch
 
 PAPER_LAMBDA = 0.001
-STEPS, FINE_STEPS, BATCH, HELD_OUT_BATCH = 600, 150, 32, 64
-"""600 + 150 steps reach 0.998 held-out argmin accuracy in float32 and on the fast path (0.988
-and 0.995 after 400 + 100): the 0.95 bar has a margin."""
+STEPS, FINE_STEPS, BATCH, HELD_OUT_BATCH = 400, 100, 32, 64
+"""400 + 100 steps reach 0.993 (float32) and 0.995 (fast path) held-out argmin accuracy
+(`pytest -s` prints it; 600 + 150 reached 0.998 in both): the 0.95 bar has a margin."""
 
 
 def true_factor_codes(dataset, indices) -> torch.Tensor:
@@ -115,6 +115,7 @@ def test_unary_argmin_recovers_the_true_shape(oracle):
     unary = _held_out_unary(model, dataset, held_idx, precision)
     shapes = dataset.latent_classes[held_idx, SHAPE_FACTOR]
     accuracy = float((unary.argmin(axis=1) == shapes).mean())
+    print(f"\nheld-out argmin accuracy {accuracy:.3f}")  # shown with pytest -s
     assert accuracy >= 0.95, f"argmin accuracy {accuracy:.3f} on {len(held_idx)} held-out images"
 
 
