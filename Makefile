@@ -35,9 +35,9 @@ run: $(STAMP)
 	$(PY) -m launch.train --config $(CONFIG)
 
 # `make test` is the whole suite in one pytest run with TEST_WORKERS pytest-xdist workers: one
-# runs every Ray test (marked slow), one after the other on one Ray cluster, while the others
-# run the tests that start no Ray, one whole module at a time (tests/conftest.py makes these
-# scopes). The Ray tests are CPU-bound: two of them at once on 2 cores each take about
+# runs the modules with Ray tests (marked slow; RAY_MODULES in tests/conftest.py), one test
+# after the other on one Ray cluster, while the others run the other modules, one whole module
+# at a time. The Ray tests are CPU-bound: two of them at once on 2 cores each take about
 # twice as long. They leave about a quarter of the CPU idle (process starts, polls), which the
 # other tests use. A plain `pytest` runs all in one process.
 TEST_WORKERS ?= 3
