@@ -26,17 +26,24 @@ same command resumes an interrupted study: finished runs are kept; unfinished on
 from their last checkpoint, because each run's Train folder is the trial's folder under the
 study's storage path (`launch.tune.run_trial`). Everything is validated before Ray
 starts (the `StudyFile` schema).
+
+Every report also keeps each finished run's record (its metrics table, config and wall-time
+line) under `<results_dir>/runs/<run>/`, beside the report. Those records travel with the
+results: a report on a machine where a run's folder is gone reads the run from there, and a
+new experiment (no Tune state in its folder yet) does not train a run that has a record again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import pyarrow.parquet as pq
 from pydantic import (
     AfterValidator,
     Field,
@@ -51,7 +58,7 @@ from launch.sweep import RUN_DIMENSION, Dimension, SweepConfig, resolve_base, tr
 from trainer.config import Config, ConfigError, read_yaml
 from trainer.eval.registry import output_keys
 from trainer.observe.cadence import extra_evaluation_steps
-from trainer.observe.run_log import read_attempts
+from trainer.observe.run_log import read_attempts, read_metrics
 from trainer.reported import reported_keys
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
 from trainer.variants.registry import VARIANTS
@@ -79,8 +86,13 @@ class StudyConfig(SweepConfig):
             self.base_raw, overrides, source=f"{self.source} run {params[RUN_DIMENSION]}"
         )
 
+    def trained_runs(self) -> list[str]:
+        """The runs this experiment trains: its grid (all runs, less those skipped for a
+        finished record)."""
+        return list(self.dimensions[0].values)
+
     def num_trials(self) -> int:
-        return len(self.runs)
+        return len(self.trained_runs())
 
 
 def run_name(model: str, seed: int) -> str:
@@ -211,12 +223,43 @@ def experiment_dir(study: StudyConfig) -> Path:
     return Path(study.storage_path).expanduser().resolve() / study.name
 
 
+ARCHIVE = "runs"
+"""The folder of the finished runs' records under a study's results_dir."""
+RECORD_FILES = ("metrics.parquet", "config.yaml", "run.json")
+
+
+def archive_dir(study: StudyConfig) -> Path:
+    return Path(study.results_dir) / ARCHIVE
+
+
+def archived_runs(study: StudyConfig) -> list[str]:
+    """The study's runs with a finished record under `<results_dir>/runs/`, in study order."""
+    folder = archive_dir(study)
+    return [n for n in study.runs if all((folder / n / f).is_file() for f in RECORD_FILES)]
+
+
+def _archive_run(study: StudyConfig, name: str, train_dir: Path, line: str) -> None:
+    """Keep a finished run's record: its metrics table as one file, its config, its line."""
+    model, seed, _ = study.runs[name]
+    target = archive_dir(study) / name
+    target.mkdir(parents=True, exist_ok=True)
+    table = target / ".metrics.parquet.tmp"
+    pq.write_table(read_metrics(train_dir), table)
+    table.replace(target / "metrics.parquet")
+    shutil.copyfile(train_dir / "config.yaml", target / "config.yaml")
+    run = {"run": name, "model": model, "seed": seed, "line": line}
+    (target / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+
+
 def collect_runs(study: StudyConfig, *, partial: bool = False) -> tuple[list[RunRecord], list[str]]:
     """The runs found in the experiment folder (Tune's params.json names each trial's run),
     and one line per run: name, last step, wall time. An unfinished run is left out, or with
-    `partial` kept with the readings it has so far (its line says so)."""
+    `partial` kept with the readings it has so far (its line says so). A finished run's record
+    is kept under `<results_dir>/runs/`; a run with no folder in the experiment is read from
+    its record there when it has one (its line says so)."""
     records, lines = [], []
     folder = experiment_dir(study)
+    found: set[str] = set()
     for params_path in sorted(folder.glob("*/params.json")):
         name = json.loads(params_path.read_text()).get(RUN_DIMENSION)
         if name not in study.runs:
@@ -228,6 +271,7 @@ def collect_runs(study: StudyConfig, *, partial: bool = False) -> tuple[list[Run
         record = read_run(model, seed, table, start, diagnostic)
         if record is None:
             continue
+        found.add(name)
         num_steps = config.train.num_steps
         if record.last_step < num_steps:  # still running or interrupted
             included = " (in this partial report: its readings up to that step)" if partial else ""
@@ -238,10 +282,25 @@ def collect_runs(study: StudyConfig, *, partial: bool = False) -> tuple[list[Run
                 records.append(record)
             continue
         records.append(record)
-        lines.append(f"`{name}`: {record.last_step} steps{_wall_time(params_path.parent)}")
-    missing = sorted(set(study.runs) - {line.split("`")[1] for line in lines})
-    lines += [f"`{name}`: no results yet" for name in missing]
-    return records, lines
+        line = f"`{name}`: {record.last_step} steps{_wall_time(params_path.parent)}"
+        lines.append(line)
+        _archive_run(study, name, table.parent, line)
+    for name in archived_runs(study):
+        if name in found:
+            continue
+        model, seed, _ = study.runs[name]
+        config = study.trial_config({RUN_DIMENSION: name})
+        start, diagnostic = config.cascade.discrete_start_step, extra_evaluation_steps(config)
+        kept = archive_dir(study) / name
+        record = read_run(model, seed, kept / "metrics.parquet", start, diagnostic)
+        assert record is not None  # archived_runs checked the file
+        records.append(record)
+        line = json.loads((kept / "run.json").read_text())["line"]
+        lines.append(f"{line} (read from its record in {kept}: its folder is not in {folder})")
+    named = {line.split("`")[1] for line in lines}
+    lines += [f"`{name}`: no results yet" for name in study.runs if name not in named]
+    order = {name: index for index, name in enumerate(study.runs)}
+    return records, sorted(lines, key=lambda line: order[line.split("`")[1]])
 
 
 def _wall_time(trial_dir: Path) -> str:
@@ -341,9 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from launch.run_lock import run_locked
-    from launch.tune import prepare_experiment
+    from launch.tune import TUNE_STATE, prepare_experiment
 
     folder = experiment_dir(study)
+    if not (folder / TUNE_STATE).is_file() and not _skip_recorded_runs(study):
+        for path in report(study):
+            print(f"wrote {path}")
+        return 0
     command = ["python -m launch.study", *(argv or sys.argv[1:])]
     return run_locked(
         lambda: prepare_experiment(study, folder, args.config, command),
@@ -351,11 +414,26 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
+def _skip_recorded_runs(study: StudyConfig) -> bool:
+    """A new experiment trains only the runs without a finished record under
+    `<results_dir>/runs/` (a resumed one keeps the runs it started with); the report still
+    reads every run. Whether a run is left to train."""
+    recorded = archived_runs(study)
+    for name in recorded:
+        where = archive_dir(study) / name
+        print(f"[cascadevae] {name}: finished, its record is in {where}; not run again")
+    left = [name for name in study.runs if name not in recorded]
+    study.dimensions = [Dimension(RUN_DIMENSION, RUN_DIMENSION, "grid", left)]
+    if not left:
+        print(f"[cascadevae] study '{study.name}': every run has a finished record; report only")
+    return bool(left)
+
+
 def _run_study(study: StudyConfig, source: str, folder: Path) -> int:
     from launch.tune import fit_experiment
 
     what = (
-        f"study '{study.name}': {study.num_trials()} run(s) ({', '.join(study.runs)}), "
+        f"study '{study.name}': {study.num_trials()} run(s) ({', '.join(study.trained_runs())}), "
         f"{study.max_concurrent_trials} at a time"
     )
     fitted = fit_experiment(study, f"study {source}", folder, what)
@@ -373,7 +451,7 @@ def _run_study(study: StudyConfig, source: str, folder: Path) -> int:
     print(f"\n=== study '{study.name}' finished in {minutes:.1f} min: {len(failed)} failed ===")
     for path in report(study):
         print(f"wrote {path}")
-    return 1 if failed and len(failed) == len(study.runs) else 0
+    return 1 if failed and len(failed) == study.num_trials() else 0
 
 
 if __name__ == "__main__":

@@ -165,6 +165,70 @@ def test_report_from_run_folders(tmp_path):
     assert "| beta_vae | last | 0.990 (n=1) |" in text
 
 
+def test_a_finished_runs_record_outlives_its_folder_and_is_not_trained_again(
+    tmp_path, capsys, no_ray
+):
+    """A report keeps each finished run's record beside it (results_dir/runs/<run>); with the
+    experiment folder gone, the next report reads the runs from there, and a new experiment
+    trains only the runs without a record."""
+    import shutil
+
+    from launch.study import _skip_recorded_runs
+
+    path = _study(tmp_path)
+    for index, name in enumerate(["cascade-s0", "cascade-s1"]):
+        trial = tmp_path / "runs" / "tiny" / f"t{index}_run={name}"
+        (trial / "train").mkdir(parents=True)
+        (trial / "params.json").write_text(f'{{"run": "{name}"}}')
+        (trial / "result.json").write_text(json.dumps({"time_total_s": 90.0 * (index + 1)}))
+        log = RunLog(trial / "train", f"name: tiny\nseed: {index}\n")
+        for row in _run("cascade", index, [(40.0, 0.8 - index / 5, 0.9)]).rows:
+            log.scalars(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+        log.close()
+    unfinished = tmp_path / "runs" / "tiny" / "t2_run=beta_vae-s0"
+    (unfinished / "train").mkdir(parents=True)
+    (unfinished / "params.json").write_text('{"run": "beta_vae-s0"}')
+    pq.write_table(pa.table({"step": [20.0]}), unfinished / "train/metrics.parquet")
+    assert main(["--config", str(path), "--report"]) == 0
+    first = (tmp_path / "results" / "results.md").read_text()
+    kept = tmp_path / "results" / "runs"
+    assert sorted(p.name for p in kept.iterdir()) == ["cascade-s0", "cascade-s1"]
+    assert (kept / "cascade-s1" / "config.yaml").read_text() == "name: tiny\nseed: 1\n"
+    record = json.loads((kept / "cascade-s1" / "run.json").read_text())
+    assert record == {
+        "run": "cascade-s1",
+        "model": "cascade",
+        "seed": 1,
+        "line": "`cascade-s1`: 70 steps, 3.0 min wall time",
+    }
+    table = pq.read_table(kept / "cascade-s1" / "metrics.parquet").to_pylist()
+    evaluations = [row["eval/authors_factorvae"] for row in table if row["eval/authors_factorvae"]]
+    assert evaluations == [pytest.approx(0.6)]
+
+    shutil.rmtree(tmp_path / "runs")  # the machine with the experiment folder is gone
+    assert main(["--config", str(path), "--report"]) == 0
+    second = (tmp_path / "results" / "results.md").read_text()
+    table_of = lambda text: text.split("| model |")[1].split("\n\n")[0]  # noqa: E731
+    assert table_of(second) == table_of(first)
+    assert "| cascade | last | 0.700 ± 0.141 (n=2) |" in second
+    runs = second.split("## Runs\n\n")[1].splitlines()[:3]
+    assert runs[0].startswith("- `cascade-s0`: 70 steps, 1.5 min wall time (read from its record")
+    assert runs[1].startswith("- `cascade-s1`: 70 steps, 3.0 min wall time (read from its record")
+    assert runs[2] == "- `beta_vae-s0`: no results yet"
+
+    study = load_study(path)
+    assert _skip_recorded_runs(study) is True
+    assert study.trained_runs() == ["beta_vae-s0"] and study.num_trials() == 1
+    assert len(study.runs) == 3  # the report and the experiment's record hold every run
+    assert "cascade-s0: finished, its record is in" in capsys.readouterr().out
+    # With every run recorded, the study command writes the report and starts nothing.
+    shutil.copytree(kept / "cascade-s0", kept / "beta_vae-s0")
+    capsys.readouterr()
+    assert main(["--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "every run has a finished record; report only" in out and "wrote " in out
+
+
 def test_storage_path_flag_reads_the_study_from_another_folder(tmp_path):
     """--storage-path replaces the file's storage_path: the report reads the runs there."""
     elsewhere = tmp_path / "outside"
