@@ -1,23 +1,20 @@
 """Shared fixtures. One Ray session per pytest run: `ray.init` costs seconds here.
 
-Every process a test starts is ended by a fixture's finalizer (`spawn`, `ray_head`), so a test
-that fails or times out leaves nothing running to starve the tests after it.
+Every process a test starts is ended by a fixture's finalizer (`spawn`, and
+`tests/ray_nodes.py`'s `LocalCluster` for Ray nodes), so a test that fails or times out leaves
+nothing running to starve the tests after it.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 from dsprites_grid import SMALL
+from ray_nodes import stop_group
 
 from launch.cluster import API_SERVER_VAR, JOB_ENV, LOCAL_HOST, cluster_env, free_port
 
@@ -67,7 +64,6 @@ RAY_MODULES = frozenset(
     {
         "test_factorvae_e2e.py",
         "test_gpu.py",
-        "test_job_submit.py",
         "test_multinode.py",
         "test_real_faults.py",
         "test_run_folder_e2e.py",
@@ -223,35 +219,6 @@ def two_workers_run(fit_debug, tmp_path_factory):
 RAY = Path(sys.executable).parent / "ray"
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the live processes in process group `pgid` (zombies excluded)."""
-    members = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(proc.name))
-    return members
-
-
-def stop_group(pgid: int, patience_s: float = 10.0) -> list[int]:
-    """SIGTERM the process group, SIGKILL what is left after `patience_s`; returns the pids
-    still alive after that (none expected)."""
-    for sig, wait_s in ((signal.SIGTERM, patience_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return []
-        deadline = time.monotonic() + wait_s
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    return group_members(pgid)
-
-
 @pytest.fixture
 def spawn():
     """`spawn(command, **popen_kwargs)` starts a process in a session of its own (so every
@@ -266,75 +233,10 @@ def spawn():
 
     yield start
     for process in started:
-        stop_group(process.pid, patience_s=5.0)
+        stop_group(process.pid)
         if process.poll() is None:
             process.kill()
         process.wait(timeout=30)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind((LOCAL_HOST, 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _start_head(temp_dir: str, env: dict) -> tuple[int, int]:
-    """`ray start --head` in a session of its own: every process it starts (GCS, raylet,
-    dashboard, its agents, the client server, the job's driver and workers) is in its process
-    group. Returns (pgid, dashboard port). A start that fails is retried once on new ports
-    (another process can take a free port between the probe and the bind); a second failure
-    fails the test with both outputs."""
-    outputs = []
-    for _ in range(2):
-        gcs, dashboard, agent, client = _free_ports(4)
-        start = [
-            str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-            "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-        ]  # fmt: skip
-        head = subprocess.Popen(
-            start,
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        output, _ = head.communicate(timeout=120)
-        if head.returncode == 0:
-            return head.pid, dashboard
-        outputs.append(
-            f"ports {gcs}/{dashboard}/{agent}/{client}, exit {head.returncode}:\n{output}"
-        )
-        assert not stop_group(head.pid), "a failed head start left processes running"
-    pytest.fail("ray start --head failed twice:\n" + "\n".join(o[-3000:] for o in outputs))
-
-
-@pytest.fixture
-def ray_head():
-    """Another local Ray instance (`ray start --head` on ports, a temp folder and a process
-    group of its own); yields (its dashboard URL, the environment to reach it); stopped by the
-    finalizer by signalling its group (`ray stop` would also stop the session's cluster).
-
-    Its temp folder is a short one under /tmp, removed afterwards: Ray's socket paths inside it
-    must stay under the 107 bytes of AF_UNIX, which pytest's own temp folders can exceed (a
-    pytest-xdist worker's folder adds `popen-gwN/`)."""
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    for key in ("RAY_ADDRESS", API_SERVER_VAR):
-        env.pop(key, None)
-    pgid, dashboard = _start_head(temp_dir, env)
-    try:
-        yield f"http://{LOCAL_HOST}:{dashboard}", env
-    finally:
-        left = stop_group(pgid)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not left, f"head processes left running: {left}"
 
 
 @pytest.fixture(scope="module")

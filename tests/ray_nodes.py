@@ -54,9 +54,11 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def stop_group(pgid: int, patience_s: float = 10.0) -> list[int]:
+def stop_group(pgid: int, patience_s: float = 1.0) -> list[int]:
     """SIGTERM the process group, SIGKILL what is left after `patience_s`; returns the pids
-    still alive after that (none expected)."""
+    still alive after that (none expected). A Ray node's GCS, raylet and dashboard take more
+    than 10 s to exit on SIGTERM (each waits on the others); no test checks how a node stops,
+    so they get a second."""
     for sig, wait_s in ((signal.SIGTERM, patience_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from launch.cluster import API_SERVER_VAR, JOB_ENV, cluster_env, free_port
-from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE, HoldDrill
+from trainer.config import ConfigError
+from trainer.distributed.drills import HoldDrill, held_marker, release_file
+
+DEBUG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
 
 
 def test_a_cluster_address_and_a_dashboard_url_reach_the_job_env(monkeypatch):
@@ -39,24 +42,39 @@ def test_free_port_is_bindable():
         again.bind(("127.0.0.1", port))
 
 
-def test_the_hold_drill_holds_rank_0_once_until_released(tmp_path):
-    HoldDrill(5, tmp_path, rank=1).before_step(5)  # other ranks never hold
-    drill = HoldDrill(5, tmp_path, rank=0)
+def test_the_hold_drill_holds_rank_0_once_at_each_step_until_released(tmp_path):
+    HoldDrill([5, 7], tmp_path, rank=1).before_step(5)  # other ranks never hold
+    drill = HoldDrill([5, 7], tmp_path, rank=0)
     drill.before_step(4)
-    assert not (tmp_path / HELD_MARKER).exists()
-    holding = threading.Thread(target=drill.before_step, args=(5,), daemon=True)
-    holding.start()
-    holding.join(0.5)
-    assert holding.is_alive(), "rank 0 did not wait for the release file"
-    assert (tmp_path / HELD_MARKER).read_text() == "5"
-    (tmp_path / RELEASE_FILE).write_text("")
-    holding.join(10)
-    assert not holding.is_alive()
-    (tmp_path / RELEASE_FILE).unlink()
-    done = threading.Thread(target=drill.before_step, args=(5,), daemon=True)
-    done.start()
-    done.join(10)  # a resumed run passes the step: the marker says it was held once
-    assert not done.is_alive()
+    assert not list(tmp_path.iterdir())
+    for step in (5, 7):
+        holding = threading.Thread(target=drill.before_step, args=(step,), daemon=True)
+        holding.start()
+        holding.join(0.5)
+        assert holding.is_alive(), f"rank 0 did not wait for the release file of step {step}"
+        assert (tmp_path / held_marker(step)).read_text() == str(step)
+        held = sorted(p.name for p in tmp_path.glob(".held_at_step_*"))
+        assert held == [held_marker(s) for s in (5, 7) if s <= step]  # only the steps reached
+        (tmp_path / release_file(step)).write_text("")
+        holding.join(10)
+        assert not holding.is_alive()
+    for step in (5, 7):  # a resumed run passes both steps: the markers say they were held
+        (tmp_path / release_file(step)).unlink()
+        done = threading.Thread(target=drill.before_step, args=(step,), daemon=True)
+        done.start()
+        done.join(10)
+        assert not done.is_alive()
+
+
+def test_hold_at_step_takes_one_step_or_a_list():
+    from trainer.config import load_config
+
+    for given, steps in [("25", [25]), ("[25, 35]", [25, 35]), ("0", []), ("[]", [])]:
+        config = load_config(DEBUG, [f"train.hold_at_step={given}"])
+        assert config.train.hold_at_step == steps
+        assert config.flat()["train.hold_at_step"] == ",".join(map(str, steps))  # hparams
+    with pytest.raises(ConfigError, match=r"train.hold_at_step.1: must be > 0, got -3"):
+        load_config(DEBUG, ["train.hold_at_step=[25, -3]"])
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])

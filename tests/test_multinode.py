@@ -3,9 +3,10 @@ its own ports, process group, temp folder and data cache folder, and a custom re
 it (`node_head`, `node_w1`, ...). One cluster is shared by the tests of this module; its
 teardown stops every node's process group.
 
-Runs are submitted with `ray job submit`, as on a real cluster; where each process ran is read
-from Ray's State API (`ray list actors / nodes`), and each run's final parameters are compared
-with the single-node 2-worker run of the test session (`two_workers_run`).
+Runs are submitted with `ray job submit`, as on a real cluster and as the README shows it;
+where each process ran is read from Ray's State API (`ray list actors / nodes`), and each run's
+final parameters are compared with the single-node 2-worker run of the test session
+(`two_workers_run`).
 
 Ray's node health checks are shortened for these nodes (HEALTH_CHECK below: a probe a second,
 dead after 3 failed in a row) instead of Ray's defaults (every 3 s, 5 failures, about 15 s).
@@ -28,7 +29,7 @@ import yaml
 from ray_nodes import LocalCluster
 
 from trainer.checkpoint import read_checkpoint
-from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE
+from trainer.distributed.drills import held_marker, release_file
 from trainer.observe.run_log import read_attempts, read_metrics
 
 pytestmark = pytest.mark.slow
@@ -210,6 +211,36 @@ def test_the_debug_asha_sweep_runs_on_both_nodes_beside_another_ray(cluster, tmp
     assert re.search(submitted, supervisor), supervisor[-3000:]
 
 
+def test_job_submit_trains_the_debug_config_as_the_readme_shows(cluster, tmp_path):
+    """`ray job submit --address <dashboard> --working-dir . -- python -m launch.train ...`, as
+    the README shows it, to this cluster (token authentication on) while the test session's
+    cluster is also up on the machine."""
+    storage = tmp_path / "runs"
+    submit = [
+        str(RAY), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".",
+        "--", sys.executable, "-m", "launch.train", "--config", "configs/debug.yaml",
+        "--set", f"train.storage_path={storage}",
+    ]  # fmt: skip
+    done = subprocess.run(
+        submit, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "succeeded" in output, output[-4000:]
+    assert "=== CascadeVAE run 'debug' finished" in output
+    # The test session's cluster is up as well: every job process was given its address.
+    assert "multiple active Ray instances" not in output, output[-4000:]
+    # Rank 0's progress lines reach the job's output, each exactly once.
+    steps = re.findall(r"\[cascadevae\] step (\d+)/", output)
+    assert steps, output[-4000:]
+    assert len(steps) == len(set(steps)), steps
+    run_dir = storage / "debug"
+    assert read_metrics(run_dir).num_rows > 0
+    assert (run_dir / "config.yaml").is_file()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert list(run_dir.glob("checkpoint_*/state.pt"))
+
+
 def _registered_steps(run_dir: Path) -> list[int]:
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
     try:
@@ -245,7 +276,7 @@ def test_a_lost_worker_node_restarts_the_group_from_the_last_checkpoint(
     run_dir = storage / "node_lost"
     job = _submit(cluster, "launch.train", _train_args(storage, "node_lost", overrides))
     try:
-        _wait_for(lambda: (run_dir / HELD_MARKER).exists(), "rank 0 to hold", job)
+        _wait_for(lambda: (run_dir / held_marker(25)).exists(), "rank 0 to hold", job)
         _wait_for(lambda: 20 in _registered_steps(run_dir), "the checkpoint of step 20", job)
         before = _worker_nodes(cluster, run_dir)
         assert sorted(node for _, _, node in before) == ["head", "w1"], before
@@ -254,7 +285,7 @@ def test_a_lost_worker_node_restarts_the_group_from_the_last_checkpoint(
         killed_at = cluster.kill_node("w1")
         cluster.wait_for_node("w1", alive=False)
         dead_after = cluster.death_time("w1") - killed_at
-        (run_dir / RELEASE_FILE).write_text("")
+        (run_dir / release_file(25)).write_text("")
         output = _finish(job)
     finally:
         if job.poll() is None:

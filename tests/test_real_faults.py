@@ -1,9 +1,10 @@
-"""Real faults in real runs: a killed or stopped Train worker process, a killed solver actor
-process, and Ctrl-C of the driver. Each run is the debug config with 2 workers and a checkpoint
-every 10 steps; rank 0 holds before step 25 (`train.hold_at_step`) and each test injects its
-fault once the run is held there and the checkpoint of step 20 is registered. Step 25 is in the
-discrete stage (from step 20), so the solver actor is in use. Every faulty run must end with
-the parameters of the same run without a fault.
+"""Real faults in real runs: a killed solver actor process, then a killed or stopped Train
+worker process, and Ctrl-C of the driver. Each run is the debug config with 2 workers and a
+checkpoint every 10 steps. In the two fault runs rank 0 holds before step 25 and before step 35
+(`train.hold_at_step`): at the first hold the test kills the solver actor (steps 20-24 were
+solved; step 25 is in the discrete stage, from step 20), at the second, once the checkpoint of
+step 30 is registered, it kills or stops a worker. Every faulty run must end with the
+parameters of the same run without a fault.
 
 Times to recover are printed (`pytest -s` shows them), never asserted.
 """
@@ -25,23 +26,24 @@ import torch
 from launch.cluster import API_SERVER_VAR
 from trainer.checkpoint import read_checkpoint
 from trainer.config import load_config
-from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE
+from trainer.distributed.drills import held_marker, release_file
 from trainer.observe.run_log import read_attempts, read_metrics
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parent.parent
 DEBUG = ROOT / "configs" / "debug.yaml"
-HOLD = 25
-LAST_CHECKPOINT = 20
+SOLVER_FAULT, WORKER_FAULT = 25, 35
+"""The held steps: the solver actor is killed at the first, a worker at the second."""
 EVERY = 10
+CHECKPOINT_BEFORE = {SOLVER_FAULT: 20, WORKER_FAULT: 30}
 RUN = [
     "train.num_workers=2",
     f"train.checkpoint_every={EVERY}",
     "train.max_failures=1",
     "train.collective_timeout_s=60",
 ]
-HELD = [f"train.hold_at_step={HOLD}"]
+HELD_TWICE = [f"train.hold_at_step=[{SOLVER_FAULT}, {WORKER_FAULT}]"]
 WAIT_S = 180.0
 
 
@@ -94,17 +96,17 @@ def _registered_steps(run_dir: Path) -> list[int]:
     return [r["metrics"]["step"] for r in results]
 
 
-def _wait_until_held(run_dir: Path) -> None:
-    """Rank 0 waits before step HOLD and the checkpoint of LAST_CHECKPOINT is registered."""
-    _wait_for(lambda: (run_dir / HELD_MARKER).exists(), f"rank 0 to hold before step {HOLD}")
+def _wait_until_held(run_dir: Path, step: int) -> None:
+    """Rank 0 waits before `step` and the checkpoint before it is registered."""
+    _wait_for(lambda: (run_dir / held_marker(step)).exists(), f"rank 0 to hold before {step}")
     _wait_for(
-        lambda: LAST_CHECKPOINT in _registered_steps(run_dir),
-        f"the checkpoint of step {LAST_CHECKPOINT} to be registered",
+        lambda: CHECKPOINT_BEFORE[step] in _registered_steps(run_dir),
+        f"the checkpoint of step {CHECKPOINT_BEFORE[step]} to be registered",
     )
 
 
-def _release(run_dir: Path) -> None:
-    (run_dir / RELEASE_FILE).write_text("")
+def _release(run_dir: Path, step: int) -> None:
+    (run_dir / release_file(step)).write_text("")
 
 
 def _pid_of_rank(run_dir: Path, rank: int) -> int:
@@ -140,36 +142,58 @@ def reference(two_workers_run):
     return _final_model(result)
 
 
-def test_a_sigkilled_worker_process_redoes_at_most_one_interval(reference, tmp_path):
-    run = Background(_config("worker_killed", HELD), tmp_path)
-    _wait_until_held(run.run_dir)
+def _kill_the_solver_actor_at_the_first_hold(run: Background, config) -> None:
+    """At step 25: SIGKILL the solver actor's process; Ray restarts it and the call of step 25
+    is answered by the new process, without a worker-group restart (checked at step 35)."""
+    import ray
+
+    from trainer.distributed.worker import SOLVER_NAMESPACE
+
+    _wait_until_held(run.run_dir, SOLVER_FAULT)
+    name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"
+    actor = ray.get_actor(name, namespace=SOLVER_NAMESPACE)
+    stats = ray.get(actor.stats.remote())
+    assert stats["calls"] == SOLVER_FAULT - 20  # steps 20-24 were solved by this process
+    os.kill(stats["pid"], signal.SIGKILL)
+    _release(run.run_dir, SOLVER_FAULT)
+    _wait_until_held(run.run_dir, WORKER_FAULT)
+    ranks = [a["rank"] for a in read_attempts(run.run_dir)]
+    assert sorted(ranks) == [0, 1], f"the solver actor's restart restarted the workers: {ranks}"
+
+
+def test_a_sigkilled_solver_actor_then_a_sigkilled_worker(reference, tmp_path):
+    """The ordinary transport (the CPU default): the killed actor is restarted beside the
+    running group; the killed worker restarts the group from the last checkpoint, redoing at
+    most one checkpoint interval."""
+    config = _config("killed", [*HELD_TWICE, "solver.transport=ordinary"])
+    run = Background(config, tmp_path)
+    _kill_the_solver_actor_at_the_first_hold(run, config)
     killed_at = time.time()
     os.kill(_pid_of_rank(run.run_dir, 1), signal.SIGKILL)
-    _release(run.run_dir)
+    _release(run.run_dir, WORKER_FAULT)
     result = run.join()
 
     restart = _restart_after(run.run_dir, killed_at)
-    assert restart["start_step"] == LAST_CHECKPOINT
-    assert HOLD - restart["start_step"] <= EVERY  # steps redone
+    assert restart["start_step"] == CHECKPOINT_BEFORE[WORKER_FAULT]
+    assert WORKER_FAULT - restart["start_step"] <= EVERY  # steps redone
     _assert_same_parameters(_final_model(result), reference)
     assert [r["step"] for r in read_metrics(run.run_dir).to_pylist()] == [10, 20, 30, 40]
 
 
-def test_a_stopped_worker_is_detected_after_the_stall_timeout(reference, tmp_path):
-    """With the default `train.stall_timeout_s`: SIGSTOP freezes the process, which then
-    answers neither the collectives nor Ray Train's health checks. The solver actor outlives
-    the worker group, and with the compiled transport the new rank 0 finds the dead rank 0's
-    graph on it and restarts it (`restart_if_another_graph_ran`). The detection does not
-    depend on the transport, and the ordinary transport's group restart is the SIGKILL test's
-    (the ordinary transport is the CPU default)."""
-    config = _config("worker_stopped", [*HELD, "solver.transport=compiled"])
+def test_a_sigkilled_solver_actor_then_a_stopped_worker(reference, tmp_path):
+    """The compiled transport: the graph call in flight when the actor dies is answered by the
+    restarted actor. Then, with the default `train.stall_timeout_s`, SIGSTOP freezes a worker,
+    which answers neither the collectives nor Ray Train's health checks; the group restarts
+    after the stall timeout. The solver actor outlives the worker group: the new rank 0 restarts
+    it when the old group's graph ran on it (`restart_if_another_graph_ran`)."""
+    config = _config("stopped", [*HELD_TWICE, "solver.transport=compiled"])
     run = Background(config, tmp_path)
-    _wait_until_held(run.run_dir)
+    _kill_the_solver_actor_at_the_first_hold(run, config)
     pid = _pid_of_rank(run.run_dir, 1)
     stopped_at = time.time()
     os.kill(pid, signal.SIGSTOP)
     try:
-        _release(run.run_dir)
+        _release(run.run_dir, WORKER_FAULT)
         result = run.join()
     finally:
         for sig in (signal.SIGKILL, signal.SIGCONT):  # never leave a stopped process behind
@@ -178,31 +202,8 @@ def test_a_stopped_worker_is_detected_after_the_stall_timeout(reference, tmp_pat
             except ProcessLookupError:
                 pass
     restart = _restart_after(run.run_dir, stopped_at)
-    assert restart["start_step"] == LAST_CHECKPOINT
+    assert restart["start_step"] == CHECKPOINT_BEFORE[WORKER_FAULT]
     assert restart["time"] - stopped_at >= config.train.stall_timeout_s
-    _assert_same_parameters(_final_model(result), reference)
-
-
-@pytest.mark.parametrize("transport", ["ordinary", "compiled"])
-def test_a_sigkilled_solver_actor_is_restarted_without_restarting_the_run(
-    reference, tmp_path, transport
-):
-    import ray
-
-    from trainer.distributed.worker import SOLVER_NAMESPACE
-
-    config = _config(f"solver_killed_{transport}", [*HELD, f"solver.transport={transport}"])
-    run = Background(config, tmp_path)
-    _wait_until_held(run.run_dir)
-    name = f"{config.solver.actor_name}-{config.run_name}-{os.getpid()}"
-    actor = ray.get_actor(name, namespace=SOLVER_NAMESPACE)
-    stats = ray.get(actor.stats.remote())
-    assert stats["calls"] == HOLD - 20  # the discrete steps 20-24 were solved by this process
-    os.kill(stats["pid"], signal.SIGKILL)
-    _release(run.run_dir)
-    result = run.join()
-
-    assert [a["rank"] for a in read_attempts(run.run_dir)] in ([0, 1], [1, 0])  # no restart
     _assert_same_parameters(_final_model(result), reference)
 
 
@@ -214,18 +215,18 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(reference, tmp_path, spaw
     command = [
         sys.executable, "-m", "launch.train", "--config", str(DEBUG),
         "--set", f"train.storage_path={storage}", "--set", "train.run_name=interrupted",
-        *(arg for item in [*RUN, *HELD] for arg in ("--set", item)),
+        *(arg for item in [*RUN, f"train.hold_at_step={SOLVER_FAULT}"] for arg in ("--set", item)),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_SERVER_VAR)}
     run_dir = storage / "interrupted"
     driver = spawn(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    _wait_until_held(run_dir)
+    _wait_until_held(run_dir, SOLVER_FAULT)
     driver.send_signal(signal.SIGINT)
     first, _ = driver.communicate(timeout=WAIT_S)
     assert driver.returncode == 130, first[-3000:]
-    assert f"last checkpoint: step {LAST_CHECKPOINT}" in first, first[-3000:]
+    assert f"last checkpoint: step {CHECKPOINT_BEFORE[SOLVER_FAULT]}" in first, first[-3000:]
 
     again = spawn(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -234,7 +235,7 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(reference, tmp_path, spaw
     assert again.returncode == 0, second[-3000:]
     assert "final step    : 40" in second
     starts = [a["start_step"] for a in read_attempts(run_dir) if a["rank"] == 0]
-    assert starts == [0, LAST_CHECKPOINT]
+    assert starts == [0, CHECKPOINT_BEFORE[SOLVER_FAULT]]
     for output in (first, second):
         assert "multiple active Ray instances" not in output, output[-3000:]
     folders = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())

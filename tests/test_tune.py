@@ -17,7 +17,7 @@ import yaml
 
 from launch.sweep import load_sweep, reported_metrics
 from trainer.config import ConfigError, load_config
-from trainer.distributed.drills import HELD_MARKER, RELEASE_FILE
+from trainer.distributed.drills import held_marker, release_file
 from trainer.observe.run_log import read_attempts, read_metrics
 
 ROOT = Path(__file__).parent.parent
@@ -139,7 +139,7 @@ def test_interrupted_sweep_resumes_each_trial_where_it_stopped(ray_session, tmp_
     def wait_for_held(exclude: set[Path]) -> Path:
         deadline = time.time() + 600  # a ceiling for a loaded machine
         while time.time() < deadline:
-            for marker in experiment.glob(f"*/train/{HELD_MARKER}"):
+            for marker in experiment.glob(f"*/train/{held_marker(hold)}"):
                 run_dir = marker.parent
                 if run_dir not in exclude and checkpoint in _registered_steps(run_dir):
                     return run_dir
@@ -148,7 +148,7 @@ def test_interrupted_sweep_resumes_each_trial_where_it_stopped(ray_session, tmp_
         raise AssertionError("no trial held in time")
 
     done = wait_for_held(exclude=set())
-    (done / RELEASE_FILE).write_text("")
+    (done / release_file(hold)).write_text("")
     stopped = wait_for_held(exclude={done})
     assert read_metrics(done)["step"].to_pylist()[-1] == steps
     first.send_signal(signal.SIGINT)

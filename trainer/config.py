@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from trainer.core.schedule import CascadeConfig, OptimConfig
 from trainer.data.render import MAX_POSITIONS  # distinct pixel positions in the frame
@@ -279,10 +286,18 @@ class TrainConfig(Schema):
     """Debug: save each rank's unary shard and codes for the first N discrete steps."""
     fail_at_step: int = Field(0, ge=0)
     """Fault drill: every worker crashes once at this step (0: never); the run must resume."""
-    hold_at_step: int = Field(0, ge=0)
-    """Fault drill: rank 0 waits before this step, once per run folder (0: never), until the
-    file `.release_hold` appears in the run folder, so that a test can inject a fault at a
-    known step. It writes `.held_at_step` when it starts waiting."""
+    hold_at_step: list[PositiveInt] = Field(default_factory=list)
+    """Fault drill: rank 0 waits before each of these steps (a step or a list; 0 or []:
+    never), once per run folder, until the file `.release_hold_<step>` appears in the run
+    folder, so that a test can inject a fault at a known step. It writes `.held_at_step_<step>`
+    when it starts waiting."""
+
+    @field_validator("hold_at_step", mode="before")
+    @classmethod
+    def _one_step_or_a_list(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value] if value else []
+        return value
 
     @model_validator(mode="after")
     def _batch_split(self, info: ValidationInfo) -> TrainConfig:
@@ -389,7 +404,7 @@ class Config(Schema):
         for key, value in self.to_dict().items():
             if isinstance(value, dict):
                 for sub, v in value.items():
-                    out[f"{key}.{sub}"] = ",".join(v) if isinstance(v, list) else v
+                    out[f"{key}.{sub}"] = ",".join(map(str, v)) if isinstance(v, list) else v
             else:
                 out[key] = value
         return out

@@ -1,14 +1,15 @@
 """Test and fault-drill seams, off unless asked for: `train.fail_at_step` (every rank crashes
-once at that step), `train.hold_at_step` (rank 0 waits once before that step until released,
-so that a test can kill a process at a known step), `train.record_codes_steps` (each rank saves
-its unary shards and codes of the first N discrete steps), and a solver actor that holds every
-call (for the fault tests).
+once at that step), `train.hold_at_step` (rank 0 waits once before each of those steps until
+released, so that a test can kill a process at a known step), `train.record_codes_steps`
+(each rank saves its unary shards and codes of the first N discrete steps), and a solver actor
+that holds every call (for the fault tests).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,16 @@ from trainer.distributed.codes import GlobalCodeClient
 from trainer.distributed.solver_actor import SolverActor
 
 FAILED_ONCE_MARKER = ".failed_once_at_step"
-HELD_MARKER = ".held_at_step"
-RELEASE_FILE = ".release_hold"
+
+
+def held_marker(step: int) -> str:
+    """The file rank 0 writes in the run folder when it starts to hold before `step`."""
+    return f".held_at_step_{step}"
+
+
+def release_file(step: int) -> str:
+    """The file that releases the hold before `step` once it exists in the run folder."""
+    return f".release_hold_{step}"
 
 
 class FaultDrill:
@@ -44,21 +53,21 @@ class FaultDrill:
 
 
 class HoldDrill:
-    """Rank 0 waits before `step` until `RELEASE_FILE` exists in the run folder, the first time
-    the run reaches that step (`HELD_MARKER`, holding the step, says it is waiting). Other
-    ranks go on and wait in the step's first collective."""
+    """Rank 0 waits before each of `steps` until `release_file(step)` exists in the run folder,
+    the first time the run reaches that step (`held_marker(step)`, holding the step, says it is
+    waiting). Other ranks go on and wait in the step's first collective."""
 
     poll_s = 0.05
 
-    def __init__(self, step: int, run_dir: Path, rank: int):
-        self.step, self.run_dir, self.rank = step, run_dir, rank
+    def __init__(self, steps: Sequence[int], run_dir: Path, rank: int):
+        self.steps, self.run_dir, self.rank = frozenset(steps), run_dir, rank
 
     def before_step(self, step: int) -> None:
-        marker = self.run_dir / HELD_MARKER
-        if step != self.step or self.rank != 0 or marker.exists():
+        marker = self.run_dir / held_marker(step)
+        if step not in self.steps or self.rank != 0 or marker.exists():
             return
         marker.write_text(str(step))
-        while not (self.run_dir / RELEASE_FILE).exists():
+        while not (self.run_dir / release_file(step)).exists():
             time.sleep(self.poll_s)
 
 
