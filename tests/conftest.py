@@ -27,6 +27,11 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # every worker group. No node of these tests is ever drained, and each watcher is one more
 # process to start: about 1.3 s of CPU per group start on this 2-core machine.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Metrics for Ray's dashboard and Prometheus, which no test reads: every Ray process exports
+# them to its node's metrics agent, and Ray Train adds run metrics from its controller and
+# workers.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
