@@ -33,12 +33,32 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_enable_metrics_collection", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray starts its worker processes at nice 15. Under `make test` the Ray tests, one after the
+# other, are the suite's critical path: their workers keep the tests' priority, and the xdist
+# workers that run the other modules lower theirs (`pytest_runtest_setup` below).
+os.environ.setdefault("RAY_worker_niceness", "0")
+OTHER_MODULES_NICENESS = 10
 
 
 NO_RAY_VAR = "CASCADEVAE_TEST_NO_RAY"
 """Set to 1 (`make test-fast` does): starting a Ray node in this process fails the test."""
 RAY_FIXTURES = ("ray_session", "fit_debug", "two_workers_run")
 """Fixtures that start (or need) the session's Ray cluster."""
+
+
+_priority_set = False
+
+
+def pytest_runtest_setup(item):
+    """An xdist worker whose first test is not in RAY_MODULES runs no Ray test (the Ray
+    modules are one scope, first in the queue): it lowers its priority, so that the Ray tests'
+    processes get the CPU first and these tests use what they leave idle."""
+    global _priority_set
+    if _priority_set or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    _priority_set = True
+    if item.path.name not in RAY_MODULES:
+        os.nice(OTHER_MODULES_NICENESS)
 
 
 def pytest_configure(config):
