@@ -60,6 +60,7 @@ from trainer.eval.registry import output_keys
 from trainer.observe.cadence import extra_evaluation_steps
 from trainer.observe.run_log import read_attempts, read_metrics
 from trainer.reported import reported_keys
+from trainer.run_folder import config_changes, read_run_config
 from trainer.schema import RuleError, Schema, plain_name, rules_apply, validate
 from trainer.variants.registry import VARIANTS
 
@@ -232,10 +233,27 @@ def archive_dir(study: StudyConfig) -> Path:
     return Path(study.results_dir) / ARCHIVE
 
 
+def record_problem(study: StudyConfig, name: str) -> str | None:
+    """Why run `name`'s record under `<results_dir>/runs/` cannot stand for the run as the
+    study file now defines it (None when it can): no record, settings that change the trained
+    state (as a resume would refuse them), or fewer steps than the run now has."""
+    kept = archive_dir(study) / name
+    if not all((kept / f).is_file() for f in RECORD_FILES):
+        return "no record"
+    config = study.trial_config({RUN_DIMENSION: name})
+    refused, _ = config_changes(read_run_config(kept) or {}, config)
+    if refused:
+        return "trained with other settings (" + "; ".join(c.line() for c in refused) + ")"
+    steps = pq.read_table(kept / "metrics.parquet", columns=["step"])["step"].to_pylist()
+    if max(steps, default=0) < config.train.num_steps:
+        return f"it ends at step {max(steps, default=0)} of {config.train.num_steps}"
+    return None
+
+
 def archived_runs(study: StudyConfig) -> list[str]:
-    """The study's runs with a finished record under `<results_dir>/runs/`, in study order."""
-    folder = archive_dir(study)
-    return [n for n in study.runs if all((folder / n / f).is_file() for f in RECORD_FILES)]
+    """The study's runs whose record under `<results_dir>/runs/` stands for the run (see
+    `record_problem`), in study order."""
+    return [name for name in study.runs if record_problem(study, name) is None]
 
 
 def _archive_run(study: StudyConfig, name: str, train_dir: Path, line: str) -> None:
@@ -298,7 +316,12 @@ def collect_runs(study: StudyConfig, *, partial: bool = False) -> tuple[list[Run
         line = json.loads((kept / "run.json").read_text())["line"]
         lines.append(f"{line} (read from its record in {kept}: its folder is not in {folder})")
     named = {line.split("`")[1] for line in lines}
-    lines += [f"`{name}`: no results yet" for name in study.runs if name not in named]
+    for name in study.runs:
+        if name in named:
+            continue
+        problem = record_problem(study, name)
+        unused = "" if problem == "no record" else f" (its record is not used: {problem})"
+        lines.append(f"`{name}`: no results yet{unused}")
     order = {name: index for index, name in enumerate(study.runs)}
     return records, sorted(lines, key=lambda line: order[line.split("`")[1]])
 

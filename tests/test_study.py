@@ -17,6 +17,8 @@ from trainer.config import ConfigError
 from trainer.observe.run_log import RunLog, read_metrics
 
 DEBUG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
+RUNS = ["cascade-s0", "cascade-s1", "beta_vae-s0"]
+"""The runs of `_study`'s file."""
 
 
 def _study(tmp_path: Path, **changes) -> Path:
@@ -173,15 +175,16 @@ def test_a_finished_runs_record_outlives_its_folder_and_is_not_trained_again(
     trains only the runs without a record."""
     import shutil
 
-    from launch.study import _skip_recorded_runs
+    from launch.study import _skip_recorded_runs, collect_runs, record_problem
 
     path = _study(tmp_path)
+    configs = {name: load_study(path).trial_config({"run": name}).to_yaml() for name in RUNS}
     for index, name in enumerate(["cascade-s0", "cascade-s1"]):
         trial = tmp_path / "runs" / "tiny" / f"t{index}_run={name}"
         (trial / "train").mkdir(parents=True)
         (trial / "params.json").write_text(f'{{"run": "{name}"}}')
         (trial / "result.json").write_text(json.dumps({"time_total_s": 90.0 * (index + 1)}))
-        log = RunLog(trial / "train", f"name: tiny\nseed: {index}\n")
+        log = RunLog(trial / "train", configs[name])
         for row in _run("cascade", index, [(40.0, 0.8 - index / 5, 0.9)]).rows:
             log.scalars(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
         log.close()
@@ -193,7 +196,7 @@ def test_a_finished_runs_record_outlives_its_folder_and_is_not_trained_again(
     first = (tmp_path / "results" / "results.md").read_text()
     kept = tmp_path / "results" / "runs"
     assert sorted(p.name for p in kept.iterdir()) == ["cascade-s0", "cascade-s1"]
-    assert (kept / "cascade-s1" / "config.yaml").read_text() == "name: tiny\nseed: 1\n"
+    assert (kept / "cascade-s1" / "config.yaml").read_text() == configs["cascade-s1"]
     record = json.loads((kept / "cascade-s1" / "run.json").read_text())
     assert record == {
         "run": "cascade-s1",
@@ -223,10 +226,24 @@ def test_a_finished_runs_record_outlives_its_folder_and_is_not_trained_again(
     assert "cascade-s0: finished, its record is in" in capsys.readouterr().out
     # With every run recorded, the study command writes the report and starts nothing.
     shutil.copytree(kept / "cascade-s0", kept / "beta_vae-s0")
+    (kept / "beta_vae-s0" / "config.yaml").write_text(configs["beta_vae-s0"])
     capsys.readouterr()
     assert main(["--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "every run has a finished record; report only" in out and "wrote " in out
+
+    # A record stands only for the run the file now defines: other trained-state settings or
+    # fewer steps, and the run has no results and is trained again.
+    changed = _study(tmp_path, set={"solver.lam": 0.5})
+    study = load_study(changed)
+    assert _skip_recorded_runs(study) is True and study.trained_runs() == RUNS
+    records, lines = collect_runs(study)
+    assert records == [] and lines[0] == (
+        "`cascade-s0`: no results yet (its record is not used: trained with other settings "
+        "(solver.lam: the run has 0.001, this command 0.5))"
+    )
+    longer = load_study(_study(tmp_path, set={"train.num_steps": 80}))
+    assert record_problem(longer, "cascade-s0") == "it ends at step 70 of 80"
 
 
 def test_storage_path_flag_reads_the_study_from_another_folder(tmp_path):
