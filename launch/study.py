@@ -303,25 +303,23 @@ def collect_runs(study: StudyConfig, *, partial: bool = False) -> tuple[list[Run
         line = f"`{name}`: {record.last_step} steps{_wall_time(params_path.parent)}"
         lines.append(line)
         _archive_run(study, name, table.parent, line)
-    for name in archived_runs(study):
+    for name in study.runs:
         if name in found:
+            continue
+        problem = record_problem(study, name)
+        if problem is not None:
+            unused = "" if problem == "no record" else f" (its record is not used: {problem})"
+            lines.append(f"`{name}`: no results yet{unused}")
             continue
         model, seed, _ = study.runs[name]
         config = study.trial_config({RUN_DIMENSION: name})
         start, diagnostic = config.cascade.discrete_start_step, extra_evaluation_steps(config)
         kept = archive_dir(study) / name
         record = read_run(model, seed, kept / "metrics.parquet", start, diagnostic)
-        assert record is not None  # archived_runs checked the file
+        assert record is not None  # record_problem read the file
         records.append(record)
         line = json.loads((kept / "run.json").read_text())["line"]
         lines.append(f"{line} (read from its record in {kept}: its folder is not in {folder})")
-    named = {line.split("`")[1] for line in lines}
-    for name in study.runs:
-        if name in named:
-            continue
-        problem = record_problem(study, name)
-        unused = "" if problem == "no record" else f" (its record is not used: {problem})"
-        lines.append(f"`{name}`: no results yet{unused}")
     order = {name: index for index, name in enumerate(study.runs)}
     return records, sorted(lines, key=lambda line: order[line.split("`")[1]])
 
