@@ -377,3 +377,25 @@ def test_the_wall_time_of_a_resumed_run_is_labelled_as_its_last_start(tmp_path):
     assert _wall_time(trial) == (
         ", 10.0 min wall time since its last start (from step 20; started 2 times)"
     )
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "configs" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("study_file", STUDIES, ids=[p.stem for p in STUDIES])
+def test_the_run_records_of_every_shipped_study_are_not_ignored_by_git(study_file):
+    """A record that git ignores is never committed, and is lost with the machine."""
+    import subprocess
+
+    root = study_file.parents[2]
+    inside = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"], capture_output=True
+    )
+    if inside.returncode != 0:
+        pytest.skip(f"{root} is not a git work tree")
+    study = load_study(study_file)
+    record = Path(study.results_dir) / "runs" / next(iter(study.runs)) / "metrics.parquet"
+    ignored = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "-v", str(record)], capture_output=True, text=True
+    )
+    assert ignored.returncode == 1, f"git ignores {record}: {ignored.stdout.strip()}"
