@@ -37,7 +37,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # other, are the suite's critical path: their workers keep the tests' priority, and the xdist
 # workers that run the other modules lower theirs (`pytest_runtest_setup` below).
 os.environ.setdefault("RAY_worker_niceness", "0")
-OTHER_MODULES_NICENESS = 10
+OTHER_MODULES_NICENESS = 19
 
 
 NO_RAY_VAR = "CASCADEVAE_TEST_NO_RAY"

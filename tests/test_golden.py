@@ -46,9 +46,9 @@ def golden() -> dict:
 
 def test_the_debug_run_reproduces_the_golden_losses(tmp_path, golden):
     """The debug config, 8 steps (2-step stages, the solver's codes from step 4), seed 0, one
-    worker, float32 on CPU-independent kernels, in a process of its own: each step's loss/total, loss/recon, loss/kl, per-latent
-    KL, weight penalty and lr match the file within RTOL, and the codes' per-category counts
-    in the discrete stage match exactly."""
+    worker, float32 on CPU-independent kernels, in a process of its own: each step's
+    loss/total, loss/recon, loss/kl, per-latent KL, weight penalty and lr match the file within
+    RTOL, and the codes' per-category counts in the discrete stage match exactly."""
     assert golden["steps"][-1]["discrete/active"] == 1.0  # the file covers the codes path
     assert any(golden["codes"])
     problems = _compare(golden, run_golden(tmp_path / "cache"))
