@@ -38,7 +38,7 @@ AUTHORS_TABLE = [
 @pytest.mark.parametrize("stage, first, last, r_cascade, discrete, r_c", AUTHORS_TABLE)
 def test_authors_schedule_at_every_stage_boundary(stage, first, last, r_cascade, discrete, r_c):
     cascade = CascadeSchedule()
-    cascade_c = CascadeSchedule(variant="cascade_c")
+    cascade_c = CascadeSchedule(discrete_stage=False)
     for iteration in (first, last):
         assert cascade.stage(iteration) == stage
         assert cascade.num_relieved(iteration) == r_cascade
@@ -77,7 +77,6 @@ def test_custom_settings():
         (lambda: CascadeConfig(stage_length=0), "stage_length"),
         (lambda: CascadeConfig(discrete_start_stage=-1), "discrete_start_stage"),
         (lambda: CascadeConfig(beta_low=-0.1), "beta_low"),
-        (lambda: CascadeSchedule(variant="joint"), "variant"),
     ],
 )
 def test_schedule_settings_are_validated_by_their_config_section(build, match):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainer.build import build_extras, build_model, build_schedule
-from trainer.config import Config, ModelConfig
+from trainer.config import Config, ModelConfig, load_config
 from trainer.core.model import CascadeVAE
 from trainer.schema import Schema
 from trainer.variants.registry import VARIANTS, variant_of
@@ -123,3 +123,19 @@ def test_a_study_model_named_after_a_variant_trains_that_variant(tmp_path):
     study = load_study(path)
     variant = {run: study.trial_config({"run": run}).model.variant for run in study.runs}
     assert variant == {"beta_vae-s0": "beta_vae", "cascade_c-s0": "beta_vae", "mine-s0": "cascade"}
+
+
+def test_num_steps_is_trained_state_only_where_the_variants_schedule_follows_it():
+    """JointVAE's capacity ramp over the whole run (`capacity_steps: 0`) makes `num_steps`
+    part of the trained state; with a fixed ramp, or for the cascade, a resume may add steps."""
+    from trainer.run_folder import state_fields
+
+    ramp = load_config(
+        CONFIGS / "debug.yaml", ["model.variant=jointvae", "jointvae.capacity_steps=0"]
+    )
+    fixed = load_config(
+        CONFIGS / "debug.yaml", ["model.variant=jointvae", "jointvae.capacity_steps=30"]
+    )
+    assert "train.num_steps" in state_fields(ramp)
+    assert "train.num_steps" not in state_fields(fixed)
+    assert "train.num_steps" not in state_fields(load_config(CONFIGS / "debug.yaml"))

@@ -32,6 +32,7 @@ import yaml
 from trainer.checkpoint import META_FILE, STATE_FILE, read_newest_intact
 from trainer.config import Config, ConfigError
 from trainer.observe.run_log import ATTEMPTS
+from trainer.variants.registry import variant_of
 
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "config_history.jsonl"
@@ -82,7 +83,7 @@ def state_fields(config: Config) -> set[str]:
         if "." in key and key.split(".")[0] not in RUN_SECTIONS and key not in NOT_STATE
     }
     fields |= TRAIN_STATE_FIELDS
-    if config.model.variant == "jointvae" and config.jointvae.capacity_steps == 0:
+    if variant_of(config).schedule_follows_num_steps(config):
         fields.add("train.num_steps")
     return fields
 

@@ -18,8 +18,6 @@ from torch import nn
 
 from trainer.schema import Float, Schema
 
-KINDS = ("cascade", "cascade_c")
-"""Schedule kinds: with a discrete stage (CascadeVAE) or without (continuous only)."""
 AdamImplementation = Literal["auto", "for_loop", "foreach", "fused"]
 
 
@@ -75,13 +73,9 @@ class CascadeSchedule:
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     num_continuous: int = 6
     """M, the number of continuous latent dims (model.num_continuous)."""
-    variant: Literal["cascade", "cascade_c"] = "cascade"
-    """The schedule's kind, one of KINDS: whether it has a discrete stage (set by the model
-    variant's entry in trainer.variants, not a config field)."""
-
-    def __post_init__(self) -> None:
-        if self.variant not in KINDS:
-            raise ValueError(f"variant must be one of {KINDS}, got {self.variant!r}")
+    discrete_stage: bool = True
+    """Whether the code is learned from stage T on (`cascade`) or never (`cascade_c`): set by
+    the model variant's entry in trainer.variants, not a config field."""
 
     @property
     def stage_length(self) -> int:
@@ -105,7 +99,7 @@ class CascadeSchedule:
         return iteration // self.stage_length
 
     def discrete_active(self, iteration: int) -> bool:
-        return self.variant == "cascade" and self.stage(iteration) >= self.discrete_start_stage
+        return self.discrete_stage and self.stage(iteration) >= self.discrete_start_stage
 
     def num_relieved(self, iteration: int) -> int:
         """r: how many leading dims get beta_low at this iteration."""

@@ -11,4 +11,4 @@ def schedule(config: CascadeRun) -> CascadeSchedule:
     """The continuous-only schedule with beta_high = beta_low = `model.beta`."""
     beta = config.model.beta
     cascade = config.cascade.model_copy(update={"beta_high": beta, "beta_low": beta})
-    return CascadeSchedule(cascade, config.model.num_continuous, "cascade_c")
+    return CascadeSchedule(cascade, config.model.num_continuous, discrete_stage=False)

@@ -35,13 +35,13 @@ def build_model(config: CascadeRun) -> CascadeVAE:
 
 def cascade_schedule(config: CascadeRun) -> CascadeSchedule:
     """The cascade's KL weights with its discrete stage."""
-    return CascadeSchedule(config.cascade, config.model.num_continuous, "cascade")
+    return CascadeSchedule(config.cascade, config.model.num_continuous, discrete_stage=True)
 
 
 def continuous_schedule(config: CascadeRun) -> CascadeSchedule:
     """The cascade's KL weights without a discrete stage (CascadeVAE-C; JointVAE, whose
     objective has no betas, uses it only for the latent size)."""
-    return CascadeSchedule(config.cascade, config.model.num_continuous, "cascade_c")
+    return CascadeSchedule(config.cascade, config.model.num_continuous, discrete_stage=False)
 
 
 def step(

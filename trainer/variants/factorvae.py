@@ -138,7 +138,7 @@ def build_model(config: FactorVAERun) -> CascadeVAE:
 def schedule(config: FactorVAERun) -> CascadeSchedule:
     """KL weight 1 on every continuous dim (the ELBO's), never a discrete stage."""
     cascade = config.cascade.model_copy(update={"beta_high": 1.0, "beta_low": 1.0})
-    return CascadeSchedule(cascade, config.model.num_continuous, "cascade_c")
+    return CascadeSchedule(cascade, config.model.num_continuous, discrete_stage=False)
 
 
 def build_extras(config: FactorVAERun, device: torch.device) -> Extras:

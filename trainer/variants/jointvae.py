@@ -61,6 +61,11 @@ def capacities(config: JointVAERun) -> CapacitySchedule:
     )
 
 
+def ramp_follows_num_steps(config: JointVAERun) -> bool:
+    """The capacities rise over the whole run (`capacity_steps: 0`)."""
+    return config.jointvae.capacity_steps == 0
+
+
 def build_extras(config: JointVAERun, device: torch.device) -> Extras:
     return Extras(settings=capacities(config))
 

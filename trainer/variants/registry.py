@@ -83,6 +83,9 @@ class Variant:
     """The variant's extra trained modules, their optimizers and its step settings, on a device."""
     section: str | None = None
     """The config section holding the variant's settings (a field of Config), if any."""
+    schedule_follows_num_steps: Callable[[RunSettings], bool] = lambda config: False
+    """Whether the trained state's schedule is a function of `train.num_steps`, which a resume
+    then must not change (JointVAE's capacity ramp with `jointvae.capacity_steps: 0`)."""
 
     @property
     def has_discrete_stage(self) -> bool:
@@ -140,6 +143,7 @@ VARIANTS: dict[str, Variant] = {
             loss_keys=jointvae.loss_keys,
             build_extras=jointvae.build_extras,
             section="jointvae",
+            schedule_follows_num_steps=jointvae.ramp_follows_num_steps,
         ),
         Variant(
             name="oracle",
