@@ -44,12 +44,15 @@ def shape_problems(built: dict, saved: dict, trained: dict, config) -> list[str]
     ]
     if not differ:
         return []
+    from trainer.variants.registry import variant_of
+
+    model_sections = {"model", variant_of(config).section}
     flat = config.flat()
     fields = [
         f"{key}: the checkpoint was trained with {trained.get(key)!r}, --set gives "
         f"{flat[key]!r}; the model's shapes must match the checkpoint's"
         for key in sorted(flat)
-        if key.split(".")[0] in ("model", "jointvae") and trained.get(key) != flat[key]
+        if key.split(".")[0] in model_sections and trained.get(key) != flat[key]
     ]
     more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
     return fields + ["tensors that differ: " + "; ".join(differ[:3]) + more]

@@ -46,8 +46,9 @@ continuous latent, `kl/z*`)."""
 
 REFERENCE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 """Read when torch loads, hence a process of its own; with oneDNN off as well (`_run_here`),
-the run's float32 results are the same on every x86 CPU: torch's own kernels without SIMD
-dispatch, and MKL's GEMM on its CPU-independent code path. On the fast kernels the run is not
+the run's float32 results do not depend on which x86 instructions the CPU has: torch's own
+kernels without SIMD dispatch, and MKL's GEMM on its CPU-independent code path (the images are
+rendered by numpy and Python's math, as in every run). On the fast kernels the run is not
 CPU-independent: the same run with torch's AVX512 kernels and with its plain ones differs by
 up to 0.8 % relative at step 7 (kl/z0), and the file written on an AMD EPYC left the tolerance
 on an Intel Xeon with AMX in the same way. With these settings a run with MKL held to AVX2
@@ -89,13 +90,17 @@ def run_golden(cache_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "run.json"
         command = [sys.executable, "-m", "tests.golden_losses", "--here", "--out", str(out)]
-        command += ["--cache-dir", str(cache_dir), *(f"--set={o}" for o in overrides)]
+        command += ["--cache-dir", str(Path(cache_dir).resolve())]
+        command += [f"--set={o}" for o in overrides]
         done = subprocess.run(
             command, cwd=ROOT, env={**os.environ, **REFERENCE_KERNELS}, capture_output=True,
             text=True,
         )  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"the golden run failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"the golden run exited with status {done.returncode}:\n"
+                f"{done.stdout[-1500:]}{done.stderr[-3000:]}"
+            )
         return json.loads(out.read_text())
 
 
@@ -124,6 +129,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.here:  # the run itself, started by run_golden
+        if args.out is None or args.cache_dir is None:
+            parser.error("--here needs --out and --cache-dir")
         args.out.write_text(json.dumps(_run_here(args.cache_dir, tuple(args.set))))
         return
     with tempfile.TemporaryDirectory() as cache:

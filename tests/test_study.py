@@ -384,8 +384,11 @@ STUDIES = sorted((Path(__file__).resolve().parents[1] / "configs" / "studies").g
 
 @pytest.mark.parametrize("study_file", STUDIES, ids=[p.stem for p in STUDIES])
 def test_the_run_records_of_every_shipped_study_are_not_ignored_by_git(study_file):
-    """A record that git ignores is never committed, and is lost with the machine."""
+    """A record that git ignores is never committed, and is lost with the machine. Asked of
+    .gitignore itself (`--no-index`), so a record already committed does not hide the rule."""
     import subprocess
+
+    from launch.study import RECORD_FILES, archive_dir
 
     root = study_file.parents[2]
     inside = subprocess.run(
@@ -394,8 +397,11 @@ def test_the_run_records_of_every_shipped_study_are_not_ignored_by_git(study_fil
     if inside.returncode != 0:
         pytest.skip(f"{root} is not a git work tree")
     study = load_study(study_file)
-    record = Path(study.results_dir) / "runs" / next(iter(study.runs)) / "metrics.parquet"
-    ignored = subprocess.run(
-        ["git", "-C", str(root), "check-ignore", "-v", str(record)], capture_output=True, text=True
+    records = [str(archive_dir(study) / run / name) for run in study.runs for name in RECORD_FILES]
+    asked = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "--no-index", "-v", *records],
+        capture_output=True,
+        text=True,
     )
-    assert ignored.returncode == 1, f"git ignores {record}: {ignored.stdout.strip()}"
+    assert asked.returncode in (0, 1), f"git check-ignore failed: {asked.stderr}"
+    assert asked.returncode == 1, f"git ignores:\n{asked.stdout}"

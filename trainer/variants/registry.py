@@ -59,6 +59,11 @@ class RunSettings(Protocol):
     def factorvae(self) -> FactorVAEConfig: ...
 
 
+def never(config: RunSettings) -> bool:
+    """For entries whose schedule does not follow `train.num_steps`."""
+    return False
+
+
 @dataclass(frozen=True)
 class Variant:
     """One model variant."""
@@ -69,8 +74,10 @@ class Variant:
     """A discrete code of `model.num_categories` (>= 2) categories; without one, the model has
     K = 0 and the protocols that need codes are refused."""
     schedule_kind: Literal["cascade", "cascade_c"]
-    """The KL schedule's kind (trainer.core.schedule): `cascade` has a discrete stage from
-    `cascade.discrete_start_stage` on, `cascade_c` never has one."""
+    """The KL schedule's kind: `cascade` has a discrete stage from
+    `cascade.discrete_start_stage` on, `cascade_c` never has one (`build_schedule` gives
+    trainer.core.schedule.CascadeSchedule the matching `discrete_stage`; tests/test_variants.py
+    checks the two agree)."""
     codes: Codes
     """Who chooses the codes in the discrete stage."""
     build_model: Callable[[RunSettings], CascadeVAE]
@@ -83,7 +90,7 @@ class Variant:
     """The variant's extra trained modules, their optimizers and its step settings, on a device."""
     section: str | None = None
     """The config section holding the variant's settings (a field of Config), if any."""
-    schedule_follows_num_steps: Callable[[RunSettings], bool] = lambda config: False
+    schedule_follows_num_steps: Callable[[RunSettings], bool] = never
     """Whether the trained state's schedule is a function of `train.num_steps`, which a resume
     then must not change (JointVAE's capacity ramp with `jointvae.capacity_steps: 0`)."""
 
