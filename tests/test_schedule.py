@@ -70,12 +70,29 @@ def test_custom_settings():
     assert early.discrete_active(0) and early.betas(4).tolist() == [10.0] * 6
 
 
+# D = 4 (`code_only_stages`), T = 4, M = 6, written out by hand: s < 4 -> r = s + 1; the code
+# alone with the same 4 dims for stages 4..7; then r = s - 3: 5 at stage 8, 6 from stage 9 on.
+CODE_ONLY_4_TABLE = [(0, 1), (3, 4), (4, 4), (5, 4), (7, 4), (8, 5), (9, 6), (14, 6)]
+
+
+@pytest.mark.parametrize("stage, r", CODE_ONLY_4_TABLE)
+def test_code_only_stages_hold_the_relieved_dims_for_d_stages(stage, r):
+    schedule = CascadeSchedule(CascadeConfig(stage_length=100, code_only_stages=4))
+    for iteration in (100 * stage, 100 * stage + 99):
+        assert schedule.num_relieved(iteration) == r
+        assert schedule.discrete_active(iteration) is (stage >= 4)
+    # cascade_c has no discrete stage, so D changes nothing there.
+    cascade_c = CascadeSchedule(CascadeConfig(stage_length=100, code_only_stages=4), discrete_stage=False)
+    assert cascade_c.num_relieved(100 * stage) == min(stage + 1, 6)
+
+
 @pytest.mark.parametrize(
     "build, match",
     [
         (lambda: ModelConfig(num_continuous=0), "num_continuous"),
         (lambda: CascadeConfig(stage_length=0), "stage_length"),
         (lambda: CascadeConfig(discrete_start_stage=-1), "discrete_start_stage"),
+        (lambda: CascadeConfig(code_only_stages=0), "code_only_stages"),
         (lambda: CascadeConfig(beta_low=-0.1), "beta_low"),
     ],
 )

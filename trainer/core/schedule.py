@@ -28,6 +28,9 @@ class CascadeConfig(Schema):
     """P, iterations per stage of the cascade (authors: 20,000)."""
     discrete_start_stage: int = Field(4, ge=0)
     """T, the first stage in which the discrete code is learned (authors: 4)."""
+    code_only_stages: int = Field(1, ge=1)
+    """D, the stages of the discrete stage that relieve no new dim, so the code meets no new
+    competitor for D x stage_length steps (authors: 1, i.e. one stage spent on the code)."""
     beta_high: Float = Field(10.0, ge=0)
     """beta_h, the KL weight of dims not yet relieved (authors: 10)."""
     beta_low: Float = Field(0.1, ge=0)
@@ -63,10 +66,11 @@ class CascadeSchedule:
 
     Stage s = iteration // stage_length. The first r(s) dims get beta_low, the rest beta_high.
     cascade:   s < T: r = min(s + 1, M), discrete code held at zeros;
-               s >= T: r = min(s, M), discrete code chosen by the solver.
+               s >= T: r = min(max(T, s + 1 - D), M), discrete code chosen by the solver
+               (authors' D = 1: r = min(s, M)).
     cascade_c: r = min(s + 1, M), never a discrete code.
 
-    Its settings are a validated `CascadeConfig` (P, T, beta_high, beta_low) and the model's
+    Its settings are a validated `CascadeConfig` (P, T, D, beta_high, beta_low) and the model's
     M; they are not checked again here.
     """
 
@@ -104,8 +108,11 @@ class CascadeSchedule:
     def num_relieved(self, iteration: int) -> int:
         """r: how many leading dims get beta_low at this iteration."""
         s = self.stage(iteration)
-        # Entering the discrete stage spends one stage on the code instead of a new dim.
-        r = s if self.discrete_active(iteration) else s + 1
+        # The discrete stage spends its first D stages on the code instead of new dims.
+        if self.discrete_active(iteration):
+            r = max(self.discrete_start_stage, s + 1 - self.cascade.code_only_stages)
+        else:
+            r = s + 1
         return min(r, self.num_continuous)
 
     def betas(self, iteration: int) -> np.ndarray:
