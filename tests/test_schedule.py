@@ -82,7 +82,9 @@ def test_code_only_stages_hold_the_relieved_dims_for_d_stages(stage, r):
         assert schedule.num_relieved(iteration) == r
         assert schedule.discrete_active(iteration) is (stage >= 4)
     # cascade_c has no discrete stage, so D changes nothing there.
-    cascade_c = CascadeSchedule(CascadeConfig(stage_length=100, code_only_stages=4), discrete_stage=False)
+    cascade_c = CascadeSchedule(
+        CascadeConfig(stage_length=100, code_only_stages=4), discrete_stage=False
+    )
     assert cascade_c.num_relieved(100 * stage) == min(stage + 1, 6)
 
 
