@@ -8,6 +8,7 @@ Crashes, stops and interrupts of real processes are in test_real_faults.py.
 
 from __future__ import annotations
 
+import math
 import subprocess
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def test_loss_falls_and_run_finishes(runs, name):
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     assert rows[-1]["loss/recon"] < 0.8 * rows[0]["loss/recon"]
     assert result.metrics["step"] == config.train.num_steps
+    # Ray gives each worker's torch as many threads as the whole CPUs it asks for.
+    threads = [attempt["torch_threads"] for attempt in read_attempts(run_dir)]
+    expected = max(math.floor(config.train.cpus_per_worker), 1)
+    assert threads == [expected] * config.train.num_workers
     # The final report carries the evaluation of the trained model.
     assert 0.0 <= result.metrics["eval/authors_factorvae"] <= 1.0
     assert 0.0 <= result.metrics["eval/discrete_accuracy"] <= 1.0

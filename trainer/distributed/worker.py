@@ -129,6 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     record_attempt(
         run_dir, rank=rank, world_size=world_size, start_step=start_step, notes=resumed,
         precision=precision.dtype_name, memory_format=precision.memory_format_name,
+        torch_threads=torch.get_num_threads(),  # Ray's OMP_NUM_THREADS: train.cpus_per_worker
     )  # fmt: skip
     client = _code_client(config, loop_config.get("solver"), rank, world_size)
     extras.wrap(ray.train.torch.prepare_model)  # DDP when world_size > 1, as the VAE
@@ -166,7 +167,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         say(
             f"[cascadevae] rank 0 of {world_size} on {device}: steps {start_step}->"
             f"{config.train.num_steps}, global batch {config.train.global_batch}, "
-            f"{len(dataset)} images, {precision.describe()}, run dir {run_dir}"
+            f"{len(dataset)} images, {precision.describe()}, "
+            f"{torch.get_num_threads()} torch thread(s), run dir {run_dir}"
         )
 
     last_interval: dict[str, float] = {}
