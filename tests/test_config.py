@@ -27,6 +27,7 @@ def test_paper_config_holds_the_authors_settings():
     c = load_config(CONFIG_DIR / "dsprites.yaml")
     assert (c.train.num_steps, c.train.global_batch) == (300_000, 64)
     assert (c.cascade.stage_length, c.cascade.discrete_start_stage) == (20_000, 4)
+    assert c.cascade.code_only_stages == 1
     assert (c.cascade.beta_high, c.cascade.beta_low, c.solver.lam) == (10.0, 0.1, 0.001)
     # Constant 1e-4: the authors' staircase decay is defined but never advanced in their code.
     assert (c.optim.lr, c.optim.decay_rate) == (1e-4, 1.0)

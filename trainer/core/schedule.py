@@ -30,7 +30,8 @@ class CascadeConfig(Schema):
     """T, the first stage in which the discrete code is learned (authors: 4)."""
     code_only_stages: int = Field(1, ge=1)
     """D, the stages of the discrete stage that relieve no new dim, so the code meets no new
-    competitor for D x stage_length steps (authors: 1, i.e. one stage spent on the code)."""
+    competitor for D x stage_length steps (authors: 1, i.e. one stage spent on the code). Dims
+    whose turn comes after train.num_steps are never relieved."""
     beta_high: Float = Field(10.0, ge=0)
     """beta_h, the KL weight of dims not yet relieved (authors: 10)."""
     beta_low: Float = Field(0.1, ge=0)

@@ -5,7 +5,7 @@ Layout of a run directory (the Ray Train run folder, `<storage_path>/<run_name>`
     config.yaml           the resolved config of the run
     tb/                   TensorBoard events: scalars, images, hparams
     metrics.parquet/      one row per log interval (step + every scalar), in part files
-    attempts.jsonl        one line per worker start: time, rank, pid, host, first step
+    attempts.jsonl        one line per worker start: time, rank, pid, host, first step, ...
 
 The metrics table is a folder of Parquet parts `part-NNNNN.parquet`, one row group per log
 interval, the config in each part's schema metadata. A part is written under a hidden name
@@ -40,9 +40,9 @@ ATTEMPTS = "attempts.jsonl"
 
 def record_attempt(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     """Append one worker start to the run's `attempts.jsonl`: `time` (Unix s), `pid`, `host`
-    and `fields` (rank, world size, first step, what the resume skipped). Every rank writes
-    its own line; one `write` of one line to a file opened for appending is not interleaved.
-    Returns the line's record."""
+    and `fields` (rank, world size, first step, what the resume skipped, precision, memory
+    format, torch threads). Every rank writes its own line; one `write` of one line to a file
+    opened for appending is not interleaved. Returns the line's record."""
     record = {"time": time.time(), "pid": os.getpid(), "host": socket.gethostname(), **fields}
     with open(Path(run_dir) / ATTEMPTS, "a", encoding="utf-8") as out:
         out.write(json.dumps(record, sort_keys=True) + "\n")
