@@ -12,12 +12,20 @@ import numpy as np
 import pytest
 from golden_losses import GOLDEN_FILE, run_golden
 
-RTOL = 1e-4
-"""Relative tolerance on each step's value of every stored key (ATOL, absolute, covers terms
-near zero). The run uses CPU-independent kernels (golden_losses.REFERENCE_KERNELS), so the
-tolerance only has to cover what those leave: two runs agree exactly, as does a run with MKL
-held to AVX2; a run with optim.lr 1 % higher leaves the tolerance from step 0 on (71 values)."""
+RTOL_STEP0 = 1e-4
+"""Relative tolerance on step 0's value of every stored key, doubled at every later step
+(`rtol(step)`; ATOL, absolute, covers terms near zero). An 8-step run from Adam's first steps
+amplifies rounding: the file, written on an Intel Xeon (AVX512, AMX), and a run on an AMD EPYC
+(AVX2), both on golden_losses.REFERENCE_KERNELS, differ by at most 2e-7 / 5e-6 / 7e-6 / 2e-4 /
+9e-4 / 7e-4 / 3e-3 / 4e-3 (relative) at steps 0..7, each under half of rtol(step). What the file
+must catch stays outside: optim.lr 1 % higher leaves it in 63 values (from step 0, the lr
+itself), cascade.beta_low 1 % higher in 19; the codes' counts must match exactly."""
 ATOL = 1e-6
+
+
+def rtol(step: int) -> float:
+    """The relative tolerance at `step`: RTOL_STEP0 x 2^step."""
+    return RTOL_STEP0 * 2.0**step
 
 
 def _compare(golden: dict, fresh: dict) -> list[str]:
@@ -31,7 +39,7 @@ def _compare(golden: dict, fresh: dict) -> list[str]:
             problems.append(f"step {step}: keys {sorted(got)} != the file's {sorted(want)}")
             continue
         for key, value in want.items():
-            if not np.isclose(got[key], value, rtol=RTOL, atol=ATOL):
+            if not np.isclose(got[key], value, rtol=rtol(step), atol=ATOL):
                 problems.append(f"step {step} {key}: {got[key]!r} != the file's {value!r}")
     for step, (want, got) in enumerate(zip(golden["codes"], fresh["codes"], strict=True)):
         if want != got:
@@ -46,9 +54,9 @@ def golden() -> dict:
 
 def test_the_debug_run_reproduces_the_golden_losses(tmp_path, golden):
     """The debug config, 8 steps (2-step stages, the solver's codes from step 4), seed 0, one
-    worker, float32 on CPU-independent kernels, in a process of its own: each step's
+    worker, float32 on golden_losses.REFERENCE_KERNELS, in a process of its own: each step's
     loss/total, loss/recon, loss/kl, per-latent KL, weight penalty and lr match the file within
-    RTOL, and the codes' per-category counts in the discrete stage match exactly."""
+    rtol(step), and the codes' per-category counts in the discrete stage match exactly."""
     assert golden["steps"][-1]["discrete/active"] == 1.0  # the file covers the codes path
     assert any(golden["codes"])
     problems = _compare(golden, run_golden(tmp_path / "cache"))
