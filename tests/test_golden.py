@@ -17,7 +17,7 @@ RTOL_STEP0 = 1e-4
 (`rtol(step)`; ATOL, absolute, covers terms near zero). An 8-step run from Adam's first steps
 amplifies rounding: the file, written on an Intel Xeon (AVX512, AMX), and a run on an AMD EPYC
 (AVX2), both on golden_losses.REFERENCE_KERNELS, differ by at most 2e-7 / 5e-6 / 7e-6 / 2e-4 /
-9e-4 / 7e-4 / 3e-3 / 4e-3 (relative) at steps 0..7, each under half of rtol(step). What the file
+9e-4 / 7e-4 / 3e-3 / 4e-3 (relative) at steps 0..7, at most 0.55 of rtol(step). What the file
 must catch stays outside: optim.lr 1 % higher leaves it in 63 values (from step 0, the lr
 itself), cascade.beta_low 1 % higher in 19; the codes' counts must match exactly."""
 ATOL = 1e-6
