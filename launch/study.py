@@ -424,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     from launch.tune import TUNE_STATE, prepare_experiment
 
     folder = experiment_dir(study)
-    if not (folder / TUNE_STATE).is_file() and not _skip_recorded_runs(study):
+    if (folder / TUNE_STATE).is_file():
+        _resumed_runs(study, folder)
+    elif not _skip_recorded_runs(study):
         for path in report(study):
             print(f"wrote {path}")
         return 0
@@ -448,6 +450,24 @@ def _skip_recorded_runs(study: StudyConfig) -> bool:
     if not left:
         print(f"[cascadevae] study '{study.name}': every run has a finished record; report only")
     return bool(left)
+
+
+def _resumed_runs(study: StudyConfig, folder: Path) -> None:
+    """A resumed experiment trains the grid it started with (Tune restores it): the runs its
+    record lists or, for a record written before it listed them, the runs with a trial folder
+    there and those without a finished record. `study`'s grid becomes that list, so what the
+    command prints names the runs it trains."""
+    from launch.tune import TRAINED_RUNS, read_experiment_record
+
+    runs = read_experiment_record(folder).get(TRAINED_RUNS)
+    if runs is None:
+        started = {
+            json.loads(p.read_text()).get(RUN_DIMENSION) for p in folder.glob("*/params.json")
+        }
+        recorded = set(archived_runs(study))
+        runs = [name for name in study.runs if name in started or name not in recorded]
+    grid = [name for name in study.runs if name in runs]
+    study.dimensions = [Dimension(RUN_DIMENSION, RUN_DIMENSION, "grid", grid)]
 
 
 def _run_study(study: StudyConfig, source: str, folder: Path) -> int:

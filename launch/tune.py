@@ -62,6 +62,9 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig, experiment_dir: str) -
 
 EXPERIMENT_RECORD = "cascadevae_experiment.json"
 """What defines the trials of an experiment, written when it starts; a resume compares it."""
+TRAINED_RUNS = "trained_runs"
+"""The record key of a study's grid: the runs its experiment trains, fixed when it starts (the
+runs with a finished record then are left out). Tune restores that grid on a resume."""
 TUNE_STATE = "tuner.pkl"
 """Written by Tune when an experiment starts: its presence means the folder can be resumed."""
 
@@ -86,6 +89,7 @@ def experiment_record(sweep: SweepConfig) -> dict[str, Any]:
         for name in runs:
             flat = sweep.trial_config({RUN_DIMENSION: name}).flat()
             record.update({f"runs.{name}.{k}": v for k, v in flat.items()})
+        record[TRAINED_RUNS] = list(sweep.dimensions[0].values)
         return record
     record.update({f"search.space.{d.name}": {d.kind: list(d.values)} for d in sweep.dimensions})
     record.update({f"base.{k}": v for k, v in sweep.base.flat().items()})
@@ -111,6 +115,8 @@ def experiment_problems(sweep: SweepConfig, experiment_dir: Path) -> list[str]:
     problems += [f"runs.{n}: a run of the experiment, missing from the file" for n in gone]
     skip = {f"runs.{n}." for n in added + gone}
     for key in sorted(old.keys() | new.keys()):
+        if key == TRAINED_RUNS:  # a resume trains the experiment's own grid (`trained_runs`)
+            continue
         if any(key.startswith(prefix) for prefix in skip) or _not_state(key):
             continue
         if old.get(key) != new.get(key):
@@ -128,6 +134,12 @@ def _not_state(key: str) -> bool:
     parts = key.split(".")
     field = ".".join(parts[1:] if parts[0] == "base" else parts[2:] if parts[0] == "runs" else [])
     return field in NOT_STATE
+
+
+def read_experiment_record(experiment_dir: Path) -> dict[str, Any]:
+    """The experiment's record ({} when it has none)."""
+    path = experiment_dir / EXPERIMENT_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def write_experiment_record(sweep: SweepConfig, experiment_dir: Path) -> None:

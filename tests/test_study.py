@@ -246,6 +246,53 @@ def test_a_finished_runs_record_outlives_its_folder_and_is_not_trained_again(
     assert record_problem(longer, "cascade-s0") == "it ends at step 70 of 80"
 
 
+def _write_record(study, name: str) -> None:
+    """A finished record of run `name` under the study's results_dir/runs/."""
+    config = study.trial_config({"run": name})
+    kept = Path(study.results_dir) / "runs" / name
+    kept.mkdir(parents=True)
+    pq.write_table(pa.table({"step": [float(config.train.num_steps)]}), kept / "metrics.parquet")
+    (kept / "config.yaml").write_text(config.to_yaml())
+    (kept / "run.json").write_text(json.dumps({"run": name}))
+
+
+def test_a_resumed_study_names_the_runs_its_experiment_trains(tmp_path, capsys):
+    """Tune restores the grid an experiment started with, so a resume names that grid, not
+    every run of the file: the list in the experiment's record, or, for a record without one,
+    the runs with a trial folder there and those without a finished record."""
+    from launch.study import _resumed_runs, _skip_recorded_runs, experiment_dir
+    from launch.tune import TRAINED_RUNS, experiment_problems, write_experiment_record
+
+    path = _study(tmp_path)
+    study = load_study(path)
+    _write_record(study, "cascade-s0")  # finished before this experiment started
+    assert _skip_recorded_runs(study) is True
+    folder = experiment_dir(study)
+    write_experiment_record(study, folder)
+    (folder / "tuner.pkl").write_bytes(b"")
+    record = json.loads((folder / "cascadevae_experiment.json").read_text())
+    assert record[TRAINED_RUNS] == ["cascade-s1", "beta_vae-s0"]
+    # cascade-s1 finishes in this experiment, and a report keeps its record.
+    (folder / "t0_run=cascade-s1").mkdir()
+    (folder / "t0_run=cascade-s1" / "params.json").write_text('{"run": "cascade-s1"}')
+    _write_record(study, "cascade-s1")
+
+    resumed = load_study(path)
+    _resumed_runs(resumed, folder)
+    assert resumed.trained_runs() == ["cascade-s1", "beta_vae-s0"]
+    assert experiment_problems(resumed, folder) == []
+
+    del record[TRAINED_RUNS]  # a record written before it listed the grid
+    (folder / "cascadevae_experiment.json").write_text(json.dumps(record))
+    older = load_study(path)
+    _resumed_runs(older, folder)
+    assert older.trained_runs() == ["cascade-s1", "beta_vae-s0"]
+    assert experiment_problems(older, folder) == []
+    # A run added to the file is still refused: a study's runs are fixed when it starts.
+    grown = load_study(_study(tmp_path, models={"cascade": {"seeds": [0, 1, 2]}}))
+    assert any("runs.cascade-s2: not a run" in p for p in experiment_problems(grown, folder))
+
+
 def test_storage_path_flag_reads_the_study_from_another_folder(tmp_path):
     """--storage-path replaces the file's storage_path: the report reads the runs there."""
     elsewhere = tmp_path / "outside"
