@@ -86,3 +86,31 @@ def test_the_stall_timeout_must_be_positive_and_finite(value):
             Path(__file__).parent.parent / "configs" / "debug.yaml",
             [f"train.stall_timeout_s={value}"],
         )
+
+
+def test_the_progress_lines_of_concurrent_workers_are_not_merged_by_ray():
+    """Ray's driver merges alike lines from different processes; after `import launch` (before
+    Ray, as in every command) each worker's progress line is printed, and other alike lines
+    are still merged."""
+    import subprocess
+    import sys
+
+    script = """
+import launch
+from ray._private.ray_logging import stdout_deduplicator as dedup
+
+def printed(pid, line):
+    batches = dedup.deduplicate({"ip": "n", "pid": pid, "lines": [line]})
+    return [l for b in batches for l in b["lines"]]
+
+first = printed(1, "[cascadevae] step 500/30000 | 179 img/s")
+second = printed(2, "[cascadevae] step 500/30000 | 177 img/s")
+assert first and second, (first, second)
+assert printed(1, "some warning 3") and not printed(2, "some warning 4")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_DEDUP")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    without = script.replace("import launch\n", "")
+    done = subprocess.run([sys.executable, "-c", without], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "AssertionError" in done.stderr  # Ray's default merges them
